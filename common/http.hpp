@@ -1,0 +1,56 @@
+// HttpClient: the one seam for outbound HTTP(S) — cloud metadata, the control service,
+// later the OCI registry. The only backend is libcurl (common/http/curl.cpp); tests cross
+// it with real servers on 127.0.0.1.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/result.hpp"
+
+namespace cairn {
+
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+struct HttpRequest {
+  std::string method = "GET";
+  std::string url;
+  HttpHeaders headers;
+  std::string body;
+  std::chrono::milliseconds connect_timeout{2000};
+  std::chrono::milliseconds total_timeout{10000};
+  std::size_t max_response_bytes = 1 << 20;  // a larger answer is an error, never truncated
+};
+
+struct HttpResponse {
+  long status = 0;
+  HttpHeaders headers;  // names lower-cased
+  std::string body;
+  [[nodiscard]] std::optional<std::string> header(std::string_view lower_name) const;
+};
+
+struct TlsOptions {
+  std::string ca_file;           // PEM bundle the server must chain to; empty = system store
+  std::string pinned_public_key; // curl's "sha256//<base64>" pin of the server key; optional
+  std::string client_cert_file;  // mTLS: PEM certificate (+ chain)
+  std::string client_key_file;   // mTLS: PEM private key
+};
+
+class HttpClient {
+ public:
+  virtual ~HttpClient() = default;
+  // Errors: Errc::unavailable (connect, timeout, reset), Errc::refused (TLS peer not
+  // verified), Errc::data (answer over max_response_bytes). Any HTTP status is a response.
+  virtual Result<HttpResponse> send(const HttpRequest& request) = 0;
+};
+
+// A client that keeps its connection alive between calls. Not thread-safe: one per thread.
+std::unique_ptr<HttpClient> make_http_client(TlsOptions tls = {});
+
+}  // namespace cairn

@@ -1,0 +1,166 @@
+// libcurl backend of HttpClient. The only file that includes curl.
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cctype>
+#include <mutex>
+
+#include "common/http.hpp"
+
+namespace cairn {
+namespace {
+
+struct CurlDeleter {
+  void operator()(CURL* c) const noexcept { curl_easy_cleanup(c); }
+};
+using CurlPtr = std::unique_ptr<CURL, CurlDeleter>;
+struct SlistDeleter {
+  void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
+};
+using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
+
+void global_init_once() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+struct Sink {
+  HttpResponse* response;
+  std::size_t max_bytes;
+  bool overflow = false;
+};
+
+std::size_t on_body(char* data, std::size_t size, std::size_t nmemb, void* user) {
+  auto* sink = static_cast<Sink*>(user);
+  const std::size_t n = size * nmemb;
+  if (sink->response->body.size() + n > sink->max_bytes) {
+    sink->overflow = true;
+    return 0;  // aborts the transfer with CURLE_WRITE_ERROR
+  }
+  sink->response->body.append(data, n);
+  return n;
+}
+
+std::size_t on_header(char* data, std::size_t size, std::size_t nmemb, void* user) {
+  auto* sink = static_cast<Sink*>(user);
+  const std::size_t n = size * nmemb;
+  std::string_view line(data, n);
+  if (line.starts_with("HTTP/")) {
+    sink->response->headers.clear();  // a new response (after 100-continue or a redirect)
+    return n;
+  }
+  const auto colon = line.find(':');
+  if (colon == std::string_view::npos) return n;
+  std::string name(line.substr(0, colon));
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+  auto value = line.substr(colon + 1);
+  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+  while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
+  sink->response->headers.emplace_back(std::move(name), std::string(value));
+  return n;
+}
+
+Errc classify(CURLcode code) {
+  switch (code) {
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+      return Errc::refused;
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+      return Errc::config;
+    default:
+      return Errc::unavailable;
+  }
+}
+
+class CurlClient final : public HttpClient {
+ public:
+  explicit CurlClient(TlsOptions tls) : tls_(std::move(tls)) {
+    global_init_once();
+    handle_.reset(curl_easy_init());
+  }
+
+  Result<HttpResponse> send(const HttpRequest& req) override {
+    if (!handle_) return fail(Errc::internal, "curl_easy_init failed");
+    CURL* c = handle_.get();
+    curl_easy_reset(c);  // keeps the connection cache, drops the previous request's options
+
+    HttpResponse response;
+    Sink sink{&response, req.max_response_bytes};
+    char errbuf[CURL_ERROR_SIZE] = {};
+    SlistPtr headers;
+    for (const auto& [k, v] : req.headers) {
+      headers.reset(curl_slist_append(headers.release(), (k + ": " + v).c_str()));
+    }
+    // An empty "Expect:" stops curl from waiting for 100-continue on larger bodies.
+    headers.reset(curl_slist_append(headers.release(), "Expect:"));
+
+    curl_easy_setopt(c, CURLOPT_URL, req.url.c_str());
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, req.method.c_str());
+    if (req.method == "HEAD") curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    if (!req.body.empty() || req.method == "POST" || req.method == "PUT") {
+      curl_easy_setopt(c, CURLOPT_POSTFIELDS, req.body.data());
+      curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &sink);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(req.connect_timeout.count()));
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(req.total_timeout.count()));
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(req.max_response_bytes));
+    // Proxies from the environment must never see metadata or control traffic.
+    curl_easy_setopt(c, CURLOPT_PROXY, "");
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(c, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
+    if (!tls_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, tls_.ca_file.c_str());
+    if (!tls_.pinned_public_key.empty()) curl_easy_setopt(c, CURLOPT_PINNEDPUBLICKEY, tls_.pinned_public_key.c_str());
+    if (!tls_.client_cert_file.empty()) {
+      curl_easy_setopt(c, CURLOPT_SSLCERT, tls_.client_cert_file.c_str());
+      curl_easy_setopt(c, CURLOPT_SSLKEY, tls_.client_key_file.c_str());
+    }
+
+    const CURLcode rc = curl_easy_perform(c);
+    if (sink.overflow || rc == CURLE_FILESIZE_EXCEEDED) {
+      return fail(Errc::data,
+                  req.method + " " + req.url + ": response larger than " +
+                      std::to_string(req.max_response_bytes) + " bytes",
+                  "the server sent more than Cairn accepts; check the URL");
+    }
+    if (rc != CURLE_OK) {
+      std::string detail = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+      return fail(classify(rc), req.method + " " + req.url + ": " + detail,
+                  rc == CURLE_OPERATION_TIMEDOUT ? "the server is slow or unreachable; retry later"
+                                                 : "check that the service is up and the URL is right");
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &response.status);
+    return response;
+  }
+
+ private:
+  TlsOptions tls_;
+  CurlPtr handle_;
+};
+
+}  // namespace
+
+std::optional<std::string> HttpResponse::header(std::string_view lower_name) const {
+  for (const auto& [k, v] : headers) {
+    if (k == lower_name) return v;
+  }
+  return std::nullopt;
+}
+
+std::unique_ptr<HttpClient> make_http_client(TlsOptions tls) {
+  return std::make_unique<CurlClient>(std::move(tls));
+}
+
+}  // namespace cairn

@@ -1,0 +1,17 @@
+// RFC 3339 timestamps (UTC, "Z") for the wire protocol and logs.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <string_view>
+
+#include "common/result.hpp"
+
+namespace cairn {
+
+std::string format_rfc3339(std::chrono::system_clock::time_point t);  // 2026-11-25T13:00:00.123Z
+Result<std::chrono::system_clock::time_point> parse_rfc3339(std::string_view text);
+std::int64_t to_unix_ms(std::chrono::system_clock::time_point t);
+std::chrono::system_clock::time_point from_unix_ms(std::int64_t ms);
+
+}  // namespace cairn
