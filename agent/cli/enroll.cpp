@@ -1,0 +1,14 @@
+// PLACEHOLDER until the enrollment work lands.
+#include "agent/cli/commands.hpp"
+#include "agent/cli/report.hpp"
+
+namespace cairn::agent::cli {
+void add_enroll(CLI::App& app, const GlobalOptions& global, int& exit_code) {
+  auto* cmd = app.add_subcommand("enroll", "(not yet built)");
+  cmd->callback([&global, &exit_code] {
+    exit_code = run_command("enroll", global.json, [] {
+      return CommandOutcome{.stage = "enroll", .error = Error{Errc::internal, "not built yet", {}}};
+    });
+  });
+}
+}  // namespace cairn::agent::cli

@@ -1,0 +1,52 @@
+// The agent's configuration: defaults, then the config file, then flags (later wins).
+// Config file: JSON, `--config FILE`, default <root>/etc/cairn/agent.json (absent = defaults):
+//   {"persist_dir": "/persist", "control_url": "https://...", "ca_file": "...",
+//    "ca_pin": "sha256//...", "token_file": "...", "labels": {"rack": "r1"},
+//    "heartbeat_interval_s": 30, "identity": { see identity::config_from_json }}
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/result.hpp"
+#include "common/root.hpp"
+#include "identity/cascade.hpp"
+
+namespace cairn::agent {
+
+// Options every subcommand takes (added to the top-level app, so they go before or after
+// the subcommand name).
+struct GlobalOptions {
+  std::string root = "/";                  // --root DIR: host root for /proc, /sys, /persist
+  std::string config;                      // --config FILE
+  std::string persist_dir;                 // --persist DIR (default <root>/persist)
+  std::string control_url;                 // --control URL
+  std::string ca_file;                     // --ca FILE
+  std::vector<std::string> metadata_urls;  // --metadata-url SOURCE=URL (repeatable)
+  std::vector<std::string> clouds;         // --cloud NAME: probe this cloud without a DMI hint
+  bool json = false;                       // --json
+};
+void add_global_options(CLI::App& app, GlobalOptions& options);
+
+struct AgentConfig {
+  Root root;
+  std::filesystem::path persist_dir;  // the persist root; the agent's files are under cairn/
+  std::string control_url;
+  std::filesystem::path ca_file;      // pins the control service's CA
+  std::string ca_pin;                 // alternatively, curl's sha256//<base64> key pin
+  std::filesystem::path token_file;   // bootstrap token (default <persist>/cairn/bootstrap-token)
+  std::map<std::string, std::string> labels;
+  std::chrono::seconds heartbeat_interval{30};
+  identity::Config identity;
+
+  [[nodiscard]] std::filesystem::path state_dir() const { return persist_dir / "cairn"; }
+};
+
+Result<AgentConfig> load_agent_config(const GlobalOptions& options);
+
+}  // namespace cairn::agent

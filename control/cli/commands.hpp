@@ -1,0 +1,14 @@
+// The subcommands of cairn-control; each lives in its own file under control/cli/.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace cairn::control::cli {
+
+// Each adds its subcommand to app. The command stores its exit code in `exit_code`.
+void add_init(CLI::App& app, int& exit_code);   // init.cpp
+void add_serve(CLI::App& app, int& exit_code);  // serve.cpp
+void add_token(CLI::App& app, int& exit_code);  // token.cpp: token create/list/revoke
+void add_node(CLI::App& app, int& exit_code);   // node.cpp: node list/show/revoke
+
+}  // namespace cairn::control::cli
