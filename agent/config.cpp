@@ -1,0 +1,85 @@
+#include "agent/config.hpp"
+
+#include "common/fs.hpp"
+#include "common/json.hpp"
+
+namespace cairn::agent {
+namespace {
+
+constexpr std::size_t kMaxConfigBytes = 256 * 1024;
+
+Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig& cfg) {
+  try {
+    if (!j.is_object()) return fail(Errc::config, path.string() + ": not a JSON object");
+    if (auto it = j.find("persist_dir"); it != j.end()) cfg.persist_dir = cfg.root / it->get<std::string>();
+    if (auto it = j.find("control_url"); it != j.end()) cfg.control_url = it->get<std::string>();
+    if (auto it = j.find("ca_file"); it != j.end()) cfg.ca_file = it->get<std::string>();
+    if (auto it = j.find("ca_pin"); it != j.end()) cfg.ca_pin = it->get<std::string>();
+    if (auto it = j.find("token_file"); it != j.end()) cfg.token_file = it->get<std::string>();
+    if (auto it = j.find("labels"); it != j.end()) cfg.labels = it->get<std::map<std::string, std::string>>();
+    if (auto it = j.find("heartbeat_interval_s"); it != j.end()) {
+      const auto s = it->get<std::int64_t>();
+      if (s < 1 || s > 86400) return fail(Errc::config, path.string() + ": heartbeat_interval_s out of range 1..86400");
+      cfg.heartbeat_interval = std::chrono::seconds(s);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return fail(Errc::config, path.string() + ": " + e.what(), "fix the value's type in the config file");
+  }
+  return {};
+}
+
+}  // namespace
+
+void add_global_options(CLI::App& app, GlobalOptions& o) {
+  app.add_option("--root", o.root, "host root for /proc, /sys, /etc and /persist (tests, chroots)");
+  app.add_option("--config", o.config, "config file (default <root>/etc/cairn/agent.json)");
+  app.add_option("--persist", o.persist_dir, "persist root (default <root>/persist)");
+  app.add_option("--control", o.control_url, "control service URL, https://host:port");
+  app.add_option("--ca", o.ca_file, "CA bundle that the control service must chain to");
+  app.add_option("--metadata-url", o.metadata_urls, "SOURCE=URL: metadata base URL of a cloud source");
+  app.add_option("--cloud", o.clouds, "probe this cloud even without a DMI hint");
+  app.add_flag("--json", o.json, "print one JSON object instead of human output");
+}
+
+Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
+  AgentConfig cfg;
+  cfg.root = Root(o.root.empty() ? "/" : o.root);
+  cfg.persist_dir = cfg.root / "persist";
+
+  const std::filesystem::path path = o.config.empty() ? cfg.root / "etc/cairn/agent.json" : std::filesystem::path(o.config);
+  auto text = read_file_if_exists(path, kMaxConfigBytes);
+  if (!text) return fail(text.error().with_context("config"));
+  if (!*text && !o.config.empty()) {
+    return fail(Errc::config, "config file " + path.string() + ": no such file", "check the --config path");
+  }
+  Json identity_section = Json::object();
+  if (*text) {
+    auto j = parse_json(**text, "config file " + path.string());
+    if (!j) return fail(Error{Errc::config, j.error().message, "fix the JSON syntax"});
+    if (auto applied = apply_file(*j, path, cfg); !applied) return fail(applied.error());
+    if (auto it = j->find("identity"); it != j->end()) identity_section = *it;
+  }
+
+  if (!o.persist_dir.empty()) cfg.persist_dir = o.persist_dir;
+  if (!o.control_url.empty()) cfg.control_url = o.control_url;
+  if (!o.ca_file.empty()) cfg.ca_file = o.ca_file;
+  if (cfg.token_file.empty()) cfg.token_file = cfg.state_dir() / "bootstrap-token";
+
+  identity::Config id_defaults;
+  id_defaults.root = cfg.root;
+  id_defaults.persist_dir = cfg.persist_dir;
+  auto id = identity::config_from_json(identity_section, id_defaults);
+  if (!id) return fail(id.error().with_context("config " + path.string() + " identity section"));
+  cfg.identity = std::move(*id);
+  for (const auto& kv : o.metadata_urls) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == kv.size()) {
+      return fail(Errc::usage, "--metadata-url '" + kv + "': expected SOURCE=URL", "e.g. --metadata-url aws=http://127.0.0.1:8080");
+    }
+    cfg.identity.base_urls[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  for (const auto& c : o.clouds) cfg.identity.forced_clouds.push_back(c);
+  return cfg;
+}
+
+}  // namespace cairn::agent

@@ -43,14 +43,14 @@ std::string subject_cn(const X509_NAME* name);
 
 // What a certificate being issued looks like; the issuer signs it with its key.
 struct CertSpec {
-  std::string common_name;
-  std::chrono::system_clock::time_point not_before;
-  std::chrono::system_clock::time_point not_after;
+  std::string common_name{};
+  std::chrono::system_clock::time_point not_before{};
+  std::chrono::system_clock::time_point not_after{};
   bool is_ca = false;
   bool server_auth = false;
   bool client_auth = false;
-  std::vector<std::string> dns_names;  // subjectAltName DNS entries
-  std::vector<std::string> ip_addresses;
+  std::vector<std::string> dns_names{};  // subjectAltName DNS entries
+  std::vector<std::string> ip_addresses{};
 };
 
 // Self-signed when issuer == nullptr (issuer_key must then be the subject's own key).

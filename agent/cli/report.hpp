@@ -16,8 +16,8 @@ namespace cairn::agent {
 struct CommandOutcome {
   std::string stage;        // the stage reached or failed in ("identity", "enroll.csr", ...)
   Json details = Json::object();
-  std::string human;        // what a person reads on success (may be multi-line)
-  std::optional<Error> error;
+  std::string human{};      // what a person reads on success (may be multi-line)
+  std::optional<Error> error{};
 };
 
 // Runs body, times it, prints per the contract, returns the exit code.

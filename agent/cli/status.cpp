@@ -1,14 +1,82 @@
-// PLACEHOLDER until the enrollment work lands.
+// `cairn-agent status`: identity, enrollment, certificate expiry and the last heartbeat, from
+// the files on the persist volume. Read-only: runs no discovery, contacts nothing.
 #include "agent/cli/commands.hpp"
 #include "agent/cli/report.hpp"
+#include "agent/enroll/credentials.hpp"
+#include "agent/runtime/status_file.hpp"
+#include "common/fs.hpp"
+#include "common/time.hpp"
 
 namespace cairn::agent::cli {
+namespace {
+
+std::string ago(Clock::WallTime t, Clock::WallTime now) {
+  const auto s = std::chrono::duration_cast<std::chrono::seconds>(now - t).count();
+  return format_rfc3339(t) + " (" + std::to_string(s) + " s ago)";
+}
+
+}  // namespace
+
 void add_status(CLI::App& app, const GlobalOptions& global, int& exit_code) {
-  auto* cmd = app.add_subcommand("status", "(not yet built)");
+  auto* cmd = app.add_subcommand("status", "show identity, enrollment, certificate and last heartbeat");
   cmd->callback([&global, &exit_code] {
-    exit_code = run_command("status", global.json, [] {
-      return CommandOutcome{.stage = "status", .error = Error{Errc::internal, "not built yet", {}}};
+    exit_code = run_command("status", global.json, [&]() -> CommandOutcome {
+      CommandOutcome out{.stage = "config"};
+      auto config = load_agent_config(global);
+      if (!config) return out.error = config.error(), out;
+      const auto now = SystemClock::instance().now();
+      out.stage = "status";
+      std::string human;
+
+      auto enrollment_text = read_file_if_exists(config->state_dir() / "enrollment.json", 64 * 1024);
+      Json enrollment = nullptr;
+      if (enrollment_text && *enrollment_text) enrollment = parse_json(**enrollment_text, "enrollment.json").value_or(nullptr);
+      out.details["enrollment"] = enrollment;
+      if (enrollment.is_object()) {
+        human += "node:        " + enrollment.value("node_id", "?") + "\n";
+        if (auto id = enrollment.find("identity"); id != enrollment.end() && id->is_object()) {
+          human += "identity:    source " + id->value("source", "?") + ", platform " + id->value("platform", "?") + "\n";
+        }
+        human += "control:     " + enrollment.value("control_url", "?") + "\n";
+        human += "enrolled at: " + enrollment.value("enrolled_at", "?") + "\n";
+      } else {
+        human += "node:        not enrolled (run `cairn-agent enroll`)\n";
+      }
+
+      CredentialStore store(config->state_dir());
+      auto creds = store.load();
+      if (!creds) return out.error = creds.error(), out;
+      if (*creds) {
+        const auto& cert = (*creds)->cert;
+        const auto left = std::chrono::duration_cast<std::chrono::hours>(cert.not_after - now).count();
+        out.details["certificate"] = {{"serial", cert.serial_hex}, {"subject", cert.subject_cn},
+                                      {"not_before", format_rfc3339(cert.not_before)},
+                                      {"not_after", format_rfc3339(cert.not_after)}, {"expired", now >= cert.not_after}};
+        human += "certificate: " + cert.serial_hex + ", valid until " + format_rfc3339(cert.not_after) +
+                 (now >= cert.not_after ? " (EXPIRED)" : " (" + std::to_string(left) + " h left)") + "\n";
+      } else {
+        out.details["certificate"] = nullptr;
+      }
+
+      auto status = read_status(config->state_dir());
+      if (!status) return out.error = status.error(), out;
+      if (*status) {
+        const auto& s = **status;
+        out.details["service"] = to_json(s);
+        human += "heartbeat:   ";
+        if (s.last_ok) human += "last ok " + ago(*s.last_ok, now);
+        else human += "never succeeded";
+        if (!s.last_error.empty()) human += "; failing (" + std::to_string(s.consecutive_failures) + "): " + s.last_error;
+        human += "\n";
+        if (s.rotation_failures > 0) human += "rotation:    failing " + std::to_string(s.rotation_failures) + " times in a row\n";
+      } else {
+        out.details["service"] = nullptr;
+        human += "heartbeat:   the service has not run yet\n";
+      }
+      out.human = human;
+      return out;
     });
   });
 }
+
 }  // namespace cairn::agent::cli

@@ -1,0 +1,766 @@
+// The SQLite backend of Store: the only file that includes sqlite3.h (STYLE.md 3).
+#include "control/store/sqlite.hpp"
+
+#include <sqlite3.h>
+
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "common/json.hpp"
+
+namespace cairn::control {
+namespace {
+
+struct DbCloser {
+  void operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
+};
+struct StmtFinalizer {
+  void operator()(sqlite3_stmt* stmt) const noexcept { sqlite3_finalize(stmt); }
+};
+using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
+using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
+
+// Ordered schema migrations. Each runs once, in its own transaction, together with the row
+// that records it in schema_version. Never edit one that has shipped: append a new one.
+struct Migration {
+  int version;
+  const char* sql;
+};
+constexpr Migration kMigrations[] = {
+    {1, R"sql(
+CREATE TABLE tokens (
+  id            TEXT PRIMARY KEY,
+  hash          TEXT NOT NULL UNIQUE,
+  created_at_ms INTEGER NOT NULL,
+  expires_at_ms INTEGER NOT NULL,
+  uses          INTEGER NOT NULL DEFAULT 0,
+  max_uses      INTEGER NOT NULL,
+  labels        TEXT NOT NULL DEFAULT '{}',
+  expect_id     TEXT,
+  revoked       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE nodes (
+  id                   TEXT PRIMARY KEY,
+  identity             TEXT NOT NULL,
+  labels               TEXT NOT NULL DEFAULT '{}',
+  first_enrolled_at_ms INTEGER NOT NULL,
+  enrolled_at_ms       INTEGER NOT NULL,
+  enroll_count         INTEGER NOT NULL DEFAULT 1,
+  token_id             TEXT REFERENCES tokens(id),
+  revoked_at_ms        INTEGER
+);
+CREATE TABLE certificates (
+  serial        TEXT PRIMARY KEY,
+  node_id       TEXT NOT NULL REFERENCES nodes(id),
+  fingerprint   TEXT NOT NULL,
+  not_before_ms INTEGER NOT NULL,
+  not_after_ms  INTEGER NOT NULL,
+  issued_at_ms  INTEGER NOT NULL,
+  reason        TEXT NOT NULL,
+  status        TEXT NOT NULL DEFAULT 'active'
+                CHECK (status IN ('active', 'superseded', 'revoked'))
+);
+CREATE INDEX certificates_by_node ON certificates(node_id, status);
+CREATE TABLE node_status (
+  node_id               TEXT PRIMARY KEY REFERENCES nodes(id),
+  last_seen_ms          INTEGER NOT NULL,
+  boot_id               TEXT NOT NULL,
+  agent_version         TEXT NOT NULL,
+  mount_state           TEXT NOT NULL,
+  load1 REAL NOT NULL, load5 REAL NOT NULL, load15 REAL NOT NULL,
+  cpu_count             INTEGER NOT NULL,
+  mem_total_bytes       INTEGER NOT NULL,
+  mem_available_bytes   INTEGER NOT NULL,
+  disk_total_bytes      INTEGER NOT NULL,
+  disk_free_bytes       INTEGER NOT NULL,
+  uptime_s              INTEGER NOT NULL,
+  cert_not_after        TEXT NOT NULL,
+  modules               TEXT NOT NULL,
+  labels                TEXT NOT NULL,
+  heartbeats            INTEGER NOT NULL DEFAULT 1,
+  critical_events_total INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE node_events (
+  node_id        TEXT NOT NULL REFERENCES nodes(id),
+  event_id       TEXT NOT NULL,
+  severity       TEXT NOT NULL,
+  kind           TEXT NOT NULL,
+  message        TEXT NOT NULL,
+  time           TEXT NOT NULL,
+  received_at_ms INTEGER NOT NULL,
+  PRIMARY KEY (node_id, event_id)
+);
+CREATE TABLE counters (
+  name  TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+);
+INSERT INTO counters (name, value) VALUES ('enrollments', 0);
+)sql"},
+};
+
+std::string labels_text(const Labels& labels) { return Json(labels).dump(); }
+
+Labels labels_from(const std::string& text) {
+  auto j = parse_json(text, "stored labels");
+  Labels out;
+  if (!j || !j->is_object()) return out;
+  for (const auto& [k, v] : j->items()) {
+    if (v.is_string()) out[k] = v.get<std::string>();
+  }
+  return out;
+}
+
+std::string modules_text(const std::vector<protocol::ModuleRef>& modules) {
+  Json out = Json::array();
+  for (const auto& m : modules) {
+    out.push_back({{"name", m.name}, {"digest", m.digest}, {"mounted", m.mounted}});
+  }
+  return out.dump();
+}
+
+std::vector<protocol::ModuleRef> modules_from(const std::string& text) {
+  std::vector<protocol::ModuleRef> out;
+  auto j = parse_json(text, "stored modules");
+  if (!j || !j->is_array()) return out;
+  for (const auto& m : *j) {
+    if (!m.is_object()) continue;
+    protocol::ModuleRef r;
+    r.name = m.value("name", "");
+    r.digest = m.value("digest", "");
+    r.mounted = m.value("mounted", false);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+CertStatus cert_status_from(const std::string& text) {
+  if (text == "superseded") return CertStatus::superseded;
+  if (text == "revoked") return CertStatus::revoked;
+  return CertStatus::active;
+}
+
+// One use of a cached prepared statement: binds, steps, reads columns, and resets the
+// statement when it goes out of scope so no read transaction is left open (which would hold
+// back WAL checkpoints).
+class Query {
+ public:
+  Query(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
+  Query(Query&& other) noexcept
+      : db_(other.db_), stmt_(std::exchange(other.stmt_, nullptr)), bind_rc_(other.bind_rc_) {}
+  Query(const Query&) = delete;
+  Query& operator=(const Query&) = delete;
+  Query& operator=(Query&&) = delete;
+  ~Query() {
+    if (stmt_ != nullptr) {
+      sqlite3_reset(stmt_);
+      sqlite3_clear_bindings(stmt_);
+    }
+  }
+
+  Query& bind(int i, std::int64_t v) { return check(sqlite3_bind_int64(stmt_, i, v)); }
+  Query& bind(int i, double v) { return check(sqlite3_bind_double(stmt_, i, v)); }
+  Query& bind(int i, std::string_view v) {
+    return check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+  }
+  Query& bind(int i, const std::optional<std::string>& v) {
+    return v ? bind(i, std::string_view(*v)) : check(sqlite3_bind_null(stmt_, i));
+  }
+  Query& bind(int i, const std::optional<std::int64_t>& v) {
+    return v ? bind(i, *v) : check(sqlite3_bind_null(stmt_, i));
+  }
+
+  // true: a row is ready to read; false: done.
+  Result<bool> step() {
+    if (bind_rc_ != SQLITE_OK) return error("bind", bind_rc_);
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return error("step", rc);
+  }
+  // Runs a statement that returns no rows.
+  Status run() {
+    auto r = step();
+    if (!r) return fail(r.error());
+    return {};
+  }
+
+  [[nodiscard]] std::int64_t int64(int col) const { return sqlite3_column_int64(stmt_, col); }
+  [[nodiscard]] double real(int col) const { return sqlite3_column_double(stmt_, col); }
+  [[nodiscard]] bool is_null(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
+  [[nodiscard]] std::string text(int col) const {
+    const auto* p = sqlite3_column_text(stmt_, col);
+    if (p == nullptr) return {};
+    return std::string(reinterpret_cast<const char*>(p),
+                       static_cast<std::size_t>(sqlite3_column_bytes(stmt_, col)));
+  }
+  [[nodiscard]] std::optional<std::int64_t> opt_int64(int col) const {
+    if (is_null(col)) return std::nullopt;
+    return int64(col);
+  }
+
+ private:
+  Query& check(int rc) {
+    if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
+    return *this;
+  }
+  std::unexpected<Error> error(const char* what, int rc) const {
+    return fail(Errc::io,
+                std::string("database ") + what + " '" + sqlite3_sql(stmt_) + "': " +
+                    sqlite3_errstr(rc) + " (" + sqlite3_errmsg(db_) + ")",
+                "check the disk and the permissions of the state dir");
+  }
+
+  sqlite3* db_;
+  sqlite3_stmt* stmt_;
+  int bind_rc_ = SQLITE_OK;
+};
+
+constexpr const char* kNodeColumns = R"sql(
+  n.id, n.identity, n.labels, n.first_enrolled_at_ms, n.enrolled_at_ms, n.enroll_count,
+  n.revoked_at_ms,
+  (SELECT MAX(c.not_after_ms) FROM certificates c WHERE c.node_id = n.id AND c.status = 'active'),
+  s.last_seen_ms, s.boot_id, s.agent_version, s.mount_state, s.load1, s.load5, s.load15,
+  s.cpu_count, s.mem_total_bytes, s.mem_available_bytes, s.disk_total_bytes, s.disk_free_bytes,
+  s.uptime_s, s.cert_not_after, s.modules, s.labels, s.heartbeats, s.critical_events_total
+FROM nodes n LEFT JOIN node_status s ON s.node_id = n.id)sql";
+
+NodeRecord node_from(const Query& q) {
+  NodeRecord n;
+  n.id = q.text(0);
+  if (auto j = parse_json(q.text(1), "stored identity")) {
+    if (auto id = protocol::node_identity_from_json(*j)) n.identity = std::move(*id);
+  }
+  n.labels = labels_from(q.text(2));
+  n.first_enrolled_at_ms = q.int64(3);
+  n.enrolled_at_ms = q.int64(4);
+  n.enroll_count = q.int64(5);
+  n.revoked_at_ms = q.opt_int64(6);
+  n.cert_not_after_ms = q.opt_int64(7);
+  if (!q.is_null(8)) {
+    NodeStatusRecord s;
+    s.last_seen_ms = q.int64(8);
+    auto& hb = s.last;
+    hb.boot_id = q.text(9);
+    hb.agent_version = q.text(10);
+    hb.mount_state = q.text(11);
+    hb.load1 = q.real(12);
+    hb.load5 = q.real(13);
+    hb.load15 = q.real(14);
+    hb.cpu_count = static_cast<std::uint32_t>(q.int64(15));
+    hb.mem_total_bytes = static_cast<std::uint64_t>(q.int64(16));
+    hb.mem_available_bytes = static_cast<std::uint64_t>(q.int64(17));
+    hb.disk_total_bytes = static_cast<std::uint64_t>(q.int64(18));
+    hb.disk_free_bytes = static_cast<std::uint64_t>(q.int64(19));
+    hb.uptime_s = static_cast<std::uint64_t>(q.int64(20));
+    hb.cert_not_after = q.text(21);
+    hb.modules = modules_from(q.text(22));
+    hb.labels = labels_from(q.text(23));
+    s.heartbeats = q.int64(24);
+    s.critical_events_total = q.int64(25);
+    n.status = std::move(s);
+  }
+  return n;
+}
+
+TokenRecord token_from(const Query& q) {
+  TokenRecord t;
+  t.id = q.text(0);
+  t.hash = q.text(1);
+  t.created_at_ms = q.int64(2);
+  t.expires_at_ms = q.int64(3);
+  t.uses = q.int64(4);
+  t.max_uses = q.int64(5);
+  t.labels = labels_from(q.text(6));
+  if (!q.is_null(7)) t.expect_id = q.text(7);
+  t.revoked = q.int64(8) != 0;
+  return t;
+}
+constexpr const char* kTokenColumns =
+    "id, hash, created_at_ms, expires_at_ms, uses, max_uses, labels, expect_id, revoked";
+
+CertRecord cert_from(const Query& q) {
+  CertRecord c;
+  c.serial_hex = q.text(0);
+  c.node_id = q.text(1);
+  c.fingerprint_sha256 = q.text(2);
+  c.not_before_ms = q.int64(3);
+  c.not_after_ms = q.int64(4);
+  c.issued_at_ms = q.int64(5);
+  c.reason = q.text(6);
+  c.status = cert_status_from(q.text(7));
+  return c;
+}
+constexpr const char* kCertColumns =
+    "serial, node_id, fingerprint, not_before_ms, not_after_ms, issued_at_ms, reason, status";
+
+class SqliteStore final : public Store {
+ public:
+  Status open(const std::filesystem::path& file) {
+    path_ = file;
+    sqlite3* raw = nullptr;
+    // NOMUTEX: every use of the connection is already serialized by mutex_.
+    const int rc = sqlite3_open_v2(file.c_str(), &raw,
+                                   SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                   nullptr);
+    db_.reset(raw);
+    if (rc != SQLITE_OK) {
+      return fail(Errc::io,
+                  "open database " + file.string() + ": " +
+                      (raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)),
+                  "check that the state dir exists and is writable");
+    }
+    // WAL: readers never block the writer, and a commit is one append to the log.
+    // synchronous=NORMAL in WAL mode fsyncs only at checkpoints, not at every commit: a
+    // committed transaction survives a crash of the process (kill -9) because it is in the
+    // OS page cache; only a power loss or kernel crash can lose the last commits (the
+    // database stays consistent). That is what lets heartbeats be group-committed at
+    // thousands per second (https://www.sqlite.org/pragma.html#pragma_synchronous).
+    // busy_timeout: a second process (the CLI run by hand) waits instead of failing.
+    for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
+                               "PRAGMA busy_timeout=5000", "PRAGMA foreign_keys=ON"}) {
+      if (auto ok = exec(pragma); !ok) return ok;
+    }
+    return migrate();
+  }
+
+  int schema_version() override {
+    std::lock_guard lock(mutex_);
+    return read_schema_version().value_or(0);
+  }
+
+  Status insert_token(const TokenRecord& t) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(
+        "INSERT INTO tokens (id, hash, created_at_ms, expires_at_ms, uses, max_uses, labels, "
+        "expect_id, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+    if (!q) return fail(q.error());
+    q->bind(1, std::string_view(t.id)).bind(2, std::string_view(t.hash)).bind(3, t.created_at_ms);
+    q->bind(4, t.expires_at_ms).bind(5, t.uses).bind(6, t.max_uses);
+    q->bind(7, std::string_view(labels_text(t.labels))).bind(8, t.expect_id);
+    q->bind(9, std::int64_t{t.revoked ? 1 : 0});
+    return q->run();
+  }
+
+  Result<std::optional<TokenRecord>> find_token_by_hash(std::string_view hash) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kTokenColumns + " FROM tokens WHERE hash = ?1");
+    if (!q) return fail(q.error());
+    q->bind(1, hash);
+    auto row = q->step();
+    if (!row) return fail(row.error());
+    if (!*row) return std::optional<TokenRecord>{};
+    return std::optional<TokenRecord>(token_from(*q));
+  }
+
+  Result<std::vector<TokenRecord>> list_tokens() override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kTokenColumns + " FROM tokens ORDER BY created_at_ms, id");
+    if (!q) return fail(q.error());
+    std::vector<TokenRecord> out;
+    for (;;) {
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (!*row) break;
+      out.push_back(token_from(*q));
+    }
+    return out;
+  }
+
+  Result<bool> revoke_token(std::string_view id) override {
+    std::lock_guard lock(mutex_);
+    auto q = query("UPDATE tokens SET revoked = 1 WHERE id = ?1");
+    if (!q) return fail(q.error());
+    q->bind(1, id);
+    if (auto ok = q->run(); !ok) return fail(ok.error());
+    return sqlite3_changes(db_.get()) > 0;
+  }
+
+  Result<EnrollmentOutcome> commit_enrollment(const EnrollmentCommit& c) override {
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    {
+      // The conditional UPDATE is the real check: two enrollments racing for the last use
+      // of a token cannot both get it.
+      auto q = query(
+          "UPDATE tokens SET uses = uses + 1 WHERE id = ?1 AND revoked = 0 AND uses < max_uses "
+          "AND expires_at_ms > ?2");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(c.token_id)).bind(2, c.now_ms);
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+      if (sqlite3_changes(db_.get()) == 0) return EnrollmentOutcome::token_unavailable;
+    }
+    {
+      auto q = query("SELECT revoked_at_ms FROM nodes WHERE id = ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(c.node.id));
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (*row && !q->is_null(0)) return EnrollmentOutcome::node_revoked;
+    }
+    {
+      auto q = query(
+          "INSERT INTO nodes (id, identity, labels, first_enrolled_at_ms, enrolled_at_ms, "
+          "enroll_count, token_id) VALUES (?1, ?2, ?3, ?4, ?4, 1, ?5) "
+          "ON CONFLICT (id) DO UPDATE SET identity = excluded.identity, labels = excluded.labels, "
+          "enrolled_at_ms = excluded.enrolled_at_ms, enroll_count = enroll_count + 1, "
+          "token_id = excluded.token_id");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(c.node.id))
+          .bind(2, std::string_view(protocol::to_json(c.node.identity).dump()))
+          .bind(3, std::string_view(labels_text(c.node.labels)))
+          .bind(4, c.now_ms)
+          .bind(5, std::string_view(c.token_id));
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    {
+      auto q = query(
+          "UPDATE certificates SET status = 'superseded' WHERE node_id = ?1 AND status = 'active'");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(c.node.id));
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    if (auto ok = insert_certificate_locked(c.cert); !ok) return fail(ok.error());
+    {
+      auto q = query("UPDATE counters SET value = value + 1 WHERE name = 'enrollments'");
+      if (!q) return fail(q.error());
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return EnrollmentOutcome::committed;
+  }
+
+  Result<std::int64_t> enrollments_total() override {
+    std::lock_guard lock(mutex_);
+    auto q = query("SELECT value FROM counters WHERE name = 'enrollments'");
+    if (!q) return fail(q.error());
+    auto row = q->step();
+    if (!row) return fail(row.error());
+    return *row ? q->int64(0) : 0;
+  }
+
+  Status insert_certificate(const CertRecord& cert) override {
+    std::lock_guard lock(mutex_);
+    return insert_certificate_locked(cert);
+  }
+
+  Result<std::vector<CertRecord>> list_certificates(std::string_view node_id) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kCertColumns +
+                   " FROM certificates WHERE node_id = ?1 ORDER BY issued_at_ms DESC, serial");
+    if (!q) return fail(q.error());
+    q->bind(1, node_id);
+    std::vector<CertRecord> out;
+    for (;;) {
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (!*row) break;
+      out.push_back(cert_from(*q));
+    }
+    return out;
+  }
+
+  Result<std::optional<NodeRecord>> find_node(std::string_view id) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kNodeColumns + " WHERE n.id = ?1");
+    if (!q) return fail(q.error());
+    q->bind(1, id);
+    auto row = q->step();
+    if (!row) return fail(row.error());
+    if (!*row) return std::optional<NodeRecord>{};
+    return std::optional<NodeRecord>(node_from(*q));
+  }
+
+  Result<std::vector<NodeRecord>> list_nodes() override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kNodeColumns + " ORDER BY n.id");
+    if (!q) return fail(q.error());
+    std::vector<NodeRecord> out;
+    for (;;) {
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (!*row) break;
+      out.push_back(node_from(*q));
+    }
+    return out;
+  }
+
+  Result<bool> revoke_node(std::string_view id, std::int64_t now_ms) override {
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    {
+      auto q = query("SELECT 1 FROM nodes WHERE id = ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, id);
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (!*row) return false;
+    }
+    {
+      auto q = query("UPDATE nodes SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL");
+      if (!q) return fail(q.error());
+      q->bind(1, id).bind(2, now_ms);
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    {
+      auto q = query("UPDATE certificates SET status = 'revoked' WHERE node_id = ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, id);
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return true;
+  }
+
+  Result<std::vector<NodeEventRecord>> recent_events(std::string_view node_id) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(
+        "SELECT event_id, severity, kind, message, time, received_at_ms FROM node_events "
+        "WHERE node_id = ?1 ORDER BY rowid DESC");
+    if (!q) return fail(q.error());
+    q->bind(1, node_id);
+    std::vector<NodeEventRecord> out;
+    for (;;) {
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (!*row) break;
+      out.push_back({q->text(0), q->text(1), q->text(2), q->text(3), q->text(4), q->int64(5)});
+    }
+    return out;
+  }
+
+  Result<std::vector<Status>> write_heartbeats(std::span<const HeartbeatRecord> batch) override {
+    std::lock_guard lock(mutex_);
+    std::vector<Status> results;
+    results.reserve(batch.size());
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    for (const auto& hb : batch) results.push_back(write_one_heartbeat(hb));
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return results;
+  }
+
+  Result<AuthSnapshot> load_auth_snapshot(std::int64_t now_ms) override {
+    std::lock_guard lock(mutex_);
+    AuthSnapshot snap;
+    {
+      auto q = query(
+          "SELECT n.id, n.revoked_at_ms, n.enrolled_at_ms, s.last_seen_ms FROM nodes n "
+          "LEFT JOIN node_status s ON s.node_id = n.id");
+      if (!q) return fail(q.error());
+      for (;;) {
+        auto row = q->step();
+        if (!row) return fail(row.error());
+        if (!*row) break;
+        snap.nodes.push_back({q->text(0), !q->is_null(1), q->int64(2), q->opt_int64(3).value_or(0)});
+      }
+    }
+    {
+      auto q = query(std::string("SELECT ") + kCertColumns +
+                     " FROM certificates WHERE status != 'superseded' AND not_after_ms > ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, now_ms);
+      for (;;) {
+        auto row = q->step();
+        if (!row) return fail(row.error());
+        if (!*row) break;
+        snap.certs.push_back(cert_from(*q));
+      }
+    }
+    return snap;
+  }
+
+ private:
+  // BEGIN IMMEDIATE takes the write lock up front, so a transaction never fails half way
+  // on SQLITE_BUSY; the destructor rolls back unless commit() ran.
+  class Transaction {
+   public:
+    explicit Transaction(SqliteStore* store) : store_(store) {}
+    Transaction(Transaction&& o) noexcept : store_(std::exchange(o.store_, nullptr)) {}
+    Transaction(const Transaction&) = delete;
+    Transaction& operator=(const Transaction&) = delete;
+    Transaction& operator=(Transaction&&) = delete;
+    ~Transaction() {
+      if (store_ != nullptr) (void)store_->exec("ROLLBACK");
+    }
+    Status commit() {
+      auto ok = store_->exec("COMMIT");
+      if (ok) store_ = nullptr;
+      return ok;
+    }
+
+   private:
+    SqliteStore* store_;
+  };
+
+  Result<Transaction> begin() {
+    if (auto ok = exec("BEGIN IMMEDIATE"); !ok) return fail(ok.error());
+    return Transaction(this);
+  }
+
+  Status exec(const char* sql) {
+    char* msg = nullptr;
+    const int rc = sqlite3_exec(db_.get(), sql, nullptr, nullptr, &msg);
+    if (rc != SQLITE_OK) {
+      std::string text = msg ? msg : sqlite3_errstr(rc);
+      sqlite3_free(msg);
+      return fail(Errc::io, "database " + path_.string() + ": '" + std::string(sql).substr(0, 60) +
+                                "': " + text,
+                  "check the disk and the permissions of the state dir");
+    }
+    return {};
+  }
+
+  // Prepared statements are compiled once per connection and reused.
+  Result<Query> query(const std::string& sql) {
+    auto it = stmts_.find(sql);
+    if (it == stmts_.end()) {
+      sqlite3_stmt* raw = nullptr;
+      const int rc = sqlite3_prepare_v3(db_.get(), sql.c_str(), static_cast<int>(sql.size()),
+                                        SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
+      if (rc != SQLITE_OK) {
+        sqlite3_finalize(raw);
+        return fail(Errc::internal, "prepare '" + sql + "': " + sqlite3_errmsg(db_.get()));
+      }
+      it = stmts_.emplace(sql, StmtPtr(raw)).first;
+    }
+    return Query(db_.get(), it->second.get());
+  }
+
+  Result<int> read_schema_version() {
+    auto q = query("SELECT COALESCE(MAX(version), 0) FROM schema_version");
+    if (!q) return fail(q.error());
+    auto row = q->step();
+    if (!row) return fail(row.error());
+    return *row ? static_cast<int>(q->int64(0)) : 0;
+  }
+
+  Status migrate() {
+    std::lock_guard lock(mutex_);
+    if (auto ok = exec("CREATE TABLE IF NOT EXISTS schema_version ("
+                       " version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)");
+        !ok) {
+      return ok;
+    }
+    for (const auto& m : kMigrations) {
+      auto tx = begin();
+      if (!tx) return fail(tx.error());
+      // Read inside the write transaction: two processes opening the same new database
+      // cannot both apply a migration.
+      auto current = read_schema_version();
+      if (!current) return fail(current.error());
+      if (*current >= m.version) continue;
+      if (auto ok = exec(m.sql); !ok) {
+        return fail(ok.error().with_context("schema migration " + std::to_string(m.version)));
+      }
+      auto q = query(
+          "INSERT INTO schema_version (version, applied_at_ms) "
+          "VALUES (?1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))");
+      if (!q) return fail(q.error());
+      q->bind(1, std::int64_t{m.version});
+      if (auto ok = q->run(); !ok) return ok;
+      if (auto ok = tx->commit(); !ok) return ok;
+    }
+    const int newest = kMigrations[std::size(kMigrations) - 1].version;
+    auto current = read_schema_version();
+    if (!current) return fail(current.error());
+    if (*current > newest) {
+      return fail(Errc::config,
+                  "database " + path_.string() + " has schema version " + std::to_string(*current) +
+                      ", newer than this cairn-control knows (" + std::to_string(newest) + ")",
+                  "run the cairn-control release that wrote it, or a newer one");
+    }
+    return {};
+  }
+
+  Status insert_certificate_locked(const CertRecord& c) {
+    auto q = query(
+        "INSERT INTO certificates (serial, node_id, fingerprint, not_before_ms, not_after_ms, "
+        "issued_at_ms, reason, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+    if (!q) return fail(q.error());
+    q->bind(1, std::string_view(c.serial_hex)).bind(2, std::string_view(c.node_id));
+    q->bind(3, std::string_view(c.fingerprint_sha256)).bind(4, c.not_before_ms);
+    q->bind(5, c.not_after_ms).bind(6, c.issued_at_ms).bind(7, std::string_view(c.reason));
+    q->bind(8, cert_status_name(c.status));
+    return q->run();
+  }
+
+  // A failed statement inside the batch does not abort the transaction in SQLite (only the
+  // statement is undone), so one bad record fails alone.
+  Status write_one_heartbeat(const HeartbeatRecord& r) {
+    const auto& hb = r.request;
+    std::int64_t new_critical = 0;
+    int index = 0;
+    for (const auto& e : hb.events) {
+      ++index;
+      if (e.severity != "critical") continue;
+      auto q = query(
+          "INSERT OR IGNORE INTO node_events (node_id, event_id, severity, kind, message, time, "
+          "received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+      if (!q) return fail(q.error());
+      // An event without an idempotency id cannot be deduplicated; give it a unique one.
+      const std::string id = e.id.empty() ? "anon-" + std::to_string(r.received_at_ms) + "-" +
+                                                std::to_string(index)
+                                          : e.id;
+      q->bind(1, std::string_view(r.node_id)).bind(2, std::string_view(id));
+      q->bind(3, std::string_view(e.severity)).bind(4, std::string_view(e.kind));
+      q->bind(5, std::string_view(e.message)).bind(6, std::string_view(e.time));
+      q->bind(7, r.received_at_ms);
+      if (auto ok = q->run(); !ok) return ok;
+      new_critical += sqlite3_changes(db_.get());
+    }
+    if (new_critical > 0) {
+      auto q = query(
+          "DELETE FROM node_events WHERE node_id = ?1 AND rowid NOT IN (SELECT rowid FROM "
+          "node_events WHERE node_id = ?1 ORDER BY rowid DESC LIMIT ?2)");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(r.node_id)).bind(2, std::int64_t{kEventsKeptPerNode});
+      if (auto ok = q->run(); !ok) return ok;
+    }
+    auto q = query(R"sql(
+INSERT INTO node_status (node_id, last_seen_ms, boot_id, agent_version, mount_state, load1, load5,
+  load15, cpu_count, mem_total_bytes, mem_available_bytes, disk_total_bytes, disk_free_bytes,
+  uptime_s, cert_not_after, modules, labels, heartbeats, critical_events_total)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 1, ?18)
+ON CONFLICT (node_id) DO UPDATE SET
+  last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms), boot_id = excluded.boot_id,
+  agent_version = excluded.agent_version, mount_state = excluded.mount_state,
+  load1 = excluded.load1, load5 = excluded.load5, load15 = excluded.load15,
+  cpu_count = excluded.cpu_count, mem_total_bytes = excluded.mem_total_bytes,
+  mem_available_bytes = excluded.mem_available_bytes, disk_total_bytes = excluded.disk_total_bytes,
+  disk_free_bytes = excluded.disk_free_bytes, uptime_s = excluded.uptime_s,
+  cert_not_after = excluded.cert_not_after, modules = excluded.modules, labels = excluded.labels,
+  heartbeats = heartbeats + 1,
+  critical_events_total = critical_events_total + excluded.critical_events_total)sql");
+    if (!q) return fail(q.error());
+    auto u64 = [](std::uint64_t v) { return static_cast<std::int64_t>(v); };
+    q->bind(1, std::string_view(r.node_id)).bind(2, r.received_at_ms);
+    q->bind(3, std::string_view(hb.boot_id)).bind(4, std::string_view(hb.agent_version));
+    q->bind(5, std::string_view(hb.mount_state)).bind(6, hb.load1).bind(7, hb.load5);
+    q->bind(8, hb.load15).bind(9, std::int64_t{hb.cpu_count}).bind(10, u64(hb.mem_total_bytes));
+    q->bind(11, u64(hb.mem_available_bytes)).bind(12, u64(hb.disk_total_bytes));
+    q->bind(13, u64(hb.disk_free_bytes)).bind(14, u64(hb.uptime_s));
+    q->bind(15, std::string_view(hb.cert_not_after));
+    q->bind(16, std::string_view(modules_text(hb.modules)));
+    q->bind(17, std::string_view(labels_text(hb.labels))).bind(18, new_critical);
+    return q->run();
+  }
+
+  std::mutex mutex_;  // one connection, one user at a time
+  DbPtr db_;
+  std::unordered_map<std::string, StmtPtr> stmts_;
+  std::filesystem::path path_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& file) {
+  auto store = std::make_unique<SqliteStore>();
+  if (auto ok = store->open(file); !ok) return fail(ok.error().with_context("store"));
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+}  // namespace cairn::control

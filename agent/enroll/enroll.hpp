@@ -1,0 +1,45 @@
+// Enrollment and rotation: an Ed25519 key made on the node, a CSR naming the node id, the
+// control service's answer checked (it is for us, for our key, chains to the CA) and the
+// set installed atomically (credentials.hpp).
+#pragma once
+
+#include <string>
+
+#include "agent/config.hpp"
+#include "agent/enroll/credentials.hpp"
+#include "agent/transport/control_client.hpp"
+#include "common/clock.hpp"
+#include "common/protocol/messages.hpp"
+#include "common/result.hpp"
+
+namespace cairn::agent {
+
+struct EnrollOptions {
+  std::string token;   // empty: read from config.token_file
+  bool force = false;  // enroll again even when the installed certificate is valid
+};
+
+struct EnrollOutcome {
+  bool already_enrolled = false;
+  std::string node_id;
+  CertInfo cert;
+};
+
+// TLS options to reach the control service: the configured CA bundle or key pin, else the
+// CA chain saved at enrollment; with client credentials when installed.
+Result<TlsOptions> control_tls(const AgentConfig& config, const std::optional<InstalledCredentials>& creds);
+
+Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIdentity& identity,
+                             const EnrollOptions& options, const Clock& clock);
+
+// Why the installed credentials cannot be used as they are (expired, other node, not from
+// the CA), or an empty string when they are good at time `now`.
+std::string credentials_problem(const InstalledCredentials& creds, std::string_view node_id,
+                                Clock::WallTime now);
+
+// A new key and CSR, POST /v1/certificates/rotate over the current mTLS identity, the
+// answer checked and installed. The previous set stays in the archive.
+Result<CertInfo> rotate_certificate(ControlClient& client, CredentialStore& store, const std::string& node_id,
+                                    const Clock& clock);
+
+}  // namespace cairn::agent

@@ -1,0 +1,203 @@
+#include "agent/runtime/service.hpp"
+
+#include <systemd/sd-daemon.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+#include "agent/enroll/credentials.hpp"
+#include "agent/enroll/enroll.hpp"
+#include "agent/runtime/status_file.hpp"
+#include "agent/runtime/system_stats.hpp"
+#include "agent/transport/control_client.hpp"
+#include "common/log.hpp"
+#include "common/time.hpp"
+
+namespace cairn::agent {
+namespace {
+
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+
+// sd_notify is a no-op outside systemd (NOTIFY_SOCKET unset), so it is always safe to call.
+void notify(const std::string& state) { sd_notify(0, state.c_str()); }
+
+// With WatchdogSec= set, systemd expects WATCHDOG=1 at least every WATCHDOG_USEC; the loop
+// wakes at half that to stay clear of it (sd_watchdog_enabled(3)).
+std::optional<milliseconds> watchdog_period() {
+  std::uint64_t usec = 0;
+  if (sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return std::nullopt;
+  return milliseconds(std::max<std::uint64_t>(1, usec / 2000));
+}
+
+class Loop {
+ public:
+  Loop(const AgentConfig& config, const ServiceOptions& options, const Clock& clock,
+       const std::function<double()>& random01, StopSignal& stop)
+      : config_(config), options_(options), clock_(clock), random01_(random01), stop_(stop),
+        store_(config.state_dir()), watchdog_(watchdog_period()) {}
+
+  Status run() {
+    if (auto ok = load_credentials(); !ok) return ok;
+    log::info("service.start", {{"node", node_id_}, {"control", config_.control_url},
+                                {"cert_not_after", format_rfc3339(creds_->cert.not_after)}});
+    status_.node_id = node_id_;
+    while (!stop_.stopped()) {
+      maybe_rotate();
+      const milliseconds next = beat();
+      if (!ready_sent_) {
+        notify("READY=1");
+        ready_sent_ = true;
+      }
+      if (sleep(next)) break;
+    }
+    notify("STOPPING=1");
+    log::info("service.stop", {{"node", node_id_}});
+    return {};
+  }
+
+ private:
+  Status load_credentials() {
+    auto loaded = store_.load();
+    if (!loaded) return fail(loaded.error());
+    if (!*loaded) {
+      return fail(Errc::config, "not enrolled: no credentials under " + store_.current().dir.string(),
+                  "run `cairn-agent enroll` first");
+    }
+    creds_ = std::move(**loaded);
+    node_id_ = creds_->cert.subject_cn;
+    if (config_.control_url.empty()) {
+      return fail(Errc::config, "no control service URL", "pass --control or set control_url in agent.json");
+    }
+    auto tls = control_tls(config_, creds_);
+    if (!tls) return fail(tls.error());
+    client_.emplace(config_.control_url, *tls);
+    rotate_at_ = rotation_time(options_, creds_->cert.not_before, creds_->cert.not_after, random01_());
+    return {};
+  }
+
+  void maybe_rotate() {
+    if (clock_.now() < rotate_at_) return;
+    auto rotated = rotate_certificate(*client_, store_, node_id_, clock_);
+    if (!rotated) {
+      ++rotation_failures_;
+      status_.rotation_failures = rotation_failures_;
+      log::error("cert.rotate_failed", {{"node", node_id_}, {"failures", rotation_failures_},
+                                        {"error", rotated.error().message},
+                                        {"cert_not_after", format_rfc3339(creds_->cert.not_after)}});
+      return;
+    }
+    log::info("cert.rotated", {{"node", node_id_}, {"old_serial", creds_->cert.serial_hex},
+                               {"serial", rotated->serial_hex}, {"not_after", format_rfc3339(rotated->not_after)}});
+    rotation_failures_ = 0;
+    status_.rotation_failures = 0;
+    if (auto ok = load_credentials(); !ok) {
+      log::error("cert.reload_failed", {{"error", ok.error().message}});
+    }
+  }
+
+  protocol::HeartbeatRequest build_heartbeat() {
+    protocol::HeartbeatRequest hb;
+    collect_system_stats(config_.root, config_.persist_dir, hb);
+    hb.agent_version = CAIRN_VERSION;
+    hb.mount_state = "none";  // modules arrive with the modules issue
+    hb.cert_not_after = format_rfc3339(creds_->cert.not_after);
+    hb.labels = config_.labels;
+    if (rotation_failures_ >= options_.rotation_alert_after) {
+      // Sent on every heartbeat while it lasts; the id makes each report idempotent.
+      ++alert_seq_;
+      hb.events.push_back({"rotation-failing-" + creds_->cert.serial_hex + "-" + std::to_string(alert_seq_),
+                           "critical", "cert.rotation_failing",
+                           "certificate rotation failed " + std::to_string(rotation_failures_) +
+                               " times in a row; certificate expires " + hb.cert_not_after,
+                           format_rfc3339(clock_.now())});
+    }
+    return hb;
+  }
+
+  // One heartbeat; returns how long to wait before the next.
+  milliseconds beat() {
+    const auto hb = build_heartbeat();
+    const auto started = clock_.monotonic();
+    auto answer = client_->heartbeat(hb);
+    const auto took = duration_cast<milliseconds>(clock_.monotonic() - started);
+    status_.last_attempt = clock_.now();
+    if (answer) {
+      if (failures_ > 0) log::info("heartbeat.recovered", {{"node", node_id_}, {"after_failures", failures_}});
+      failures_ = 0;
+      status_.last_ok = status_.last_attempt;
+      status_.last_error.clear();
+      status_.server_time = answer->server_time;
+      status_.next_interval_s = std::clamp<std::int64_t>(answer->next_interval_s, 1, 3600);
+      status_.consecutive_failures = 0;
+      write_status(config_.state_dir(), status_);
+      log::debug("heartbeat.ok", {{"node", node_id_}, {"ms", took.count()}});
+      notify("STATUS=heartbeat ok at " + format_rfc3339(*status_.last_ok));
+      return std::chrono::seconds(status_.next_interval_s);
+    }
+    ++failures_;
+    status_.consecutive_failures = failures_;
+    status_.last_error = answer.error().message;
+    write_status(config_.state_dir(), status_);
+    const auto delay = backoff_delay(options_, failures_, random01_());
+    const auto level = answer.error().code == Errc::refused ? log::Level::critical : log::Level::warning;
+    log::event(level, "heartbeat.failed", {{"node", node_id_}, {"failures", failures_},
+                                           {"retry_in_ms", delay.count()}, {"error", answer.error().message}});
+    notify("STATUS=heartbeat failing (" + std::to_string(failures_) + "): " + answer.error().message);
+    return delay;
+  }
+
+  // Sleeps `total`, waking for the watchdog; true when asked to stop.
+  bool sleep(milliseconds total) {
+    const auto end = clock_.monotonic() + total;
+    for (;;) {
+      notify("WATCHDOG=1");
+      const auto left = duration_cast<milliseconds>(end - clock_.monotonic());
+      if (left <= milliseconds(0)) return stop_.stopped();
+      const auto slice = watchdog_ ? std::min(left, *watchdog_) : left;
+      if (stop_.wait(slice)) return true;
+    }
+  }
+
+  const AgentConfig& config_;
+  const ServiceOptions& options_;
+  const Clock& clock_;
+  const std::function<double()>& random01_;
+  StopSignal& stop_;
+  CredentialStore store_;
+  std::optional<milliseconds> watchdog_;
+  std::optional<InstalledCredentials> creds_;
+  std::optional<ControlClient> client_;
+  std::string node_id_;
+  Clock::WallTime rotate_at_{};
+  int failures_ = 0;
+  int rotation_failures_ = 0;
+  std::uint64_t alert_seq_ = 0;
+  bool ready_sent_ = false;
+  ServiceStatus status_;
+};
+
+}  // namespace
+
+milliseconds backoff_delay(const ServiceOptions& options, int failures, double random01) {
+  const int exponent = std::clamp(failures - 1, 0, 30);
+  const double full = std::min<double>(static_cast<double>(options.max_backoff.count()),
+                                       static_cast<double>(options.min_backoff.count()) * std::ldexp(1.0, exponent));
+  return milliseconds(static_cast<std::int64_t>(full * (0.5 + 0.5 * std::clamp(random01, 0.0, 1.0))));
+}
+
+Clock::WallTime rotation_time(const ServiceOptions& options, Clock::WallTime not_before, Clock::WallTime not_after,
+                              double random01) {
+  const double fraction = options.rotate_at_fraction + (2.0 * std::clamp(random01, 0.0, 1.0) - 1.0) * options.rotate_jitter;
+  const auto lifetime = duration_cast<milliseconds>(not_after - not_before);
+  return not_before + milliseconds(static_cast<std::int64_t>(static_cast<double>(lifetime.count()) * fraction));
+}
+
+Status run_service(const AgentConfig& config, const ServiceOptions& options, const Clock& clock,
+                   const std::function<double()>& random01, StopSignal& stop) {
+  Loop loop(config, options, clock, random01, stop);
+  return loop.run();
+}
+
+}  // namespace cairn::agent

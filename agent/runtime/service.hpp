@@ -1,0 +1,37 @@
+// The long-lived loop of `cairn-agent service`: heartbeat every interval over mTLS,
+// exponential backoff with jitter while the control service is away, certificate rotation
+// at 75% of its lifetime (with jitter), a critical event on every heartbeat while rotation
+// keeps failing, sd_notify READY/WATCHDOG/STATUS, clean exit on SIGTERM.
+#pragma once
+
+#include <chrono>
+#include <functional>
+
+#include "agent/config.hpp"
+#include "agent/runtime/stop_signal.hpp"
+#include "common/clock.hpp"
+#include "common/result.hpp"
+
+namespace cairn::agent {
+
+struct ServiceOptions {
+  std::chrono::milliseconds min_backoff{1000};
+  std::chrono::milliseconds max_backoff{std::chrono::minutes(5)};
+  double rotate_at_fraction = 0.75;  // of the certificate lifetime
+  double rotate_jitter = 0.05;       // +- this fraction, so a fleet does not rotate at once
+  int rotation_alert_after = 2;      // consecutive rotation failures before the critical event
+};
+
+// Next delay after `failures` consecutive failures: min(max, min * 2^(failures-1)), scaled by
+// a factor in [0.5, 1) ("equal jitter") so a fleet coming back does not arrive in step.
+std::chrono::milliseconds backoff_delay(const ServiceOptions& options, int failures, double random01);
+
+// When to rotate a certificate valid over [not_before, not_after).
+Clock::WallTime rotation_time(const ServiceOptions& options, Clock::WallTime not_before,
+                              Clock::WallTime not_after, double random01);
+
+// Runs until a stop signal; the Error is why it could not start (not enrolled, no config).
+Status run_service(const AgentConfig& config, const ServiceOptions& options, const Clock& clock,
+                   const std::function<double()>& random01, StopSignal& stop);
+
+}  // namespace cairn::agent

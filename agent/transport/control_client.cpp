@@ -1,0 +1,59 @@
+#include "agent/transport/control_client.hpp"
+
+namespace cairn::agent {
+
+Errc errc_for_http_status(long status) {
+  if (status == 401 || status == 403) return Errc::refused;
+  if (status == 429 || status == 503) return Errc::temporary;
+  if (status >= 500) return Errc::unavailable;
+  if (status == 400 || status == 413 || status == 422) return Errc::data;
+  return Errc::internal;  // 404, 405: we and the server disagree on the protocol
+}
+
+ControlClient::ControlClient(std::string base_url, TlsOptions tls, std::chrono::milliseconds timeout)
+    : base_url_(std::move(base_url)), timeout_(timeout), http_(make_http_client(std::move(tls))) {
+  while (!base_url_.empty() && base_url_.back() == '/') base_url_.pop_back();
+}
+
+Result<std::string> ControlClient::post(std::string_view path, const Json& body, HttpHeaders headers) {
+  HttpRequest req;
+  req.method = "POST";
+  req.url = base_url_ + std::string(path);
+  req.headers = std::move(headers);
+  req.headers.emplace_back("Content-Type", "application/json");
+  req.body = body.dump();
+  req.connect_timeout = std::min<std::chrono::milliseconds>(timeout_, std::chrono::seconds(5));
+  req.total_timeout = timeout_;
+  auto resp = http_->send(req);
+  if (!resp) return fail(resp.error());
+  if (resp->status >= 200 && resp->status < 300) return std::move(resp->body);
+
+  const Errc code = errc_for_http_status(resp->status);
+  auto err = protocol::decode_error_body(resp->body);
+  if (!err) {
+    return fail(code, "POST " + req.url + ": HTTP " + std::to_string(resp->status) + " without an error body",
+                "check that the URL points at cairn-control");
+  }
+  return fail(code, "POST " + req.url + ": " + err->code + ": " + err->message, err->hint);
+}
+
+Result<protocol::CertificateResponse> ControlClient::enroll(std::string_view token,
+                                                            const protocol::EnrollRequest& request) {
+  auto body = post("/v1/enroll", protocol::to_json(request), {{"Authorization", "Bearer " + std::string(token)}});
+  if (!body) return fail(body.error());
+  return protocol::decode_certificate_response(*body);
+}
+
+Result<protocol::CertificateResponse> ControlClient::rotate(const protocol::RotateRequest& request) {
+  auto body = post("/v1/certificates/rotate", protocol::to_json(request));
+  if (!body) return fail(body.error());
+  return protocol::decode_certificate_response(*body);
+}
+
+Result<protocol::HeartbeatResponse> ControlClient::heartbeat(const protocol::HeartbeatRequest& request) {
+  auto body = post("/v1/heartbeat", protocol::to_json(request));
+  if (!body) return fail(body.error());
+  return protocol::decode_heartbeat_response(*body);
+}
+
+}  // namespace cairn::agent

@@ -1,0 +1,41 @@
+// ControlClient: the agent's side of the /v1 protocol over HttpClient (libcurl), with the
+// control service verified against the pinned CA and, once enrolled, mutual TLS. One client
+// keeps one connection alive across heartbeats.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/http.hpp"
+#include "common/protocol/messages.hpp"
+#include "common/result.hpp"
+
+namespace cairn::agent {
+
+class ControlClient {
+ public:
+  // base_url: https://host:port. tls: CA pin, and client cert/key when enrolled.
+  ControlClient(std::string base_url, TlsOptions tls,
+                std::chrono::milliseconds timeout = std::chrono::seconds(15));
+
+  Result<protocol::CertificateResponse> enroll(std::string_view token, const protocol::EnrollRequest& request);
+  Result<protocol::CertificateResponse> rotate(const protocol::RotateRequest& request);
+  Result<protocol::HeartbeatResponse> heartbeat(const protocol::HeartbeatRequest& request);
+
+  [[nodiscard]] const std::string& base_url() const { return base_url_; }
+
+ private:
+  // POSTs JSON; a non-2xx answer becomes an Error carrying the server's code, message and hint.
+  Result<std::string> post(std::string_view path, const Json& body, HttpHeaders headers = {});
+
+  std::string base_url_;
+  std::chrono::milliseconds timeout_;
+  std::unique_ptr<HttpClient> http_;
+};
+
+// Maps an HTTP status to the agent's exit-code vocabulary (sysexits).
+Errc errc_for_http_status(long status);
+
+}  // namespace cairn::agent

@@ -1,0 +1,159 @@
+// `cairn-control serve`: opens the state dir and serves the API until SIGTERM/SIGINT.
+#include <sys/resource.h>
+
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include "common/fs.hpp"
+#include "common/log.hpp"
+#include "control/cli/commands.hpp"
+#include "control/cli/parse.hpp"
+#include "control/server/metrics.hpp"
+#include "control/server/server.hpp"
+#include "control/service.hpp"
+
+namespace cairn::control::cli {
+namespace {
+
+struct ServeOptions {
+  std::string state_dir;
+  std::string listen = "127.0.0.1:8443";
+  int threads = 0;
+  std::string cert_lifetime = "90d";
+  std::string heartbeat_interval = "30s";
+  int grace_intervals = 3;
+  std::string max_body = "1MiB";
+  std::size_t max_connections = 20'000;
+  std::size_t max_requests_per_connection = 0;
+  std::string handshake_timeout = "10s";
+  std::string header_timeout = "10s";
+  std::string body_timeout = "30s";
+  std::string idle_timeout = "60s";
+  std::string port_file;
+};
+
+// 10k agents keep a connection each: lift the soft fd limit to the hard one.
+void raise_fd_limit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  if (lim.rlim_cur < lim.rlim_max) {
+    const auto before = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &lim) == 0) {
+      log::debug("control.fd_limit_raised", {{"from", static_cast<std::uint64_t>(before)},
+                                              {"to", static_cast<std::uint64_t>(lim.rlim_cur)}});
+    }
+  }
+}
+
+void print_error(const Error& e) {
+  std::cerr << "cairn-control serve: " << e.message << "\n";
+  if (!e.hint.empty()) std::cerr << "hint: " << e.hint << "\n";
+}
+
+Status serve(const ServeOptions& o) {
+  auto listen = parse_listen(o.listen);
+  if (!listen) return fail(listen.error());
+  auto lifetime = parse_duration(o.cert_lifetime, "--cert-lifetime");
+  if (!lifetime) return fail(lifetime.error());
+  auto interval = parse_duration(o.heartbeat_interval, "--heartbeat-interval");
+  if (!interval) return fail(interval.error());
+  auto max_body = parse_size(o.max_body, "--max-body");
+  if (!max_body) return fail(max_body.error());
+  auto handshake = parse_duration(o.handshake_timeout, "--handshake-timeout");
+  if (!handshake) return fail(handshake.error());
+  auto header = parse_duration(o.header_timeout, "--header-timeout");
+  if (!header) return fail(header.error());
+  auto body = parse_duration(o.body_timeout, "--body-timeout");
+  if (!body) return fail(body.error());
+  auto idle = parse_duration(o.idle_timeout, "--idle-timeout");
+  if (!idle) return fail(idle.error());
+  if (*lifetime < std::chrono::seconds(1) || *interval < std::chrono::seconds(1)) {
+    return fail(Errc::usage, "--cert-lifetime and --heartbeat-interval must be at least 1s");
+  }
+  if (o.grace_intervals < 1) return fail(Errc::usage, "--grace-intervals must be at least 1");
+
+  raise_fd_limit();
+  const StatePaths state{o.state_dir};
+  ServiceConfig service_config;
+  service_config.cert_lifetime = std::chrono::duration_cast<std::chrono::seconds>(*lifetime);
+  service_config.heartbeat_interval = std::chrono::duration_cast<std::chrono::seconds>(*interval);
+  service_config.unreachable_after_intervals = o.grace_intervals;
+  auto service = open_service(state, service_config, SystemClock::instance());
+  if (!service) return fail(service.error().with_context("state dir " + o.state_dir));
+
+  server::ServerConfig config;
+  config.host = listen->host;
+  config.port = listen->port;
+  config.cert_file = state.server_cert();
+  config.key_file = state.server_key();
+  config.ca_file = state.ca_cert();
+  config.threads = o.threads;
+  config.max_body_bytes = *max_body;
+  config.max_connections = o.max_connections;
+  config.max_requests_per_connection = o.max_requests_per_connection;
+  config.handshake_timeout = *handshake;
+  config.header_timeout = *header;
+  config.body_timeout = *body;
+  config.idle_timeout = *idle;
+
+  server::Metrics metrics;
+  auto srv = server::Server::create(config, **service, metrics);
+  if (!srv) return fail(srv.error());
+  (*srv)->stop_on_signals();
+  if (!o.port_file.empty()) {
+    if (auto w = write_file_atomic(o.port_file, std::to_string((*srv)->port()) + "\n"); !w) {
+      return fail(w.error().with_context("--port-file"));
+    }
+  }
+  log::info("control.listening", {{"addr", (*srv)->address()},
+                                  {"port", static_cast<unsigned>((*srv)->port())},
+                                  {"state", o.state_dir}});
+  (*srv)->run();
+  // Handlers have stopped; flush the service (pending heartbeats are committed and their
+  // answers queued on the stopped io_context), then drop the connections with the server.
+  service->reset();
+  srv->reset();
+  log::info("control.stopped");
+  return {};
+}
+
+}  // namespace
+
+void add_serve(CLI::App& app, int& exit_code) {
+  auto options = std::make_shared<ServeOptions>();
+  auto* cmd = app.add_subcommand("serve", "Run the control service (HTTPS API) until SIGTERM");
+  cmd->add_option("--state", options->state_dir, "State dir made by 'cairn-control init'")->required();
+  cmd->add_option("--listen", options->listen, "HOST:PORT to listen on ([::1]:PORT for IPv6; port 0 = any)")
+      ->capture_default_str();
+  cmd->add_option("--threads", options->threads, "IO threads (0 = one per CPU)")->capture_default_str();
+  cmd->add_option("--cert-lifetime", options->cert_lifetime, "Lifetime of node certificates (e.g. 90d, 3600s)")
+      ->capture_default_str();
+  cmd->add_option("--heartbeat-interval", options->heartbeat_interval, "Heartbeat interval told to agents")
+      ->capture_default_str();
+  cmd->add_option("--grace-intervals", options->grace_intervals, "Missed intervals before a node is Unreachable")
+      ->capture_default_str();
+  cmd->add_option("--max-body", options->max_body, "Largest request body (e.g. 1MiB)")->capture_default_str();
+  cmd->add_option("--max-connections", options->max_connections, "Open connections at most; more are closed")
+      ->capture_default_str();
+  cmd->add_option("--max-requests-per-connection", options->max_requests_per_connection,
+                  "Close a keep-alive connection after this many requests (0 = never)")
+      ->capture_default_str();
+  cmd->add_option("--handshake-timeout", options->handshake_timeout, "TLS handshake deadline")->capture_default_str();
+  cmd->add_option("--header-timeout", options->header_timeout, "Deadline to receive a request's headers")
+      ->capture_default_str();
+  cmd->add_option("--body-timeout", options->body_timeout, "Deadline to receive a body / send an answer")
+      ->capture_default_str();
+  cmd->add_option("--idle-timeout", options->idle_timeout, "Keep-alive wait for the next request")
+      ->capture_default_str();
+  cmd->add_option("--port-file", options->port_file, "Write the bound port here (atomically) once listening");
+  cmd->callback([options, &exit_code] {
+    if (auto ok = serve(*options); !ok) {
+      print_error(ok.error());
+      exit_code = static_cast<int>(ok.error().code);
+    }
+  });
+}
+
+}  // namespace cairn::control::cli

@@ -1,0 +1,108 @@
+// Prometheus text rendering of the server's counters.
+#include "control/server/metrics.hpp"
+
+#include <fmt/format.h>
+
+namespace cairn::control::server {
+
+std::string_view endpoint_name(Endpoint e) {
+  switch (e) {
+    case Endpoint::enroll: return "enroll";
+    case Endpoint::heartbeat: return "heartbeat";
+    case Endpoint::rotate: return "rotate";
+    case Endpoint::admin: return "admin";
+    case Endpoint::healthz: return "healthz";
+    case Endpoint::metrics: return "metrics";
+    case Endpoint::other: return "other";
+  }
+  return "other";
+}
+
+Metrics::Metrics() = default;
+
+void Metrics::record_request(Endpoint endpoint, int status, std::chrono::nanoseconds duration) {
+  auto& slot = endpoints_[static_cast<std::size_t>(endpoint)];
+  if (status < 0 || status >= kMaxStatus) status = 0;
+  slot.by_status[static_cast<std::size_t>(status)].fetch_add(1, std::memory_order_relaxed);
+  const double seconds = std::chrono::duration<double>(duration).count();
+  std::size_t bucket = 0;
+  while (bucket < kLatencyBuckets.size() && seconds > kLatencyBuckets[bucket]) ++bucket;
+  slot.buckets[bucket].fetch_add(1, std::memory_order_relaxed);
+  slot.sum_ns.fetch_add(static_cast<std::uint64_t>(duration.count()), std::memory_order_relaxed);
+  slot.count.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::uint64_t Metrics::requests(Endpoint endpoint, int status) const {
+  if (status < 0 || status >= kMaxStatus) return 0;
+  return endpoints_[static_cast<std::size_t>(endpoint)]
+      .by_status[static_cast<std::size_t>(status)]
+      .load(std::memory_order_relaxed);
+}
+
+std::string Metrics::render(ControlService* service) const {
+  std::string out;
+  out.reserve(8192);
+  auto it = std::back_inserter(out);
+
+  out += "# HELP cairn_http_requests_total HTTP requests answered, by endpoint and status.\n";
+  out += "# TYPE cairn_http_requests_total counter\n";
+  for (std::size_t e = 0; e < kEndpointCount; ++e) {
+    const auto name = endpoint_name(static_cast<Endpoint>(e));
+    for (int s = 0; s < kMaxStatus; ++s) {
+      const auto n = endpoints_[e].by_status[static_cast<std::size_t>(s)].load(std::memory_order_relaxed);
+      if (n == 0) continue;
+      fmt::format_to(it, "cairn_http_requests_total{{endpoint=\"{}\",status=\"{}\"}} {}\n", name, s, n);
+    }
+  }
+
+  out += "# HELP cairn_http_request_duration_seconds Time from request read to response queued.\n";
+  out += "# TYPE cairn_http_request_duration_seconds histogram\n";
+  for (std::size_t e = 0; e < kEndpointCount; ++e) {
+    const auto& slot = endpoints_[e];
+    const auto count = slot.count.load(std::memory_order_relaxed);
+    if (count == 0) continue;
+    const auto name = endpoint_name(static_cast<Endpoint>(e));
+    std::uint64_t cumulative = 0;
+    for (std::size_t b = 0; b < kLatencyBuckets.size(); ++b) {
+      cumulative += slot.buckets[b].load(std::memory_order_relaxed);
+      fmt::format_to(it, "cairn_http_request_duration_seconds_bucket{{endpoint=\"{}\",le=\"{}\"}} {}\n",
+                     name, kLatencyBuckets[b], cumulative);
+    }
+    cumulative += slot.buckets.back().load(std::memory_order_relaxed);
+    // Updates are not one transaction: keep +Inf == count so the series stays consistent.
+    const auto total = std::max(cumulative, count);
+    fmt::format_to(it, "cairn_http_request_duration_seconds_bucket{{endpoint=\"{}\",le=\"+Inf\"}} {}\n",
+                   name, total);
+    fmt::format_to(it, "cairn_http_request_duration_seconds_sum{{endpoint=\"{}\"}} {:.6f}\n", name,
+                   static_cast<double>(slot.sum_ns.load(std::memory_order_relaxed)) / 1e9);
+    fmt::format_to(it, "cairn_http_request_duration_seconds_count{{endpoint=\"{}\"}} {}\n", name, total);
+  }
+
+  if (service != nullptr) {
+    const NodeCounts nodes = service->node_counts();
+    out += "# HELP cairn_nodes Known nodes by liveness state.\n";
+    out += "# TYPE cairn_nodes gauge\n";
+    fmt::format_to(it, "cairn_nodes{{state=\"ready\"}} {}\n", nodes.ready);
+    fmt::format_to(it, "cairn_nodes{{state=\"unreachable\"}} {}\n", nodes.unreachable);
+    fmt::format_to(it, "cairn_nodes{{state=\"revoked\"}} {}\n", nodes.revoked);
+    out += "# HELP cairn_enrollments_total Successful enrollments.\n";
+    out += "# TYPE cairn_enrollments_total counter\n";
+    fmt::format_to(it, "cairn_enrollments_total {}\n", service->enrollments_total());
+  }
+
+  out += "# HELP cairn_tls_handshake_failures_total TLS handshakes that failed or presented an "
+         "unverifiable client certificate.\n";
+  out += "# TYPE cairn_tls_handshake_failures_total counter\n";
+  fmt::format_to(it, "cairn_tls_handshake_failures_total {}\n",
+                 tls_handshake_failures_.load(std::memory_order_relaxed));
+  out += "# HELP cairn_connections_refused_total Connections closed at accept because the cap was reached.\n";
+  out += "# TYPE cairn_connections_refused_total counter\n";
+  fmt::format_to(it, "cairn_connections_refused_total {}\n",
+                 connections_refused_.load(std::memory_order_relaxed));
+  out += "# HELP cairn_connections_open Open client connections.\n";
+  out += "# TYPE cairn_connections_open gauge\n";
+  fmt::format_to(it, "cairn_connections_open {}\n", connections_open_.load(std::memory_order_relaxed));
+  return out;
+}
+
+}  // namespace cairn::control::server

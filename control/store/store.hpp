@@ -1,0 +1,158 @@
+// Store: what cairn-control keeps on disk (tokens, nodes, certificates, heartbeats), behind
+// one interface so the SQLite default and the PostgreSQL backend are interchangeable.
+// SQL dialects stay inside the backends; every multi-row change is one transaction there.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/protocol/messages.hpp"
+#include "common/result.hpp"
+
+namespace cairn::control {
+
+using Labels = std::map<std::string, std::string>;
+
+// Times are Unix milliseconds (UTC): one integer type for every backend.
+struct TokenRecord {
+  std::string id;    // UUID, shown to operators
+  std::string hash;  // sha256_hex of the raw token; the token itself is never stored
+  std::int64_t created_at_ms = 0;
+  std::int64_t expires_at_ms = 0;
+  std::int64_t uses = 0;
+  std::int64_t max_uses = 1;
+  Labels labels;
+  std::optional<std::string> expect_id;  // node UUID the token is reserved for
+  bool revoked = false;
+};
+
+enum class CertStatus {
+  active,      // authorizes requests until it expires
+  superseded,  // replaced by a re-enrollment: authorizes nothing
+  revoked,     // its node was revoked
+};
+inline std::string_view cert_status_name(CertStatus status) {
+  switch (status) {
+    case CertStatus::active: return "active";
+    case CertStatus::superseded: return "superseded";
+    case CertStatus::revoked: return "revoked";
+  }
+  return "active";
+}
+
+struct CertRecord {
+  std::string serial_hex;  // as CertInfo::serial_hex
+  std::string node_id;
+  std::string fingerprint_sha256;
+  std::int64_t not_before_ms = 0;
+  std::int64_t not_after_ms = 0;
+  std::int64_t issued_at_ms = 0;
+  std::string reason;  // "enroll" or "rotate"
+  CertStatus status = CertStatus::active;
+};
+
+// The last heartbeat of a node (events are kept apart, see NodeEventRecord).
+struct NodeStatusRecord {
+  std::int64_t last_seen_ms = 0;
+  protocol::HeartbeatRequest last;  // without events
+  std::int64_t heartbeats = 0;
+  std::int64_t critical_events_total = 0;
+};
+
+struct NodeRecord {
+  std::string id;  // UUID, lower case
+  protocol::NodeIdentity identity;
+  Labels labels;  // token labels merged with the labels the node asked for at enrollment
+  std::int64_t first_enrolled_at_ms = 0;
+  std::int64_t enrolled_at_ms = 0;
+  std::int64_t enroll_count = 0;
+  std::optional<std::int64_t> revoked_at_ms;
+  std::optional<std::int64_t> cert_not_after_ms;  // latest active certificate (read only)
+  std::optional<NodeStatusRecord> status;         // none before the first heartbeat (read only)
+};
+
+struct NodeEventRecord {
+  std::string event_id;
+  std::string severity;
+  std::string kind;
+  std::string message;
+  std::string time;
+  std::int64_t received_at_ms = 0;
+};
+
+struct HeartbeatRecord {
+  std::string node_id;
+  std::int64_t received_at_ms = 0;
+  protocol::HeartbeatRequest request;
+};
+
+// Everything enrollment changes, committed together or not at all.
+struct EnrollmentCommit {
+  std::string token_id;
+  std::int64_t now_ms = 0;  // the token must still be unexpired at this time
+  NodeRecord node;          // id, identity, labels
+  CertRecord cert;
+};
+enum class EnrollmentOutcome {
+  committed,
+  token_unavailable,  // revoked, expired or used up between lookup and commit
+  node_revoked,
+};
+
+// What authorize_node needs in memory, loaded once at start.
+struct AuthSnapshot {
+  struct Node {
+    std::string id;
+    bool revoked = false;
+    std::int64_t enrolled_at_ms = 0;
+    std::int64_t last_seen_ms = 0;  // 0: never heartbeated
+  };
+  std::vector<Node> nodes;
+  std::vector<CertRecord> certs;  // every certificate not superseded and not yet expired
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  [[nodiscard]] virtual int schema_version() = 0;
+
+  // tokens
+  virtual Status insert_token(const TokenRecord& token) = 0;
+  virtual Result<std::optional<TokenRecord>> find_token_by_hash(std::string_view hash) = 0;
+  virtual Result<std::vector<TokenRecord>> list_tokens() = 0;
+  virtual Result<bool> revoke_token(std::string_view id) = 0;  // false: no such token
+
+  // enrollment: consumes one use of the token, upserts the node, supersedes its active
+  // certificates, records the new one and counts the enrollment, in one transaction.
+  virtual Result<EnrollmentOutcome> commit_enrollment(const EnrollmentCommit& commit) = 0;
+  virtual Result<std::int64_t> enrollments_total() = 0;
+
+  // certificates
+  virtual Status insert_certificate(const CertRecord& cert) = 0;  // rotation
+  virtual Result<std::vector<CertRecord>> list_certificates(std::string_view node_id) = 0;
+
+  // nodes
+  virtual Result<std::optional<NodeRecord>> find_node(std::string_view id) = 0;
+  virtual Result<std::vector<NodeRecord>> list_nodes() = 0;
+  // Marks the node and all its certificates revoked; false: no such node.
+  virtual Result<bool> revoke_node(std::string_view id, std::int64_t now_ms) = 0;
+  virtual Result<std::vector<NodeEventRecord>> recent_events(std::string_view node_id) = 0;
+
+  // heartbeats: the whole batch in one transaction. The outer error means nothing was
+  // committed; otherwise one Status per record (a record can fail alone, e.g. unknown node).
+  virtual Result<std::vector<Status>> write_heartbeats(std::span<const HeartbeatRecord> batch) = 0;
+
+  virtual Result<AuthSnapshot> load_auth_snapshot(std::int64_t now_ms) = 0;
+};
+
+// How many critical events are kept per node (the count of all of them is kept too).
+inline constexpr int kEventsKeptPerNode = 50;
+
+}  // namespace cairn::control

@@ -1,0 +1,95 @@
+#include "identity/sources/aws.hpp"
+
+#include "common/json.hpp"
+#include "identity/sources/metadata.hpp"
+
+namespace cairn::identity {
+namespace {
+
+// IMDSv2 (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/configuring-instance-metadata-service.html):
+// PUT /latest/api/token with X-aws-ec2-metadata-token-ttl-seconds (1..21600) returns a session
+// token; every GET carries it in X-aws-ec2-metadata-token, and an expired or unknown token
+// gets 401. The link-local address is the documented endpoint; only this file names it.
+constexpr std::string_view kDefaultBase = "http://169.254.169.254";
+constexpr std::string_view kTtlSeconds = "60";  // used at once; a short life limits a leak
+
+class Imds {
+ public:
+  Imds(Context& context, std::string base) : context_(context), base_(std::move(base)) {}
+
+  Status fetch_token() {
+    HttpRequest put;
+    put.method = "PUT";
+    put.url = base_ + "/latest/api/token";
+    put.headers = {{"X-aws-ec2-metadata-token-ttl-seconds", std::string(kTtlSeconds)}};
+    auto response = fetch_ok(context_, put);
+    if (!response) return fail(response.error().with_context("IMDSv2 session token"));
+    if (response->body.empty()) {
+      return fail(Errc::data, "IMDSv2 session token: PUT " + put.url + " answered an empty token");
+    }
+    token_ = response->body;
+    return {};
+  }
+
+  // GET with the session token; on 401 (the token expired or was revoked) fetches a new
+  // token once and retries, then gives up with a clear reason.
+  Result<std::string> get(std::string_view path) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      if (token_.empty() || attempt > 0) {
+        if (auto ok = fetch_token(); !ok) return fail(ok.error());
+      }
+      HttpRequest request;
+      request.url = base_ + std::string(path);
+      request.headers = {{"X-aws-ec2-metadata-token", token_}};
+      auto response = context_.fetch(request);
+      if (!response) return fail(response.error());
+      if (response->status == 401) continue;
+      if (response->status != 200) {
+        return fail(response->status >= 500 ? Errc::unavailable : Errc::data,
+                    "GET " + request.url + ": HTTP " + std::to_string(response->status));
+      }
+      return response->body;
+    }
+    return fail(Errc::refused, "GET " + base_ + std::string(path) +
+                                   ": IMDSv2 refused two fresh session tokens (HTTP 401)",
+                "the token expires before use: check the clock and the hop limit");
+  }
+
+ private:
+  Context& context_;
+  std::string base_;
+  std::string token_;
+};
+
+}  // namespace
+
+SourceResult AwsSource::probe(Context& context) {
+  Imds imds(context, context.base_url("aws", kDefaultBase));
+  // The instance identity document carries id, region, zone and type in one answer
+  // (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instance-identity-documents.html).
+  auto document = imds.get("/latest/dynamic/instance-identity/document");
+  if (!document) return SourceResult::failed(document.error());
+  auto json = parse_json(*document, "EC2 instance identity document");
+  if (!json) return SourceResult::failed(json.error());
+  const auto text = [&](const char* key) {
+    return json->is_object() && json->contains(key) && (*json)[key].is_string()
+               ? (*json)[key].get<std::string>()
+               : std::string();
+  };
+  Identity id;
+  id.platform = "aws";
+  id.instance_id = text("instanceId");
+  if (id.instance_id.empty()) {
+    return SourceResult::failed("EC2 instance identity document: no \"instanceId\"");
+  }
+  id.region = text("region");
+  id.zone = text("availabilityZone");
+  id.instance_type = text("instanceType");
+  // The identity document holds no UUID: see cloud_node_uuid for the choice.
+  id.uuid = cloud_node_uuid(context, "aws", id.instance_id);
+  // The hostname is a nicety: without it the identity stands.
+  if (auto hostname = imds.get("/latest/meta-data/local-hostname")) id.hostname = *hostname;
+  return SourceResult::answered(std::move(id), "EC2 IMDSv2 instance identity document");
+}
+
+}  // namespace cairn::identity

@@ -1,0 +1,50 @@
+#include "identity/sources/azure.hpp"
+
+#include "common/json.hpp"
+#include "identity/sources/metadata.hpp"
+
+namespace cairn::identity {
+namespace {
+
+// https://learn.microsoft.com/azure/virtual-machines/instance-metadata-service: requests need
+// `Metadata: true` and an api-version (else 400); compute.vmId is the VM's unique UUID.
+constexpr std::string_view kDefaultBase = "http://169.254.169.254";
+constexpr std::string_view kApiVersion = "2021-02-01";
+
+}  // namespace
+
+SourceResult AzureSource::probe(Context& context) {
+  HttpRequest request;
+  request.url = context.base_url("azure", kDefaultBase) +
+                "/metadata/instance?api-version=" + std::string(kApiVersion);
+  request.headers = {{"Metadata", "true"}};
+  auto response = fetch_ok(context, request);
+  if (!response) return SourceResult::failed(response.error());
+  auto json = parse_json(response->body, "Azure IMDS instance document");
+  if (!json) return SourceResult::failed(json.error());
+  const Json compute = json->is_object() && json->contains("compute") && (*json)["compute"].is_object()
+                           ? (*json)["compute"]
+                           : Json::object();
+  const auto text = [&](const Json& j, const char* key) {
+    return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
+  };
+  const auto vm_id = text(compute, "vmId");
+  // vmId is what Azure names the VM by; its DMI product_uuid is the same UUID with the first
+  // three fields byte-swapped on Gen1 VMs, so the metadata value is the reliable one.
+  auto uuid = parse_identity_uuid(vm_id);
+  if (!uuid) return SourceResult::failed("Azure IMDS compute.vmId: " + uuid.error().message);
+  Identity id;
+  id.uuid = *uuid;
+  id.platform = "azure";
+  id.instance_id = text(compute, "resourceId").empty() ? vm_id : text(compute, "resourceId");
+  id.region = text(compute, "location");
+  id.zone = text(compute, "zone");
+  id.instance_type = text(compute, "vmSize");
+  const Json os = compute.contains("osProfile") && compute["osProfile"].is_object()
+                      ? compute["osProfile"]
+                      : Json::object();
+  id.hostname = text(os, "computerName").empty() ? text(compute, "name") : text(os, "computerName");
+  return SourceResult::answered(std::move(id), "Azure IMDS api-version " + std::string(kApiVersion));
+}
+
+}  // namespace cairn::identity

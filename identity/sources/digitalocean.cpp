@@ -1,0 +1,39 @@
+#include "identity/sources/digitalocean.hpp"
+
+#include "common/json.hpp"
+#include "identity/sources/metadata.hpp"
+
+namespace cairn::identity {
+namespace {
+
+// https://docs.digitalocean.com/reference/api/metadata-api/: GET /metadata/v1.json, no
+// header needed, answers droplet_id (a number), hostname, region.
+constexpr std::string_view kDefaultBase = "http://169.254.169.254";
+
+}  // namespace
+
+SourceResult DigitalOceanSource::probe(Context& context) {
+  HttpRequest request;
+  request.url = context.base_url("digitalocean", kDefaultBase) + "/metadata/v1.json";
+  auto response = fetch_ok(context, request);
+  if (!response) return SourceResult::failed(response.error());
+  auto json = parse_json(response->body, "DigitalOcean metadata");
+  if (!json) return SourceResult::failed(json.error());
+  if (!json->is_object() || !json->contains("droplet_id") ||
+      !(*json)["droplet_id"].is_number_unsigned() || (*json)["droplet_id"].get<std::uint64_t>() == 0) {
+    return SourceResult::failed("DigitalOcean metadata: no positive \"droplet_id\"");
+  }
+  const auto text = [&](const char* key) {
+    return json->contains(key) && (*json)[key].is_string() ? (*json)[key].get<std::string>()
+                                                           : std::string();
+  };
+  Identity id;
+  id.platform = "digitalocean";
+  id.instance_id = std::to_string((*json)["droplet_id"].get<std::uint64_t>());
+  id.uuid = cloud_node_uuid(context, "digitalocean", id.instance_id);
+  id.region = text("region");
+  id.hostname = text("hostname");
+  return SourceResult::answered(std::move(id), "DigitalOcean droplet metadata");
+}
+
+}  // namespace cairn::identity

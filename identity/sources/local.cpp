@@ -1,0 +1,84 @@
+#include "identity/sources/local.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "common/fs.hpp"
+#include "common/json.hpp"
+#include "common/time.hpp"
+#include "identity/cascade.hpp"
+
+namespace cairn::identity {
+namespace {
+
+constexpr std::size_t kMaxBytes = 64 * 1024;
+
+// The UUID of an identity.json, or why the file cannot be one.
+Result<Uuid> parse_identity_file(std::string_view text) {
+  if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+    return fail(Errc::data, "empty file");
+  }
+  auto json = parse_json(text, "identity.json");
+  if (!json) return fail(json.error());
+  if (!json->is_object() || !json->contains("uuid") || !(*json)["uuid"].is_string()) {
+    return fail(Errc::data, "no \"uuid\" string");
+  }
+  return parse_identity_uuid((*json)["uuid"].get<std::string>());
+}
+
+// Renames a corrupt file to <name>.corrupt-<unix seconds>, never over an earlier one.
+Result<std::filesystem::path> set_aside(const std::filesystem::path& path, const Clock& clock) {
+  const auto secs =
+      std::chrono::duration_cast<std::chrono::seconds>(clock.now().time_since_epoch()).count();
+  auto aside = path;
+  aside += ".corrupt-" + std::to_string(secs);
+  for (int n = 1; std::filesystem::exists(aside) && n < 100; ++n) {
+    aside = path;
+    aside += ".corrupt-" + std::to_string(secs) + "-" + std::to_string(n);
+  }
+  if (std::rename(path.c_str(), aside.c_str()) != 0) {
+    return fail(Errc::io, "rename " + path.string() + " to " + aside.string() + ": " +
+                              std::strerror(errno),
+                "move the corrupt identity.json away by hand");
+  }
+  return aside;
+}
+
+}  // namespace
+
+SourceResult LocalSource::probe(Context& context) {
+  const auto path = context.config().identity_file();
+  std::string corrupt_note;
+  auto content = read_file_if_exists(path, kMaxBytes);
+  if (!content && content.error().code != Errc::data) {
+    return SourceResult::failed(content.error());  // unreadable: never replace what we cannot read
+  }
+  if (!content || *content) {
+    auto uuid = content ? parse_identity_file(**content) : fail(content.error());
+    if (uuid) {
+      Identity id;
+      id.uuid = *uuid;
+      id.platform = context.hint().platform();
+      return SourceResult::answered(std::move(id), "kept in " + path.string());
+    }
+    auto aside = set_aside(path, context.clock());
+    if (!aside) return SourceResult::failed(aside.error());
+    corrupt_note = path.string() + " was corrupt (" + uuid.error().message + "), kept aside as " +
+                   aside->filename().string() + "; ";
+  }
+
+  const Uuid uuid = random_uuid();
+  const Json doc = {{"uuid", uuid.str()}, {"created", format_rfc3339(context.clock().now())}};
+  if (auto written = write_file_atomic(path, doc.dump(2) + "\n", 0644); !written) {
+    return SourceResult::failed(Error{Errc::io, corrupt_note + written.error().message,
+                                      "make the persist directory writable or pass --persist DIR"});
+  }
+  Identity id;
+  id.uuid = uuid;
+  id.platform = context.hint().platform();
+  return SourceResult::answered(std::move(id),
+                                corrupt_note + "created " + path.string() + " with a random UUID");
+}
+
+}  // namespace cairn::identity

@@ -1,0 +1,39 @@
+#include "identity/sources/openstack.hpp"
+
+#include "common/json.hpp"
+#include "identity/sources/metadata.hpp"
+
+namespace cairn::identity {
+namespace {
+
+// https://docs.openstack.org/nova/latest/user/metadata.html: GET
+// /openstack/latest/meta_data.json answers uuid (the Nova instance UUID), hostname, name,
+// availability_zone. It names no region nor flavor.
+constexpr std::string_view kDefaultBase = "http://169.254.169.254";
+
+}  // namespace
+
+SourceResult OpenStackSource::probe(Context& context) {
+  HttpRequest request;
+  request.url = context.base_url("openstack", kDefaultBase) + "/openstack/latest/meta_data.json";
+  auto response = fetch_ok(context, request);
+  if (!response) return SourceResult::failed(response.error());
+  auto json = parse_json(response->body, "OpenStack meta_data.json");
+  if (!json) return SourceResult::failed(json.error());
+  const auto text = [&](const char* key) {
+    return json->is_object() && json->contains(key) && (*json)[key].is_string()
+               ? (*json)[key].get<std::string>()
+               : std::string();
+  };
+  auto uuid = parse_identity_uuid(text("uuid"));
+  if (!uuid) return SourceResult::failed("OpenStack meta_data.json uuid: " + uuid.error().message);
+  Identity id;
+  id.uuid = *uuid;
+  id.platform = "openstack";
+  id.instance_id = uuid->str();
+  id.zone = text("availability_zone");
+  id.hostname = text("hostname");
+  return SourceResult::answered(std::move(id), "OpenStack metadata service");
+}
+
+}  // namespace cairn::identity

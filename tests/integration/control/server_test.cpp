@@ -1,0 +1,593 @@
+// The HTTPS server of cairn-control against real clients: the real `cairn-control init` and
+// `serve` on 127.0.0.1 port 0, libcurl (common/http.hpp) and raw sockets for the clients
+// that misbehave on purpose.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <fcntl.h>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/crypto.hpp"
+#include "common/fd.hpp"
+#include "common/fs.hpp"
+#include "common/http.hpp"
+#include "common/json.hpp"
+#include "common/protocol/messages.hpp"
+#include "common/uuid.hpp"
+#include "tests/support/process.hpp"
+#include "tests/support/skip.hpp"
+#include "tests/support/temp_dir.hpp"
+
+namespace cairn::test {
+namespace {
+
+using namespace std::chrono_literals;
+using SteadyClock = std::chrono::steady_clock;
+
+TlsOptions tls_with(std::string ca, std::string cert = {}, std::string key = {}) {
+  TlsOptions tls;
+  tls.ca_file = std::move(ca);
+  tls.client_cert_file = std::move(cert);
+  tls.client_key_file = std::move(key);
+  return tls;
+}
+
+std::string control_binary() {
+  const char* path = std::getenv("CAIRN_CONTROL");
+  return path != nullptr ? path : "";
+}
+
+// A state dir made by `cairn-control init` and a `serve` on an ephemeral port.
+class ControlServer {
+ public:
+  explicit ControlServer(std::vector<std::string> extra_flags = {}) {
+    state_ = dir_.path() / "state";
+    const auto init = run_capture({control_binary(), "init", "--state", state_.string()}, dir_.path());
+    REQUIRE_MESSAGE(init.exit_code == 0, init.err);
+    const auto port_file = dir_.path() / "port";
+    std::vector<std::string> argv = {control_binary(), "serve", "--state", state_.string(),
+                                     "--listen", "127.0.0.1:0", "--port-file", port_file.string(),
+                                     "--threads", "2"};
+    argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
+    auto p = Process::spawn(argv, {}, log_path());
+    REQUIRE_MESSAGE(p.has_value(), (p ? "" : p.error().message));
+    process_.emplace(std::move(*p));
+    const bool up = wait_for([&] { return !slurp(port_file).empty() || !process_->running(); }, 20s);
+    REQUIRE_MESSAGE(up, "serve did not write its port file; log:\n" << slurp(log_path()));
+    REQUIRE_MESSAGE(process_->running(), "serve exited; log:\n" << slurp(log_path()));
+    port_ = std::stoi(slurp(port_file));
+    REQUIRE(port_ > 0);
+  }
+  ControlServer(const ControlServer&) = delete;
+  ControlServer& operator=(const ControlServer&) = delete;
+  ~ControlServer() {
+    if (process_ && process_->running()) {
+      process_->kill(SIGTERM);
+      process_->wait_exit(10s);
+    }
+  }
+
+  [[nodiscard]] int port() const { return port_; }
+  [[nodiscard]] std::string url(std::string_view path = "") const {
+    return "https://127.0.0.1:" + std::to_string(port_) + std::string(path);
+  }
+  [[nodiscard]] std::filesystem::path state() const { return state_; }
+  [[nodiscard]] std::filesystem::path scratch() const { return dir_.path(); }
+  [[nodiscard]] std::filesystem::path log_path() const { return dir_.path() / "serve.log"; }
+  Process& process() { return *process_; }
+
+  [[nodiscard]] TlsOptions anonymous() const { return tls_with((state_ / "ca.crt").string()); }
+  [[nodiscard]] TlsOptions admin() const {
+    return tls_with((state_ / "ca.crt").string(), (state_ / "admin.crt").string(),
+                    (state_ / "admin.key").string());
+  }
+
+  // The CLI against this server.
+  RunResult cli(std::vector<std::string> args) const {
+    std::vector<std::string> argv = {control_binary()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.insert(argv.end(), {"--state", state_.string(), "--server", url()});
+    return run_capture(argv, dir_.path());
+  }
+
+ private:
+  TempDir dir_;
+  std::filesystem::path state_;
+  std::optional<Process> process_;
+  int port_ = 0;
+};
+
+Result<HttpResponse> send(const TlsOptions& tls, std::string method, std::string url, std::string body = {},
+                          HttpHeaders headers = {}) {
+  auto client = make_http_client(tls);
+  HttpRequest request;
+  request.method = std::move(method);
+  request.url = std::move(url);
+  request.body = std::move(body);
+  request.headers = std::move(headers);
+  request.total_timeout = 15s;
+  return client->send(request);
+}
+
+std::string error_code_of(const HttpResponse& response) {
+  auto e = protocol::decode_error_body(response.body);
+  return e ? e->code : "(no error body: " + response.body + ")";
+}
+
+// Writes key and cert PEMs for a client certificate; returns TLS options that present it.
+struct ClientCredential {
+  std::filesystem::path cert;
+  std::filesystem::path key;
+};
+
+ClientCredential write_credential(const std::filesystem::path& dir, std::string_view name, const X509* cert,
+                                  const EVP_PKEY* key) {
+  ClientCredential c{dir / (std::string(name) + ".crt"), dir / (std::string(name) + ".key")};
+  REQUIRE(write_file_atomic(c.cert, *cert_pem(cert)));
+  REQUIRE(write_file_atomic(c.key, *private_key_pem(key), 0600));
+  return c;
+}
+
+// A CA that is not the cluster's, with one client certificate for `cn`.
+struct ForeignPki {
+  std::filesystem::path ca;
+  ClientCredential client;
+};
+ForeignPki make_foreign_pki(const std::filesystem::path& dir, const std::string& cn) {
+  const auto now = std::chrono::system_clock::now();
+  auto ca_key = generate_key(KeyType::ed25519);
+  REQUIRE(ca_key);
+  CertSpec ca_spec;
+  ca_spec.common_name = "someone else's CA";
+  ca_spec.not_before = now - 1h;
+  ca_spec.not_after = now + 24h;
+  ca_spec.is_ca = true;
+  auto ca = issue_certificate(ca_spec, ca_key->get(), nullptr, ca_key->get());
+  REQUIRE(ca);
+  auto leaf_key = generate_key(KeyType::ed25519);
+  REQUIRE(leaf_key);
+  CertSpec leaf_spec;
+  leaf_spec.common_name = cn;
+  leaf_spec.not_before = now - 1h;
+  leaf_spec.not_after = now + 24h;
+  leaf_spec.client_auth = true;
+  leaf_spec.server_auth = true;
+  leaf_spec.ip_addresses = {"127.0.0.1"};
+  auto leaf = issue_certificate(leaf_spec, leaf_key->get(), ca->get(), ca_key->get());
+  REQUIRE(leaf);
+  ForeignPki pki;
+  pki.ca = dir / "foreign-ca.crt";
+  REQUIRE(write_file_atomic(pki.ca, *cert_pem(ca->get())));
+  pki.client = write_credential(dir, "foreign-client", leaf->get(), leaf_key->get());
+  return pki;
+}
+
+// Enrolls a fresh node with a token from the real CLI; returns its node id and credential.
+struct EnrolledNode {
+  std::string id;
+  ClientCredential credential;
+};
+EnrolledNode enroll_node(const ControlServer& server) {
+  const auto token = server.cli({"token", "create"});
+  REQUIRE_MESSAGE(token.exit_code == 0, token.err);
+  std::string secret = token.out;
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == ' ')) secret.pop_back();
+
+  EnrolledNode node;
+  node.id = random_uuid().str();
+  auto key = generate_key(KeyType::ed25519);
+  REQUIRE(key);
+  protocol::EnrollRequest request;
+  request.identity.node_id = node.id;
+  request.identity.source = "local";
+  request.identity.hostname = "test-node";
+  request.csr_pem = *make_csr_pem(key->get(), node.id);
+  auto response = send(server.anonymous(), "POST", server.url("/v1/enroll"), protocol::to_json(request).dump(),
+                       {{"Authorization", "Bearer " + secret}, {"Content-Type", "application/json"}});
+  REQUIRE_MESSAGE(response.has_value(), (response ? "" : response.error().message));
+  REQUIRE_MESSAGE(response->status == 200, response->body);
+  auto cert = protocol::decode_certificate_response(response->body);
+  REQUIRE(cert);
+  node.credential = {server.scratch() / (node.id + ".crt"), server.scratch() / (node.id + ".key")};
+  REQUIRE(write_file_atomic(node.credential.cert, cert->certificate_pem));
+  REQUIRE(write_file_atomic(node.credential.key, *private_key_pem(key->get()), 0600));
+  return node;
+}
+
+TlsOptions as_node(const ControlServer& server, const EnrolledNode& node) {
+  return tls_with((server.state() / "ca.crt").string(), node.credential.cert.string(),
+                  node.credential.key.string());
+}
+
+std::string heartbeat_body() {
+  protocol::HeartbeatRequest hb;
+  hb.boot_id = random_uuid().str();
+  hb.agent_version = "test";
+  hb.mount_state = "none";
+  hb.cpu_count = 2;
+  return protocol::to_json(hb).dump();
+}
+
+UniqueFd connect_tcp(int port) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(fd.valid());
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  return fd;
+}
+
+// True once the peer has closed the connection (EOF or reset); false if still open after `timeout`.
+bool closed_within(int fd, std::chrono::milliseconds timeout) {
+  const auto deadline = SteadyClock::now() + timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    const int n = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (n < 0) return false;
+    if (n == 0) return false;
+    char buf[4096];
+    const ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) return true;
+  }
+}
+
+std::optional<double> metric_value(const std::string& text, const std::string& series) {
+  const auto pos = text.find("\n" + series + " ");
+  if (pos == std::string::npos) return std::nullopt;
+  return std::stod(text.substr(pos + series.size() + 2));
+}
+
+}  // namespace
+
+TEST_CASE("healthz answers ok and /metrics exposes the counters of the issue") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server;
+  auto health = send(server.anonymous(), "GET", server.url("/healthz"));
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  CHECK(health->body == "ok");
+
+  auto metrics = send(server.anonymous(), "GET", server.url("/metrics"));
+  REQUIRE(metrics);
+  CHECK(metrics->status == 200);
+  CHECK(metrics->header("content-type").value_or("").starts_with("text/plain"));
+  const auto& text = metrics->body;
+  CHECK(text.find("cairn_http_requests_total{endpoint=\"healthz\",status=\"200\"} 1") != std::string::npos);
+  CHECK(text.find("cairn_http_request_duration_seconds_bucket{endpoint=\"healthz\",le=\"0.001\"}") !=
+        std::string::npos);
+  CHECK(text.find("cairn_http_request_duration_seconds_count{endpoint=\"healthz\"} 1") != std::string::npos);
+  CHECK(metric_value(text, "cairn_nodes{state=\"ready\"}") == 0.0);
+  CHECK(metric_value(text, "cairn_nodes{state=\"unreachable\"}") == 0.0);
+  CHECK(metric_value(text, "cairn_nodes{state=\"revoked\"}") == 0.0);
+  CHECK(metric_value(text, "cairn_enrollments_total") == 0.0);
+  CHECK(metric_value(text, "cairn_tls_handshake_failures_total").has_value());
+  CHECK(metric_value(text, "cairn_connections_open").value_or(0) >= 1.0);
+}
+
+TEST_CASE("a client that trusts another CA refuses the server") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server;
+  const auto pki = make_foreign_pki(server.scratch(), "whoever");
+  auto response = send(tls_with(pki.ca.string()), "GET", server.url("/healthz"));
+  REQUIRE_FALSE(response.has_value());
+  CHECK(response.error().code == Errc::refused);
+}
+
+TEST_CASE("a client certificate from another CA is refused and counted as a TLS failure") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server;
+  const auto pki = make_foreign_pki(server.scratch(), random_uuid().str());
+  TlsOptions tls = server.anonymous();
+  tls.client_cert_file = pki.client.cert.string();
+  tls.client_key_file = pki.client.key.string();
+  for (const char* path : {"/v1/heartbeat", "/v1/admin/tokens"}) {
+    CAPTURE(path);
+    auto response = send(tls, "POST", server.url(path), "{}");
+    if (response) {
+      CHECK(response->status == 401);
+      CHECK(error_code_of(*response) == "client_cert_untrusted");
+    }
+  }
+  auto metrics = send(server.anonymous(), "GET", server.url("/metrics"));
+  REQUIRE(metrics);
+  CHECK(metric_value(metrics->body, "cairn_tls_handshake_failures_total").value_or(0) >= 2.0);
+}
+
+TEST_CASE("node endpoints refuse a missing client certificate with 401") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server;
+  for (const char* path : {"/v1/heartbeat", "/v1/certificates/rotate"}) {
+    CAPTURE(path);
+    auto response = send(server.anonymous(), "POST", server.url(path), heartbeat_body());
+    REQUIRE(response);
+    CHECK(response->status == 401);
+    CHECK(error_code_of(*response) == "client_cert_required");
+  }
+  auto admin = send(server.anonymous(), "GET", server.url("/v1/admin/nodes"));
+  REQUIRE(admin);
+  CHECK(admin->status == 401);
+}
+
+TEST_CASE("an enrolled node heartbeats, cannot use the admin API, and is refused once revoked") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server;
+  const auto node = enroll_node(server);
+
+  // One client: keep-alive, so the revocation below hits an established connection.
+  auto client = make_http_client(as_node(server, node));
+  HttpRequest hb;
+  hb.method = "POST";
+  hb.url = server.url("/v1/heartbeat");
+  hb.body = heartbeat_body();
+  auto first = client->send(hb);
+  REQUIRE(first);
+  REQUIRE_MESSAGE(first->status == 200, first->body);
+  auto answer = protocol::decode_heartbeat_response(first->body);
+  REQUIRE(answer);
+  CHECK(answer->next_interval_s > 0);
+  CHECK_FALSE(answer->server_time.empty());
+
+  auto admin = send(as_node(server, node), "GET", server.url("/v1/admin/nodes"));
+  REQUIRE(admin);
+  CHECK(admin->status == 403);
+  CHECK(error_code_of(*admin) == "not_admin");
+
+  const auto list = server.cli({"node", "list"});
+  REQUIRE_MESSAGE(list.exit_code == 0, list.err);
+  CHECK(list.out.find(node.id) != std::string::npos);
+  CHECK(list.out.find("STATE") != std::string::npos);
+
+  const auto show = server.cli({"node", "show", node.id, "--json"});
+  REQUIRE_MESSAGE(show.exit_code == 0, show.err);
+  CHECK(show.out.find(node.id) != std::string::npos);
+
+  const auto revoke = server.cli({"node", "revoke", node.id});
+  REQUIRE_MESSAGE(revoke.exit_code == 0, revoke.err);
+  auto after = client->send(hb);
+  REQUIRE(after);
+  CHECK((after->status == 401 || after->status == 403));
+
+  auto metrics = send(server.anonymous(), "GET", server.url("/metrics"));
+  REQUIRE(metrics);
+  CHECK(metric_value(metrics->body, "cairn_enrollments_total") == 1.0);
+  CHECK(metric_value(metrics->body, "cairn_nodes{state=\"revoked\"}") == 1.0);
+  CHECK(metrics->body.find("cairn_http_requests_total{endpoint=\"heartbeat\",status=\"200\"} 1") !=
+        std::string::npos);
+}
+
+TEST_CASE("a body over the limit gets 413 with a JSON error") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server({"--max-body", "64KiB"});
+  const std::string big(200 * 1024, 'x');
+  auto response = send(server.anonymous(), "POST", server.url("/v1/enroll"), big,
+                       {{"Authorization", "Bearer abc"}, {"Content-Type", "application/json"}});
+  REQUIRE_MESSAGE(response.has_value(), (response ? "" : response.error().message));
+  CHECK(response->status == 413);
+  CHECK(error_code_of(*response) == "body_too_large");
+  // The server is still fine afterwards.
+  auto health = send(server.anonymous(), "GET", server.url("/healthz"));
+  REQUIRE(health);
+  CHECK(health->status == 200);
+}
+
+TEST_CASE("malformed JSON gets 400 naming the decode error") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server;
+  auto response = send(server.anonymous(), "POST", server.url("/v1/enroll"), "{\"identity\": [1, 2",
+                       {{"Authorization", "Bearer abc"}, {"Content-Type", "application/json"}});
+  REQUIRE(response);
+  CHECK(response->status == 400);
+  auto error = protocol::decode_error_body(response->body);
+  REQUIRE(error);
+  CHECK(error->code == "bad_request");
+  CHECK_FALSE(error->message.empty());
+  CHECK_FALSE(error->hint.empty());
+
+  auto admin = send(server.admin(), "POST", server.url("/v1/admin/tokens"), "not json");
+  REQUIRE(admin);
+  CHECK(admin->status == 400);
+}
+
+TEST_CASE("unknown paths get 404 and wrong methods 405, both with JSON errors") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server;
+  auto missing = send(server.anonymous(), "GET", server.url("/v1/nope"));
+  REQUIRE(missing);
+  CHECK(missing->status == 404);
+  CHECK(error_code_of(*missing) == "not_found");
+  auto wrong = send(server.anonymous(), "GET", server.url("/v1/enroll"));
+  REQUIRE(wrong);
+  CHECK(wrong->status == 405);
+  CHECK(error_code_of(*wrong) == "method_not_allowed");
+  auto no_token = send(server.anonymous(), "POST", server.url("/v1/enroll"), "{}");
+  REQUIRE(no_token);
+  CHECK(no_token->status == 401);
+  CHECK(error_code_of(*no_token) == "token_missing");
+}
+
+TEST_CASE("a slow client sending one byte a second is cut by the header timeout") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  constexpr auto kHeaderTimeout = 2s;
+  ControlServer server({"--header-timeout", "2s"});
+
+  SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+  REQUIRE(ctx);
+  REQUIRE(SSL_CTX_load_verify_locations(ctx.get(), (server.state() / "ca.crt").c_str(), nullptr) == 1);
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  UniqueFd fd = connect_tcp(server.port());
+  SslPtr ssl(SSL_new(ctx.get()));
+  SSL_set_fd(ssl.get(), fd.get());
+  REQUIRE(SSL_connect(ssl.get()) == 1);
+  ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+
+  const std::string request = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: a-very-slow-client\r\n\r\n";
+  const auto start = SteadyClock::now();
+  std::size_t sent = 0;
+  bool cut = false;
+  while (sent < request.size() && !cut) {
+    if (SSL_write(ssl.get(), request.data() + sent, 1) != 1) {
+      cut = true;
+      break;
+    }
+    ++sent;
+    // One byte a second: the wait for the server's reaction is the pacing.
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 1000) > 0) {
+      char buf[256];
+      const int r = SSL_read(ssl.get(), buf, sizeof buf);
+      if (r <= 0) {
+        const int err = SSL_get_error(ssl.get(), r);
+        cut = err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE;
+      }
+    }
+  }
+  const auto elapsed = SteadyClock::now() - start;
+  CHECK(cut);
+  CHECK(sent < request.size());
+  // Cut by the header timeout (2 s), with generous slack for a loaded machine.
+  CHECK(elapsed < kHeaderTimeout + 4s);
+}
+
+TEST_CASE("connections that never speak are closed after the handshake timeout and the cap holds") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  constexpr int kCap = 20;
+  constexpr int kExtra = 15;
+  ControlServer server({"--handshake-timeout", "3s", "--max-connections", std::to_string(kCap)});
+
+  const auto start = SteadyClock::now();
+  std::vector<UniqueFd> silent;
+  for (int i = 0; i < kCap + kExtra; ++i) silent.push_back(connect_tcp(server.port()));
+
+  // Over the cap: closed at once (well before the handshake timeout).
+  int closed_early = 0;
+  std::vector<bool> closed(silent.size(), false);
+  for (std::size_t i = 0; i < silent.size(); ++i) {
+    if (closed_within(silent[i].get(), 10ms)) {
+      closed[i] = true;
+      ++closed_early;
+    }
+  }
+  // Let the accept loop catch up on a busy machine before counting the early ones.
+  wait_for([&] {
+    for (std::size_t i = 0; i < silent.size(); ++i) {
+      if (!closed[i] && closed_within(silent[i].get(), 1ms)) {
+        closed[i] = true;
+        ++closed_early;
+      }
+    }
+    return closed_early >= kExtra;
+  }, 2s);
+  CHECK(closed_early >= kExtra);
+  CHECK(SteadyClock::now() - start < 3s);
+
+  // The rest: closed by the handshake timeout (3 s), with slack.
+  for (std::size_t i = 0; i < silent.size(); ++i) {
+    if (!closed[i]) CHECK(closed_within(silent[i].get(), 8s));
+  }
+  CHECK(SteadyClock::now() - start < 10s);
+  // Once they are gone, the server answers again.
+  auto health = send(server.anonymous(), "GET", server.url("/healthz"));
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  auto metrics = send(server.anonymous(), "GET", server.url("/metrics"));
+  REQUIRE(metrics);
+  CHECK(metric_value(metrics->body, "cairn_connections_refused_total").value_or(0) >= kExtra);
+}
+
+TEST_CASE("admin tokens are created, listed and revoked through the CLI") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server;
+  const auto created = server.cli({"token", "create", "--ttl", "2h", "--uses", "3", "--labels", "role=web,zone=a",
+                                   "--json"});
+  REQUIRE_MESSAGE(created.exit_code == 0, created.err);
+  auto token = parse_json(created.out, "token create --json");
+  REQUIRE(token);
+  const std::string id = token->value("id", "");
+  REQUIRE_FALSE(id.empty());
+  CHECK_FALSE(token->value("token", "").empty());
+
+  const auto listed = server.cli({"token", "list"});
+  REQUIRE_MESSAGE(listed.exit_code == 0, listed.err);
+  CHECK(listed.out.find(id) != std::string::npos);
+  CHECK(listed.out.find("role=web") != std::string::npos);
+  // The secret itself is never listed.
+  CHECK(listed.out.find(token->value("token", "?")) == std::string::npos);
+
+  const auto revoked = server.cli({"token", "revoke", id});
+  REQUIRE_MESSAGE(revoked.exit_code == 0, revoked.err);
+  const auto after = server.cli({"token", "list", "--json"});
+  REQUIRE(after.exit_code == 0);
+  auto json = parse_json(after.out, "token list --json");
+  REQUIRE(json);
+  bool found = false;
+  for (const auto& t : (*json)["tokens"]) {
+    if (t.value("id", "") == id) {
+      found = true;
+      CHECK(t.value("revoked", false));
+    }
+  }
+  CHECK(found);
+
+  const auto unknown = server.cli({"token", "revoke", "no-such-token"});
+  CHECK(unknown.exit_code != 0);
+  CHECK_FALSE(unknown.err.empty());
+}
+
+TEST_CASE("the CLI refuses to talk to a server when no admin credential is given") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  TempDir dir;
+  const auto r = run_capture({control_binary(), "token", "list", "--server", "https://127.0.0.1:1"}, dir.path());
+  CHECK(r.exit_code == 64);
+  CHECK(r.err.find("--state") != std::string::npos);
+}
+
+TEST_CASE("serve listens on IPv6 loopback") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  UniqueFd probe(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 a6{};
+  a6.sin6_family = AF_INET6;
+  a6.sin6_addr = in6addr_loopback;
+  if (!probe.valid() || ::bind(probe.get(), reinterpret_cast<sockaddr*>(&a6), sizeof a6) != 0) {
+    CAIRN_SKIP("no IPv6 loopback here");
+  }
+  probe.reset();
+  TempDir dir;
+  const auto state = dir.path() / "state";
+  REQUIRE(run_capture({control_binary(), "init", "--state", state.string()}, dir.path()).exit_code == 0);
+  auto p = Process::spawn({control_binary(), "serve", "--state", state.string(), "--listen", "[::1]:0", "--port-file",
+                           (dir.path() / "port").string()},
+                          {}, dir.path() / "serve.log");
+  REQUIRE(p);
+  REQUIRE(wait_for([&] { return !slurp(dir.path() / "port").empty(); }, 20s));
+  const auto port = std::stoi(slurp(dir.path() / "port"));
+  CHECK(slurp(dir.path() / "serve.log").find("event=control.listening addr=[::1]:") != std::string::npos);
+  auto health = send(tls_with((state / "ca.crt").string()), "GET",
+                     "https://[::1]:" + std::to_string(port) + "/healthz");
+  REQUIRE_MESSAGE(health.has_value(), (health ? "" : health.error().message));
+  CHECK(health->status == 200);
+}
+
+TEST_CASE("serve exits 0 on SIGTERM") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  ControlServer server;
+  server.process().kill(SIGTERM);
+  const auto code = server.process().wait_exit(15s);
+  REQUIRE(code.has_value());
+  CHECK(*code == 0);
+  CHECK(slurp(server.log_path()).find("event=control.stopped") != std::string::npos);
+}
+
+}  // namespace cairn::test
