@@ -2,6 +2,7 @@
 
 #include "common/fs.hpp"
 #include "common/json.hpp"
+#include "common/log.hpp"
 
 namespace cairn::agent {
 namespace {
@@ -14,7 +15,7 @@ Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig&
     if (auto it = j.find("persist_dir"); it != j.end()) cfg.persist_dir = cfg.root / it->get<std::string>();
     if (auto it = j.find("control_url"); it != j.end()) cfg.control_url = it->get<std::string>();
     if (auto it = j.find("ca_file"); it != j.end()) cfg.ca_file = it->get<std::string>();
-    if (auto it = j.find("ca_pin"); it != j.end()) cfg.ca_pin = it->get<std::string>();
+    if (auto it = j.find("ca_fingerprint"); it != j.end()) cfg.ca_fingerprint = it->get<std::string>();
     if (auto it = j.find("token_file"); it != j.end()) cfg.token_file = it->get<std::string>();
     if (auto it = j.find("labels"); it != j.end()) cfg.labels = it->get<std::map<std::string, std::string>>();
     if (auto it = j.find("heartbeat_interval_s"); it != j.end()) {
@@ -36,12 +37,16 @@ void add_global_options(CLI::App& app, GlobalOptions& o) {
   app.add_option("--persist", o.persist_dir, "persist root (default <root>/persist)");
   app.add_option("--control", o.control_url, "control service URL, https://host:port");
   app.add_option("--ca", o.ca_file, "CA bundle that the control service must chain to");
+  app.add_option("--ca-fingerprint", o.ca_fingerprint,
+                 "instead of --ca: SHA-256 of the cluster CA certificate (printed by cairn-control init)");
   app.add_option("--metadata-url", o.metadata_urls, "SOURCE=URL: metadata base URL of a cloud source");
   app.add_option("--cloud", o.clouds, "probe this cloud even without a DMI hint");
   app.add_flag("--json", o.json, "print one JSON object instead of human output");
+  app.add_flag("-v,--verbose", o.verbose, "log debug events too (every heartbeat); or CAIRN_LOG_LEVEL=debug");
 }
 
 Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
+  if (o.verbose) log::set_min_level(log::Level::debug);
   AgentConfig cfg;
   cfg.root = Root(o.root.empty() ? "/" : o.root);
   cfg.persist_dir = cfg.root / "persist";
@@ -63,6 +68,19 @@ Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
   if (!o.persist_dir.empty()) cfg.persist_dir = o.persist_dir;
   if (!o.control_url.empty()) cfg.control_url = o.control_url;
   if (!o.ca_file.empty()) cfg.ca_file = o.ca_file;
+  if (!o.ca_fingerprint.empty()) cfg.ca_fingerprint = o.ca_fingerprint;
+  if (!cfg.ca_fingerprint.empty()) {
+    std::string hex;
+    for (char c : cfg.ca_fingerprint) {
+      if (c == ':') continue;  // accept openssl's AA:BB:... form too
+      hex.push_back(static_cast<char>(c >= 'A' && c <= 'F' ? c - 'A' + 'a' : c));
+    }
+    if (hex.size() != 64 || hex.find_first_not_of("0123456789abcdef") != std::string::npos) {
+      return fail(Errc::config, "CA fingerprint '" + cfg.ca_fingerprint + "': not a SHA-256 in hex",
+                  "copy the 'CA SHA-256' line that cairn-control init printed");
+    }
+    cfg.ca_fingerprint = hex;
+  }
   if (cfg.token_file.empty()) cfg.token_file = cfg.state_dir() / "bootstrap-token";
 
   identity::Config id_defaults;
@@ -76,9 +94,20 @@ Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
     if (eq == std::string::npos || eq == 0 || eq + 1 == kv.size()) {
       return fail(Errc::usage, "--metadata-url '" + kv + "': expected SOURCE=URL", "e.g. --metadata-url aws=http://127.0.0.1:8080");
     }
-    cfg.identity.base_urls[kv.substr(0, eq)] = kv.substr(eq + 1);
+    const auto source = kv.substr(0, eq);
+    if (!identity::is_cloud_name(source)) {
+      return fail(Errc::usage, "--metadata-url '" + kv + "': unknown source '" + source + "'",
+                  "use one of aws, gcp, azure, digitalocean, hetzner, openstack");
+    }
+    cfg.identity.base_urls[source] = kv.substr(eq + 1);
   }
-  for (const auto& c : o.clouds) cfg.identity.forced_clouds.push_back(c);
+  for (const auto& c : o.clouds) {
+    if (!identity::is_cloud_name(c)) {
+      return fail(Errc::usage, "--cloud '" + c + "': unknown cloud",
+                  "use one of aws, gcp, azure, digitalocean, hetzner, openstack");
+    }
+    cfg.identity.forced_clouds.push_back(c);
+  }
   return cfg;
 }
 

@@ -1,7 +1,7 @@
 // The agent's configuration: defaults, then the config file, then flags (later wins).
 // Config file: JSON, `--config FILE`, default <root>/etc/cairn/agent.json (absent = defaults):
 //   {"persist_dir": "/persist", "control_url": "https://...", "ca_file": "...",
-//    "ca_pin": "sha256//...", "token_file": "...", "labels": {"rack": "r1"},
+//    "ca_fingerprint": "<sha256 hex of the CA cert>", "token_file": "...", "labels": {"rack": "r1"},
 //    "heartbeat_interval_s": 30, "identity": { see identity::config_from_json }}
 #pragma once
 
@@ -27,9 +27,11 @@ struct GlobalOptions {
   std::string persist_dir;                 // --persist DIR (default <root>/persist)
   std::string control_url;                 // --control URL
   std::string ca_file;                     // --ca FILE
+  std::string ca_fingerprint;              // --ca-fingerprint SHA256
   std::vector<std::string> metadata_urls;  // --metadata-url SOURCE=URL (repeatable)
   std::vector<std::string> clouds;         // --cloud NAME: probe this cloud without a DMI hint
   bool json = false;                       // --json
+  bool verbose = false;                    // -v/--verbose: debug events (every heartbeat)
 };
 void add_global_options(CLI::App& app, GlobalOptions& options);
 
@@ -38,7 +40,7 @@ struct AgentConfig {
   std::filesystem::path persist_dir;  // the persist root; the agent's files are under cairn/
   std::string control_url;
   std::filesystem::path ca_file;      // pins the control service's CA
-  std::string ca_pin;                 // alternatively, curl's sha256//<base64> key pin
+  std::string ca_fingerprint;         // or: SHA-256 of the CA cert (`cairn-control init` prints it)
   std::filesystem::path token_file;   // bootstrap token (default <persist>/cairn/bootstrap-token)
   std::map<std::string, std::string> labels;
   std::chrono::seconds heartbeat_interval{30};

@@ -10,6 +10,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"cairn-agent: the Cairn node agent"};
   app.require_subcommand(1);
+  app.fallthrough();  // global options (--json, --root, ...) also after the subcommand
   app.set_version_flag("--version", CAIRN_VERSION);
   cairn::agent::GlobalOptions global;
   cairn::agent::add_global_options(app, global);

@@ -36,8 +36,12 @@ struct HttpResponse {
 };
 
 struct TlsOptions {
-  std::string ca_file;           // PEM bundle the server must chain to; empty = system store
-  std::string pinned_public_key; // curl's "sha256//<base64>" pin of the server key; optional
+  std::string ca_file;  // PEM bundle the server must chain to; empty = system store
+  // Instead of a bundle: the SHA-256 (hex, of the DER) of the CA certificate the server must
+  // chain to. The server presents that CA in its chain; the chain is verified against it
+  // alone, and the host name is checked as usual. Lets an agent enroll knowing only the
+  // fingerprint `cairn-control init` printed.
+  std::string ca_fingerprint_sha256;
   std::string client_cert_file;  // mTLS: PEM certificate (+ chain)
   std::string client_key_file;   // mTLS: PEM private key
 };

@@ -17,7 +17,16 @@
 namespace cairn::log {
 namespace {
 
-std::atomic<int> g_min_level{static_cast<int>(Level::info)};
+int level_from_env() {
+  const char* env = std::getenv("CAIRN_LOG_LEVEL");
+  const std::string_view v = env ? env : "";
+  if (v == "debug") return static_cast<int>(Level::debug);
+  if (v == "warning") return static_cast<int>(Level::warning);
+  if (v == "error") return static_cast<int>(Level::error);
+  return static_cast<int>(Level::info);
+}
+
+std::atomic<int> g_min_level{level_from_env()};
 
 std::string_view level_name(Level level) {
   switch (level) {

@@ -22,6 +22,7 @@ struct Field {
   Field(std::string_view k, N v) : key(k), value(std::to_string(v)) {}
 };
 
+// The level starts at info, or at $CAIRN_LOG_LEVEL (debug, info, warning, error) if set.
 void set_min_level(Level level);
 void event(Level level, std::string_view name, std::initializer_list<Field> fields = {});
 

@@ -54,9 +54,10 @@ Json opt_time(std::optional<std::int64_t> ms) {
   return ms ? Json(time_text(*ms)) : Json(nullptr);
 }
 
-enum class NodeState { ready, unreachable, revoked };
+enum class NodeState { enrolled, ready, unreachable, revoked };
 std::string_view state_name(NodeState s) {
   switch (s) {
+    case NodeState::enrolled: return "Enrolled";
     case NodeState::ready: return "Ready";
     case NodeState::unreachable: return "Unreachable";
     case NodeState::revoked: return "Revoked";
@@ -69,6 +70,7 @@ std::string_view state_name(NodeState s) {
 struct LiveNode {
   std::atomic<bool> revoked{false};
   std::atomic<std::int64_t> last_seen_ms{0};  // last heartbeat, or enrollment before the first
+  std::atomic<bool> heard{false};             // a heartbeat arrived since the last enrollment
   std::atomic<bool> unreachable_logged{false};
   std::vector<std::string> serials;  // certificates in certs_; changed under the unique lock
 };
@@ -124,6 +126,7 @@ class ServiceImpl final : public ControlService {
       auto live = std::make_unique<LiveNode>();
       live->revoked = n.revoked;
       live->last_seen_ms = std::max(n.last_seen_ms, n.enrolled_at_ms);
+      live->heard = n.last_seen_ms >= n.enrolled_at_ms && n.last_seen_ms > 0;
       nodes_.emplace(n.id, std::move(live));
     }
     for (const auto& c : snap->certs) {
@@ -226,6 +229,7 @@ class ServiceImpl final : public ControlService {
       live->serials.assign(1, commit.cert.serial_hex);
       certs_[commit.cert.serial_hex] = LiveCert{node_id, CertStatus::active, commit.cert.not_after_ms};
       live->last_seen_ms = std::max(live->last_seen_ms.load(), now);
+      live->heard = false;
       live->unreachable_logged = false;
     }
     enrollments_.fetch_add(1);
@@ -487,6 +491,7 @@ class ServiceImpl final : public ControlService {
     std::shared_lock lock(live_mutex_);
     for (const auto& [id, live] : nodes_) {
       switch (state_of(*live, now)) {
+        case NodeState::enrolled: ++counts.enrolled; break;
         case NodeState::ready: ++counts.ready; break;
         case NodeState::revoked: ++counts.revoked; break;
         case NodeState::unreachable:
@@ -557,11 +562,13 @@ class ServiceImpl final : public ControlService {
            config_.unreachable_after_intervals;
   }
 
-  // Liveness is derived, never stored: Ready while the last heartbeat is within the grace
-  // period, Unreachable after it, Revoked for good.
+  // Liveness is derived, never stored: Enrolled from enrollment until the first heartbeat,
+  // Ready while the last heartbeat is within the grace period, Unreachable after it (or when
+  // the first never came), Revoked for good.
   NodeState state_of(const LiveNode& live, std::int64_t now) const {
     if (live.revoked) return NodeState::revoked;
-    return now - live.last_seen_ms.load() <= grace_ms() ? NodeState::ready : NodeState::unreachable;
+    if (now - live.last_seen_ms.load() > grace_ms()) return NodeState::unreachable;
+    return live.heard ? NodeState::ready : NodeState::enrolled;
   }
 
   Json node_summary(const NodeRecord& n, std::int64_t now) {
@@ -614,6 +621,7 @@ class ServiceImpl final : public ControlService {
         if (!(*results)[i]) continue;
         auto it = nodes_.find(records[i].node_id);
         if (it == nodes_.end()) continue;
+        it->second->heard = true;
         auto& seen = it->second->last_seen_ms;
         std::int64_t prev = seen.load();
         while (prev < records[i].received_at_ms &&

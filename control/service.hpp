@@ -60,6 +60,7 @@ template <class T>
 using ApiResult = std::expected<T, ApiError>;
 
 struct NodeCounts {
+  std::int64_t enrolled = 0;  // enrolled, no heartbeat yet
   std::int64_t ready = 0;
   std::int64_t unreachable = 0;
   std::int64_t revoked = 0;

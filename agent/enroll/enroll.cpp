@@ -70,18 +70,31 @@ Result<TlsOptions> control_tls(const AgentConfig& config, const std::optional<In
   if (!config.ca_file.empty()) {
     tls.ca_file = config.ca_file.string();
   } else if (creds) {
-    tls.ca_file = creds->files.ca().string();
+    tls.ca_file = creds->files.ca().string();  // the chain saved at enrollment, itself pinned
+  } else {
+    tls.ca_fingerprint_sha256 = config.ca_fingerprint;
   }
-  tls.pinned_public_key = config.ca_pin;
-  if (tls.ca_file.empty() && tls.pinned_public_key.empty()) {
+  if (tls.ca_file.empty() && tls.ca_fingerprint_sha256.empty()) {
     return fail(Errc::config, "no CA to verify the control service against",
-                "pass --ca FILE (the cluster CA, ca.crt of cairn-control init) or set ca_file in agent.json");
+                "pass --ca FILE (ca.crt of cairn-control init) or --ca-fingerprint SHA256, or set them in agent.json");
   }
   if (creds) {
     tls.client_cert_file = creds->files.cert().string();
     tls.client_key_file = creds->files.key().string();
   }
   return tls;
+}
+
+Result<std::string> enrolled_control_url(const AgentConfig& config) {
+  if (!config.control_url.empty()) return config.control_url;
+  const auto path = config.state_dir() / "enrollment.json";
+  auto text = read_file_if_exists(path, 64 * 1024);
+  if (!text) return fail(text.error());
+  if (*text) {
+    auto j = parse_json(**text, path.string());
+    if (j && j->is_object() && (*j)["control_url"].is_string()) return (*j)["control_url"].get<std::string>();
+  }
+  return fail(Errc::config, "no control service URL", "pass --control https://HOST:PORT or set control_url in agent.json");
 }
 
 std::string credentials_problem(const InstalledCredentials& creds, std::string_view node_id, Clock::WallTime now) {

@@ -32,6 +32,10 @@ Result<TlsOptions> control_tls(const AgentConfig& config, const std::optional<In
 Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIdentity& identity,
                              const EnrollOptions& options, const Clock& clock);
 
+// The control service to talk to: the configured URL, else the one the node enrolled with
+// (enrollment.json), so `cairn-agent service` needs no flags after `enroll`.
+Result<std::string> enrolled_control_url(const AgentConfig& config);
+
 // Why the installed credentials cannot be used as they are (expired, other node, not from
 // the CA), or an empty string when they are good at time `now`.
 std::string credentials_problem(const InstalledCredentials& creds, std::string_view node_id,

@@ -40,7 +40,7 @@ class Loop {
 
   Status run() {
     if (auto ok = load_credentials(); !ok) return ok;
-    log::info("service.start", {{"node", node_id_}, {"control", config_.control_url},
+    log::info("service.start", {{"node", node_id_}, {"control", control_url_},
                                 {"cert_not_after", format_rfc3339(creds_->cert.not_after)}});
     status_.node_id = node_id_;
     while (!stop_.stopped()) {
@@ -67,12 +67,14 @@ class Loop {
     }
     creds_ = std::move(**loaded);
     node_id_ = creds_->cert.subject_cn;
-    if (config_.control_url.empty()) {
-      return fail(Errc::config, "no control service URL", "pass --control or set control_url in agent.json");
+    if (control_url_.empty()) {
+      auto url = enrolled_control_url(config_);
+      if (!url) return fail(url.error());
+      control_url_ = *url;
     }
     auto tls = control_tls(config_, creds_);
     if (!tls) return fail(tls.error());
-    client_.emplace(config_.control_url, *tls);
+    client_.emplace(control_url_, *tls);
     rotate_at_ = rotation_time(options_, creds_->cert.not_before, creds_->cert.not_after, random01_());
     return {};
   }
@@ -170,6 +172,7 @@ class Loop {
   std::optional<InstalledCredentials> creds_;
   std::optional<ControlClient> client_;
   std::string node_id_;
+  std::string control_url_ = config_.control_url;
   Clock::WallTime rotate_at_{};
   int failures_ = 0;
   int rotation_failures_ = 0;

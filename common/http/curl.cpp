@@ -1,11 +1,15 @@
 // libcurl backend of HttpClient. The only file that includes curl.
 #include <curl/curl.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <algorithm>
 #include <cctype>
 #include <mutex>
 
+#include "common/crypto.hpp"
 #include "common/http.hpp"
+#include "common/ssl.hpp"
 
 namespace cairn {
 namespace {
@@ -58,6 +62,36 @@ std::size_t on_header(char* data, std::size_t size, std::size_t nmemb, void* use
   while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
   sink->response->headers.emplace_back(std::move(name), std::string(value));
   return n;
+}
+
+// OpenSSL's verification of the server chain, with the one CA whose DER hashes to the
+// pinned fingerprint as the only trust anchor. It must be in the chain the server sent.
+int verify_against_pinned_ca(X509_STORE_CTX* ctx, void* arg) {
+  const auto* fingerprint = static_cast<const std::string*>(arg);
+  STACK_OF(X509)* sent = X509_STORE_CTX_get0_untrusted(ctx);
+  X509* leaf = X509_STORE_CTX_get0_cert(ctx);
+  X509* anchor = nullptr;
+  for (int i = 0; sent != nullptr && i < sk_X509_num(sent); ++i) {
+    X509* c = sk_X509_value(sent, i);
+    if (equal_constant_time(cert_info(c).fingerprint_sha256, *fingerprint)) anchor = c;
+  }
+  if (anchor == nullptr) {
+    X509_STORE_CTX_set_error(ctx, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
+    return 0;
+  }
+  X509StorePtr store(X509_STORE_new());
+  X509_STORE_add_cert(store.get(), anchor);
+  X509StoreCtxPtr pinned(X509_STORE_CTX_new());
+  X509_STORE_CTX_init(pinned.get(), store.get(), leaf, sent);
+  X509_STORE_CTX_set_default(pinned.get(), "ssl_server");
+  const int ok = X509_verify_cert(pinned.get());
+  X509_STORE_CTX_set_error(ctx, ok == 1 ? X509_V_OK : X509_STORE_CTX_get_error(pinned.get()));
+  return ok == 1 ? 1 : 0;
+}
+
+CURLcode install_ca_pin(CURL*, void* ssl_ctx, void* arg) {
+  SSL_CTX_set_cert_verify_callback(static_cast<SSL_CTX*>(ssl_ctx), verify_against_pinned_ca, arg);
+  return CURLE_OK;
 }
 
 Errc classify(CURLcode code) {
@@ -122,7 +156,10 @@ class CurlClient final : public HttpClient {
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(c, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
     if (!tls_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, tls_.ca_file.c_str());
-    if (!tls_.pinned_public_key.empty()) curl_easy_setopt(c, CURLOPT_PINNEDPUBLICKEY, tls_.pinned_public_key.c_str());
+    if (!tls_.ca_fingerprint_sha256.empty()) {
+      curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, install_ca_pin);
+      curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, &tls_.ca_fingerprint_sha256);
+    }
     if (!tls_.client_cert_file.empty()) {
       curl_easy_setopt(c, CURLOPT_SSLCERT, tls_.client_cert_file.c_str());
       curl_easy_setopt(c, CURLOPT_SSLKEY, tls_.client_key_file.c_str());

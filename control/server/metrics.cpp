@@ -82,6 +82,7 @@ std::string Metrics::render(ControlService* service) const {
     const NodeCounts nodes = service->node_counts();
     out += "# HELP cairn_nodes Known nodes by liveness state.\n";
     out += "# TYPE cairn_nodes gauge\n";
+    fmt::format_to(it, "cairn_nodes{{state=\"enrolled\"}} {}\n", nodes.enrolled);
     fmt::format_to(it, "cairn_nodes{{state=\"ready\"}} {}\n", nodes.ready);
     fmt::format_to(it, "cairn_nodes{{state=\"unreachable\"}} {}\n", nodes.unreachable);
     fmt::format_to(it, "cairn_nodes{{state=\"revoked\"}} {}\n", nodes.revoked);

@@ -73,3 +73,20 @@ TEST_CASE("--metadata-url must be SOURCE=URL") {
   REQUIRE(load_agent_config(o));
   CHECK(load_agent_config(o)->identity.base_urls.at("aws") == "http://127.0.0.1:9");
 }
+
+TEST_CASE("unknown cloud names and malformed CA fingerprints are refused up front") {
+  GlobalOptions o;
+  o.root = "/nonexistent-root";
+  o.metadata_urls = {"aws2=http://127.0.0.1:9"};
+  CHECK(load_agent_config(o).error().code == Errc::usage);
+  o.metadata_urls.clear();
+  o.clouds = {"amazon"};
+  CHECK(load_agent_config(o).error().code == Errc::usage);
+  o.clouds.clear();
+  o.ca_fingerprint = "abc";
+  CHECK(load_agent_config(o).error().code == Errc::config);
+  o.ca_fingerprint = std::string(32, 'A') + ":" + std::string(32, 'b');
+  auto cfg = load_agent_config(o);
+  REQUIRE(cfg);
+  CHECK(cfg->ca_fingerprint == std::string(32, 'a') + std::string(32, 'b'));
+}

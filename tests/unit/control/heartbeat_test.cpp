@@ -82,13 +82,20 @@ TEST_CASE("a node turns Unreachable after the grace period and Ready on the next
   CHECK(f.state_of(node.id) == "Ready");
 }
 
-TEST_CASE("a freshly enrolled node is Ready until it misses its first heartbeats") {
+TEST_CASE("a freshly enrolled node is Enrolled until its first heartbeat, Unreachable if none comes") {
   ControlFixture f;
   const auto node = make_node();
-  f.enrolled(node);
-  CHECK(f.state_of(node.id) == "Ready");
+  const auto peer = f.enrolled(node);
+  CHECK(f.state_of(node.id) == "Enrolled");
+  CHECK(f.service->node_counts().enrolled == 1);
+  CHECK(f.service->node_counts().ready == 0);
   f.clock.advance(91s);
   CHECK(f.state_of(node.id) == "Unreachable");
+  REQUIRE(f.beat(peer));
+  CHECK(f.state_of(node.id) == "Ready");
+  // and it is Ready, not Enrolled, after a restart of the service
+  f.reopen();
+  CHECK(f.state_of(node.id) == "Ready");
 }
 
 TEST_CASE("a heartbeat with an unknown certificate is refused without being stored") {

@@ -1,0 +1,349 @@
+// The spine end to end: the real cairn-agent enrolling with and heartbeating to the real
+// cairn-control, both on 127.0.0.1, each node with its own fake host root.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <thread>
+#include <string>
+#include <vector>
+
+#include "common/crypto.hpp"
+#include "common/fs.hpp"
+#include "common/json.hpp"
+#include "common/uuid.hpp"
+#include "tests/support/control_server.hpp"
+#include "tests/support/process.hpp"
+#include "tests/support/temp_dir.hpp"
+
+namespace cairn::test {
+namespace {
+
+std::string agent_binary() {
+  const char* path = std::getenv("CAIRN_AGENT");
+  return path != nullptr ? path : "";
+}
+
+std::string trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::string create_token(const ControlServer& server, std::vector<std::string> flags = {}) {
+  std::vector<std::string> args = {"token", "create"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  const auto r = server.cli(args);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  return trimmed(r.out);
+}
+
+// One simulated node: a host root whose kernel command line names it (cairn.id=), its
+// persist volume under that root, and the agent pointed at the server.
+class Node {
+ public:
+  explicit Node(const ControlServer& server) : server_(server), id_(random_uuid().str()) {
+    std::filesystem::create_directories(root() / "proc");
+    std::ofstream(root() / "proc/cmdline") << "console=ttyS0 quiet cairn.id=" << id_ << "\n";
+  }
+
+  [[nodiscard]] const std::string& id() const { return id_; }
+  [[nodiscard]] std::filesystem::path root() const { return dir_.path() / "root"; }
+  [[nodiscard]] std::filesystem::path state() const { return root() / "persist/cairn"; }
+  [[nodiscard]] std::filesystem::path log() const { return dir_.path() / "agent.log"; }
+
+  [[nodiscard]] std::vector<std::string> argv(std::vector<std::string> args) const {
+    std::vector<std::string> v = {agent_binary(), "--root", root().string(), "--control", server_.url(),
+                                  "--ca", (server_.state() / "ca.crt").string()};
+    v.insert(v.end(), args.begin(), args.end());
+    return v;
+  }
+  RunResult run(std::vector<std::string> args) const { return run_capture(argv(std::move(args)), dir_.path()); }
+
+  void start_service() {
+    auto p = Process::spawn(argv({"service", "--min-backoff-ms", "200", "--max-backoff-ms", "1000"}), {}, log());
+    REQUIRE_MESSAGE(p.has_value(), (p ? "" : p.error().message));
+    service_.emplace(std::move(*p));
+  }
+  std::optional<int> stop_service(int sig = SIGTERM) {
+    if (!service_) return std::nullopt;
+    service_->kill(sig);
+    auto code = service_->wait_exit(10s);
+    service_.reset();
+    return code;
+  }
+
+ private:
+  const ControlServer& server_;
+  TempDir dir_;
+  std::string id_;
+  std::optional<Process> service_;
+};
+
+// The node as the operator sees it (`cairn-control node show ID --json`).
+Json node_view(const ControlServer& server, const std::string& id) {
+  const auto r = server.cli({"node", "show", id, "--json"});
+  if (r.exit_code != 0) return Json(nullptr);
+  return parse_json(r.out, "node show").value_or(Json(nullptr));
+}
+
+std::string node_state(const ControlServer& server, const std::string& id) {
+  const auto j = node_view(server, id);
+  return j.is_object() ? j.value("state", "") : "";
+}
+
+std::int64_t heartbeats(const ControlServer& server, const std::string& id) {
+  const auto j = node_view(server, id);
+  if (!j.is_object() || !j.contains("heartbeat") || !j["heartbeat"].is_object()) return 0;
+  return j["heartbeat"].value("heartbeats", std::int64_t{0});
+}
+
+bool wait_state(const ControlServer& server, const std::string& id, const std::string& state,
+                std::chrono::milliseconds timeout) {
+  return wait_for([&] { return node_state(server, id) == state; }, timeout, 200ms);
+}
+
+Json json_of(const RunResult& r) { return parse_json(r.out, "agent --json output").value_or(Json(nullptr)); }
+
+TEST_CASE("a node enrolls, heartbeats, turns Unreachable when stopped and Ready when back") {
+  ControlServer server({"--heartbeat-interval", "1s", "--grace-intervals", "2"});
+  Node node(server);
+  const auto token = create_token(server, {"--labels", "rack=r1"});
+
+  const auto enrolled = node.run({"enroll", "--token", token, "--json"});
+  REQUIRE_MESSAGE(enrolled.exit_code == 0, enrolled.out << enrolled.err);
+  const auto report = json_of(enrolled);
+  CHECK(report["ok"] == true);
+  CHECK(report["details"]["node_id"] == node.id());
+  CHECK(report["details"]["already_enrolled"] == false);
+  const auto key_mode = std::filesystem::status(node.state() / "certs/current/node.key").permissions() &
+                        std::filesystem::perms::all;
+  CHECK(key_mode == (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write));
+
+  // Enrolled with a valid certificate: nothing to do, and no token needed.
+  const auto again = node.run({"enroll", "--json"});
+  REQUIRE_MESSAGE(again.exit_code == 0, again.out << again.err);
+  CHECK(json_of(again)["details"]["already_enrolled"] == true);
+
+  CHECK(node_state(server, node.id()) == "Enrolled");  // no heartbeat yet
+  node.start_service();
+  REQUIRE_MESSAGE(wait_for([&] { return heartbeats(server, node.id()) >= 2; }, 20s, 200ms),
+                  "no heartbeats arrived; agent log:\n" << slurp(node.log()));
+  CHECK(node_state(server, node.id()) == "Ready");
+  const auto view = node_view(server, node.id());
+  CHECK(view["labels"]["rack"] == "r1");
+  CHECK(view["heartbeat"]["agent_version"] == CAIRN_VERSION);
+
+  const auto status = node.run({"status", "--json"});
+  REQUIRE_MESSAGE(status.exit_code == 0, status.err);
+  const auto s = json_of(status);
+  CHECK(s["details"]["certificate"]["subject"] == node.id());
+  CHECK(s["details"]["service"]["last_ok"].is_string());
+  CHECK(s["details"]["service"]["consecutive_failures"] == 0);
+
+  CHECK(node.stop_service(SIGTERM) == 0);  // clean exit on SIGTERM
+  CHECK(slurp(node.log()).find("event=service.stop") != std::string::npos);
+  CHECK_MESSAGE(wait_state(server, node.id(), "Unreachable", 15s), "still " << node_state(server, node.id()));
+
+  node.start_service();
+  CHECK_MESSAGE(wait_state(server, node.id(), "Ready", 15s), "agent log:\n" << slurp(node.log()));
+  node.stop_service();
+}
+
+TEST_CASE("the agent rotates a certificate of seconds before it expires and keeps heartbeating") {
+  ControlServer server({"--heartbeat-interval", "1s", "--cert-lifetime", "6s"});
+  Node node(server);
+  REQUIRE(node.run({"enroll", "--token", create_token(server)}).exit_code == 0);
+  const auto first = node_view(server, node.id());
+  node.start_service();
+  // Three lifetimes: only rotation keeps the node alive that long.
+  const auto until = std::chrono::steady_clock::now() + 18s;
+  REQUIRE(wait_for([&] { return heartbeats(server, node.id()) >= 1; }, 10s, 200ms));
+  while (std::chrono::steady_clock::now() < until) {
+    REQUIRE_MESSAGE(node_state(server, node.id()) == "Ready", "agent log:\n" << slurp(node.log()));
+    std::this_thread::sleep_for(500ms);  // sampling period of the check, not synchronisation
+  }
+  const auto log = slurp(node.log());
+  CHECK(log.find("event=cert.rotated") != std::string::npos);
+  CHECK(log.find("event=cert.rotate_failed") == std::string::npos);
+  CHECK(node_view(server, node.id())["certificates"].size() >= 3);
+  const auto before = heartbeats(server, node.id());
+  REQUIRE(wait_for([&] { return heartbeats(server, node.id()) > before; }, 5s, 200ms));
+  // The old sets are kept as the archive, bounded.
+  int sets = 0;
+  for (const auto& e : std::filesystem::directory_iterator(node.state() / "certs")) sets += e.is_directory() && !e.is_symlink();
+  CHECK(sets >= 2);
+  CHECK(sets <= 4);
+  CHECK(first["state"] == "Enrolled");  // before the service ran
+  node.stop_service();
+}
+
+TEST_CASE("a node revoked mid-run is refused on its next heartbeat") {
+  ControlServer server({"--heartbeat-interval", "1s"});
+  Node node(server);
+  REQUIRE(node.run({"enroll", "--token", create_token(server)}).exit_code == 0);
+  node.start_service();
+  REQUIRE(wait_for([&] { return heartbeats(server, node.id()) >= 1; }, 10s, 200ms));
+  const auto revoked = server.cli({"node", "revoke", node.id()});
+  REQUIRE_MESSAGE(revoked.exit_code == 0, revoked.err);
+  CHECK_MESSAGE(wait_for([&] { return slurp(node.log()).find("node_revoked") != std::string::npos; }, 10s),
+                "agent log:\n" << slurp(node.log()));
+  CHECK(node_state(server, node.id()) == "Revoked");
+  const auto status = json_of(node.run({"status", "--json"}));
+  CHECK(status["details"]["service"]["consecutive_failures"] >= 1);
+  // A revoked node cannot come back with a fresh token either.
+  const auto again = node.run({"enroll", "--force", "--token", create_token(server)});
+  CHECK(again.exit_code == 77);
+  CHECK(again.err.find("node_revoked") != std::string::npos);
+  node.stop_service();
+}
+
+TEST_CASE("kill -9 of the control service loses nothing and agents carry on after restart") {
+  ControlServer server({"--heartbeat-interval", "1s", "--grace-intervals", "3"});
+  std::vector<std::unique_ptr<Node>> nodes;
+  for (int i = 0; i < 3; ++i) {
+    nodes.push_back(std::make_unique<Node>(server));
+    REQUIRE(nodes.back()->run({"enroll", "--token", create_token(server)}).exit_code == 0);
+    nodes.back()->start_service();
+  }
+  const auto spare_token = create_token(server, {"--uses", "2"});
+  for (auto& n : nodes) REQUIRE(wait_for([&] { return heartbeats(server, n->id()) >= 2; }, 15s, 200ms));
+  std::vector<std::int64_t> before;
+  for (auto& n : nodes) before.push_back(heartbeats(server, n->id()));
+
+  server.stop(SIGKILL);
+  // While it is down the agents back off and retry.
+  REQUIRE(wait_for([&] { return slurp(nodes[0]->log()).find("event=heartbeat.failed") != std::string::npos; }, 10s));
+  server.start();
+
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    CAPTURE(i);
+    CHECK_MESSAGE(wait_for([&] { return heartbeats(server, nodes[i]->id()) > before[i]; }, 20s, 200ms),
+                  "agent log:\n" << slurp(nodes[i]->log()));
+    CHECK(node_state(server, nodes[i]->id()) == "Ready");
+  }
+  CHECK(slurp(nodes[0]->log()).find("event=heartbeat.recovered") != std::string::npos);
+  // The token made before the crash is still there, with its uses.
+  Node late(server);
+  CHECK(late.run({"enroll", "--token", spare_token}).exit_code == 0);
+  const auto tokens = server.cli({"token", "list", "--json"});
+  CHECK(tokens.out.find("\"uses\": 1") != std::string::npos);
+  for (auto& n : nodes) n->stop_service();
+}
+
+TEST_CASE("enroll refuses unknown, replayed and expired tokens with a reason and exit 77") {
+  ControlServer server;
+  struct Case {
+    const char* what;
+    std::string token;
+    const char* code;
+  };
+  const auto replayed = create_token(server);
+  Node first(server);
+  REQUIRE(first.run({"enroll", "--token", replayed}).exit_code == 0);
+  const auto expiring = create_token(server, {"--ttl", "1s"});
+  std::this_thread::sleep_for(2100ms);  // the token's own lifetime must pass; nothing to poll
+  const Case cases[] = {
+      {"unknown", "cairn_0000000000000000000000000000000000000000000000000000000000000000", "token_unknown"},
+      {"replayed", replayed, "token_used"},
+      {"expired", expiring, "token_expired"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.what);
+    Node node(server);
+    const auto r = node.run({"enroll", "--token", c.token});
+    CHECK(r.exit_code == 77);
+    CHECK(r.err.find(c.code) != std::string::npos);
+    CHECK(r.err.find("hint:") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(node.state() / "certs/current"));
+  }
+}
+
+TEST_CASE("a token bound to a node id refuses any other node") {
+  ControlServer server;
+  Node node(server);
+  Node other(server);
+  const auto token = create_token(server, {"--expect-id", node.id()});
+  const auto refused = other.run({"enroll", "--token", token});
+  CHECK(refused.exit_code == 77);
+  CHECK(refused.err.find("identity_mismatch") != std::string::npos);
+  CHECK(node.run({"enroll", "--token", token}).exit_code == 0);
+}
+
+TEST_CASE("enroll refuses a control service that does not chain to the pinned CA") {
+  ControlServer server;
+  ControlServer impostor;  // a control service of another cluster, another CA
+  Node node(server);
+  auto argv = node.argv({"enroll", "--token", create_token(server)});
+  // Same CA pin, the other server's address.
+  for (auto& a : argv) {
+    if (a == server.url()) a = impostor.url();
+  }
+  TempDir scratch;
+  const auto r = run_capture(argv, scratch.path());
+  CHECK(r.exit_code == 77);
+  CHECK_FALSE(std::filesystem::exists(node.state() / "certs/current"));
+}
+
+TEST_CASE("enroll can pin the cluster CA by its SHA-256 fingerprint alone") {
+  ControlServer server({"--heartbeat-interval", "1s"});
+  ControlServer impostor;
+  auto ca = parse_cert_pem(*read_file(server.state() / "ca.crt", 64 * 1024));
+  REQUIRE(ca);
+  const auto fingerprint = cert_info(ca->get()).fingerprint_sha256;
+  auto without_ca = [&](const Node& node, const std::string& url, std::vector<std::string> args) {
+    std::vector<std::string> v = {agent_binary(), "--root", node.root().string(), "--control", url,
+                                  "--ca-fingerprint", fingerprint};
+    v.insert(v.end(), args.begin(), args.end());
+    TempDir scratch;
+    return run_capture(v, scratch.path());
+  };
+  Node wrong(server);
+  const auto refused = without_ca(wrong, impostor.url(), {"enroll", "--token", create_token(server)});
+  CHECK(refused.exit_code == 77);
+  CHECK_FALSE(std::filesystem::exists(wrong.state() / "certs/current"));
+
+  Node node(server);
+  const auto enrolled = without_ca(node, server.url(), {"enroll", "--token", create_token(server)});
+  REQUIRE_MESSAGE(enrolled.exit_code == 0, enrolled.err);
+  // After enrollment the saved CA chain verifies the control service for the heartbeats.
+  auto p = Process::spawn({agent_binary(), "--root", node.root().string(), "--control", server.url(),
+                           "--ca-fingerprint", fingerprint, "service"}, {}, node.log());
+  REQUIRE(p);
+  CHECK_MESSAGE(wait_for([&] { return heartbeats(server, node.id()) >= 1; }, 10s, 200ms), slurp(node.log()));
+  p->kill(SIGTERM);
+  CHECK(p->wait_exit(10s) == 0);
+}
+
+TEST_CASE("agent commands explain a missing control URL, CA or token and exit 78") {
+  TempDir dir;
+  std::filesystem::create_directories(dir.path() / "proc");
+  std::ofstream(dir.path() / "proc/cmdline") << "cairn.id=" << random_uuid().str() << "\n";
+  const auto base = std::vector<std::string>{agent_binary(), "--root", dir.path().string()};
+  auto with = [&](std::vector<std::string> extra) {
+    auto v = base;
+    v.insert(v.end(), extra.begin(), extra.end());
+    return run_capture(v, dir.path());
+  };
+  auto no_url = with({"enroll", "--token", "x"});
+  CHECK(no_url.exit_code == 78);
+  CHECK(no_url.err.find("--control") != std::string::npos);
+  auto no_ca = with({"--control", "https://127.0.0.1:1", "enroll", "--token", "x"});
+  CHECK(no_ca.exit_code == 78);
+  CHECK(no_ca.err.find("--ca") != std::string::npos);
+  auto no_token = with({"--control", "https://127.0.0.1:1", "--ca", "/dev/null", "enroll"});
+  CHECK(no_token.exit_code == 78);
+  CHECK(no_token.err.find("token") != std::string::npos);
+  auto not_enrolled = with({"--control", "https://127.0.0.1:1", "service"});
+  CHECK(not_enrolled.exit_code == 78);
+  CHECK(not_enrolled.err.find("cairn-agent enroll") != std::string::npos);
+  auto status = with({"status", "--json"});
+  CHECK(status.exit_code == 0);
+  CHECK(status.out.find("\"enrollment\": null") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace cairn::test
