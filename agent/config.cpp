@@ -67,6 +67,10 @@ Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
 
   if (!o.persist_dir.empty()) cfg.persist_dir = o.persist_dir;
   if (!o.control_url.empty()) cfg.control_url = o.control_url;
+  if (!cfg.control_url.empty() && !cfg.control_url.starts_with("https://")) {
+    return fail(Errc::config, "control URL '" + cfg.control_url + "': not https://",
+                "the control service is only spoken to over verified TLS; use https://HOST:PORT");
+  }
   if (!o.ca_file.empty()) cfg.ca_file = o.ca_file;
   if (!o.ca_fingerprint.empty()) cfg.ca_fingerprint = o.ca_fingerprint;
   if (!cfg.ca_fingerprint.empty()) {

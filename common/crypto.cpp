@@ -95,9 +95,10 @@ std::string key_type_name(const EVP_PKEY* key) {
 
 Result<std::string> make_csr_pem(const EVP_PKEY* key, std::string_view common_name) {
   X509ReqPtr req(X509_REQ_new());
+  if (!req) return fail(Errc::internal, "X509_REQ_new: " + openssl_error());
   X509_NAME* name = X509_REQ_get_subject_name(req.get());
   const std::string cn(common_name);
-  if (!req || X509_REQ_set_version(req.get(), 0) != 1 ||
+  if (X509_REQ_set_version(req.get(), 0) != 1 ||
       X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
                                  reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0) != 1 ||
       X509_REQ_set_pubkey(req.get(), const_cast<EVP_PKEY*>(key)) != 1 ||
@@ -177,7 +178,9 @@ Result<X509Ptr> issue_certificate(const CertSpec& spec, const EVP_PKEY* subject_
 
   // 159-bit random serial: positive, unique, unpredictable (RFC 5280 4.1.2.2, CA/B BR 7.1).
   unsigned char serial_bytes[20];
-  RAND_bytes(serial_bytes, sizeof serial_bytes);
+  if (RAND_bytes(serial_bytes, sizeof serial_bytes) != 1) {
+    return fail(Errc::internal, "RAND_bytes for a certificate serial: " + openssl_error());
+  }
   serial_bytes[0] &= 0x7f;
   BignumPtr serial_bn(BN_bin2bn(serial_bytes, sizeof serial_bytes, nullptr));
   BN_to_ASN1_INTEGER(serial_bn.get(), X509_get_serialNumber(cert.get()));
@@ -230,7 +233,9 @@ Status verify_cert_chain(const X509* leaf, std::string_view trusted_pem,
   X509StorePtr store(X509_STORE_new());
   for (auto& a : *anchors) X509_STORE_add_cert(store.get(), a.get());
   X509StoreCtxPtr ctx(X509_STORE_CTX_new());
-  X509_STORE_CTX_init(ctx.get(), store.get(), const_cast<X509*>(leaf), nullptr);
+  if (!ctx || X509_STORE_CTX_init(ctx.get(), store.get(), const_cast<X509*>(leaf), nullptr) != 1) {
+    return fail(Errc::internal, "X509_STORE_CTX_init: " + openssl_error());
+  }
   X509_STORE_CTX_set_time(ctx.get(), 0, std::chrono::system_clock::to_time_t(at));
   if (X509_verify_cert(ctx.get()) != 1) {
     return fail(Errc::refused, std::string("certificate does not verify: ") +

@@ -70,6 +70,14 @@ Result<std::string> read_file(const std::filesystem::path& path, std::size_t max
   return std::move(**content);
 }
 
+Status fsync_dir(const std::filesystem::path& dir) {
+  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dfd || ::fsync(dfd.get()) != 0) {
+    return fail(Errc::io, "fsync directory " + dir.string() + ": " + errno_text(errno));
+  }
+  return {};
+}
+
 Status make_dirs(const std::filesystem::path& dir, mode_t mode) {
   if (dir.empty()) return {};
   struct stat st {};
@@ -110,11 +118,7 @@ Status write_file_atomic(const std::filesystem::path& path, std::string_view dat
         {Errc::io, "rename " + tmp.string() + " to " + path.string() + ": " + errno_text(errno),
          {}});
   }
-  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dfd || ::fsync(dfd.get()) != 0) {
-    return fail(Errc::io, "fsync directory " + dir.string() + ": " + errno_text(errno));
-  }
-  return {};
+  return fsync_dir(dir);
 }
 
 }  // namespace cairn

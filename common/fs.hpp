@@ -25,6 +25,9 @@ Result<std::optional<std::string>> read_file_if_exists(const std::filesystem::pa
 Status write_file_atomic(const std::filesystem::path& path, std::string_view data,
                          mode_t mode = 0644);
 
+// fsync(2) of a directory, so a rename or link inside it survives a crash.
+Status fsync_dir(const std::filesystem::path& dir);
+
 // Creates dir and its parents with the given mode; an existing directory is fine.
 Status make_dirs(const std::filesystem::path& dir, mode_t mode = 0755);
 

@@ -26,6 +26,7 @@ struct HttpRequest {
   std::chrono::milliseconds connect_timeout{2000};
   std::chrono::milliseconds total_timeout{10000};
   std::size_t max_response_bytes = 1 << 20;  // a larger answer is an error, never truncated
+  std::string protocols = "http,https";      // schemes allowed ("https": never in clear)
 };
 
 struct HttpResponse {

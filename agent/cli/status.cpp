@@ -10,6 +10,13 @@
 namespace cairn::agent::cli {
 namespace {
 
+// A string field of a file the node wrote; "?" when absent or of another type (a damaged
+// file must not stop `status` from showing the rest).
+std::string field(const Json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "?";
+}
+
 std::string ago(Clock::WallTime t, Clock::WallTime now) {
   const auto s = std::chrono::duration_cast<std::chrono::seconds>(now - t).count();
   return format_rfc3339(t) + " (" + std::to_string(s) + " s ago)";
@@ -33,12 +40,12 @@ void add_status(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       if (enrollment_text && *enrollment_text) enrollment = parse_json(**enrollment_text, "enrollment.json").value_or(nullptr);
       out.details["enrollment"] = enrollment;
       if (enrollment.is_object()) {
-        human += "node:        " + enrollment.value("node_id", "?") + "\n";
+        human += "node:        " + field(enrollment, "node_id") + "\n";
         if (auto id = enrollment.find("identity"); id != enrollment.end() && id->is_object()) {
-          human += "identity:    source " + id->value("source", "?") + ", platform " + id->value("platform", "?") + "\n";
+          human += "identity:    source " + field(*id, "source") + ", platform " + field(*id, "platform") + "\n";
         }
-        human += "control:     " + enrollment.value("control_url", "?") + "\n";
-        human += "enrolled at: " + enrollment.value("enrolled_at", "?") + "\n";
+        human += "control:     " + field(enrollment, "control_url") + "\n";
+        human += "enrolled at: " + field(enrollment, "enrolled_at") + "\n";
       } else {
         human += "node:        not enrolled (run `cairn-agent enroll`)\n";
       }

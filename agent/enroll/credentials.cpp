@@ -17,12 +17,6 @@ namespace {
 
 constexpr std::size_t kMaxPemBytes = 64 * 1024;
 
-Status fsync_dir(const std::filesystem::path& dir) {
-  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd || ::fsync(fd.get()) != 0) return fail(Errc::io, "fsync " + dir.string() + ": " + std::strerror(errno));
-  return {};
-}
-
 }  // namespace
 
 CredentialStore::CredentialStore(std::filesystem::path state_dir) : certs_dir_(std::move(state_dir) / "certs") {}

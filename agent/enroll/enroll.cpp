@@ -27,10 +27,17 @@ Result<std::string> bootstrap_token(const AgentConfig& config, const EnrollOptio
   return trim(std::move(**text));
 }
 
-// The answer must be a certificate for this node and this key, chaining to the CA sent.
-Result<NewCredentials> check_answer(const protocol::CertificateResponse& answer, const EVP_PKEY* key,
-                                    const std::string& key_pem, std::string_view node_id,
-                                    const Clock& clock) {
+struct CheckedAnswer {
+  NewCredentials creds;
+  CertInfo info;
+};
+
+// The answer must be a certificate for this node and this key, chaining both to the CA sent
+// and to the anchors the node already trusts (`trusted_pem`): a control service cannot
+// hand the node a CA of its choosing.
+Result<CheckedAnswer> check_answer(const protocol::CertificateResponse& answer, const EVP_PKEY* key,
+                                   const std::string& key_pem, std::string_view node_id,
+                                   std::string_view trusted_pem, const Clock& clock) {
   auto cert = parse_cert_pem(answer.certificate_pem);
   if (!cert) return fail(cert.error().with_context("certificate from control"));
   const auto info = cert_info(cert->get());
@@ -44,7 +51,23 @@ Result<NewCredentials> check_answer(const protocol::CertificateResponse& answer,
   if (auto ok = verify_cert_chain(cert->get(), answer.ca_chain_pem, clock.now()); !ok) {
     return fail(ok.error().with_context("certificate from control"));
   }
-  return NewCredentials{key_pem, answer.certificate_pem, answer.ca_chain_pem};
+  if (auto ok = verify_cert_chain(cert->get(), trusted_pem, clock.now()); !ok) {
+    return fail(ok.error().with_context("certificate from control, against the pinned CA"));
+  }
+  return CheckedAnswer{{key_pem, answer.certificate_pem, answer.ca_chain_pem}, info};
+}
+
+// The anchors a first enrollment must chain to: the --ca bundle, or the certificate of the
+// sent chain whose fingerprint is pinned.
+Result<std::string> pinned_anchors(const AgentConfig& config, std::string_view sent_chain) {
+  if (!config.ca_file.empty()) return read_file(config.ca_file, 1 << 20);
+  auto chain = parse_cert_chain_pem(sent_chain);
+  if (!chain) return fail(chain.error().with_context("CA chain from control"));
+  for (const auto& c : *chain) {
+    if (cert_info(c.get()).fingerprint_sha256 == config.ca_fingerprint) return cert_pem(c.get());
+  }
+  return fail(Errc::refused, "the CA chain from control does not hold the pinned CA " + config.ca_fingerprint,
+              "check --ca-fingerprint against `cairn-control init` of this cluster");
 }
 
 struct KeyAndCsr {
@@ -112,8 +135,8 @@ Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIden
                              const EnrollOptions& options, const Clock& clock) {
   CredentialStore store(config.state_dir());
   auto installed = store.load();
-  if (!installed) return fail(installed.error());
-  if (*installed && !options.force) {
+  if (!installed && !options.force) return fail(installed.error());
+  if (installed && *installed && !options.force) {
     const auto problem = credentials_problem(**installed, identity.node_id, clock.now());
     if (problem.empty()) return EnrollOutcome{true, identity.node_id, (*installed)->cert};
     log::info("enroll.again", {{"node", identity.node_id}, {"reason", problem}});
@@ -133,33 +156,33 @@ Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIden
   protocol::EnrollRequest request{identity, fresh->csr_pem, config.labels};
   auto answer = client.enroll(*token, request);
   if (!answer) return fail(answer.error().with_context("enroll"));
-  auto creds = check_answer(*answer, fresh->key.get(), fresh->key_pem, identity.node_id, clock);
-  if (!creds) return fail(creds.error().with_context("enroll"));
-  if (auto ok = store.install(*creds); !ok) return fail(ok.error().with_context("enroll: install credentials"));
+  auto anchors = pinned_anchors(config, answer->ca_chain_pem);
+  if (!anchors) return fail(anchors.error().with_context("enroll"));
+  auto checked = check_answer(*answer, fresh->key.get(), fresh->key_pem, identity.node_id, *anchors, clock);
+  if (!checked) return fail(checked.error().with_context("enroll"));
+  if (auto ok = store.install(checked->creds); !ok) return fail(ok.error().with_context("enroll: install credentials"));
 
   const Json record = {{"node_id", identity.node_id}, {"identity", protocol::to_json(identity)},
                        {"control_url", config.control_url}, {"enrolled_at", format_rfc3339(clock.now())}};
   if (auto ok = write_file_atomic(config.state_dir() / "enrollment.json", record.dump(2) + "\n"); !ok) {
     return fail(ok.error().with_context("enroll"));
   }
-  auto cert = parse_cert_pem(creds->cert_pem);
-  const auto info = cert_info(cert->get());
+  const auto& info = checked->info;
   log::info("enroll.ok", {{"node", identity.node_id}, {"serial", info.serial_hex},
                           {"not_after", format_rfc3339(info.not_after)}});
   return EnrollOutcome{false, identity.node_id, info};
 }
 
 Result<CertInfo> rotate_certificate(ControlClient& client, CredentialStore& store, const std::string& node_id,
-                                    const Clock& clock) {
+                                    std::string_view trusted_ca_pem, const Clock& clock) {
   auto fresh = new_key_and_csr(node_id);
   if (!fresh) return fail(fresh.error().with_context("rotate"));
   auto answer = client.rotate(protocol::RotateRequest{fresh->csr_pem});
   if (!answer) return fail(answer.error().with_context("rotate"));
-  auto creds = check_answer(*answer, fresh->key.get(), fresh->key_pem, node_id, clock);
-  if (!creds) return fail(creds.error().with_context("rotate"));
-  if (auto ok = store.install(*creds); !ok) return fail(ok.error().with_context("rotate: install credentials"));
-  auto cert = parse_cert_pem(creds->cert_pem);
-  return cert_info(cert->get());
+  auto checked = check_answer(*answer, fresh->key.get(), fresh->key_pem, node_id, trusted_ca_pem, clock);
+  if (!checked) return fail(checked.error().with_context("rotate"));
+  if (auto ok = store.install(checked->creds); !ok) return fail(ok.error().with_context("rotate: install credentials"));
+  return checked->info;
 }
 
 }  // namespace cairn::agent

@@ -42,8 +42,9 @@ std::string credentials_problem(const InstalledCredentials& creds, std::string_v
                                 Clock::WallTime now);
 
 // A new key and CSR, POST /v1/certificates/rotate over the current mTLS identity, the
-// answer checked and installed. The previous set stays in the archive.
+// answer checked (it must chain to trusted_ca_pem, the CA the node enrolled with) and
+// installed. The previous set stays in the archive.
 Result<CertInfo> rotate_certificate(ControlClient& client, CredentialStore& store, const std::string& node_id,
-                                    const Clock& clock);
+                                    std::string_view trusted_ca_pem, const Clock& clock);
 
 }  // namespace cairn::agent

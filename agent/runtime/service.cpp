@@ -11,6 +11,7 @@
 #include "agent/runtime/status_file.hpp"
 #include "agent/runtime/system_stats.hpp"
 #include "agent/transport/control_client.hpp"
+#include "common/crypto.hpp"
 #include "common/log.hpp"
 #include "common/time.hpp"
 
@@ -45,6 +46,7 @@ class Loop {
     status_.node_id = node_id_;
     while (!stop_.stopped()) {
       maybe_rotate();
+      if (stop_.wait(milliseconds(0))) break;  // SIGTERM during a rotation: no more requests
       const milliseconds next = beat();
       if (!ready_sent_) {
         notify("READY=1");
@@ -81,7 +83,7 @@ class Loop {
 
   void maybe_rotate() {
     if (clock_.now() < rotate_at_) return;
-    auto rotated = rotate_certificate(*client_, store_, node_id_, clock_);
+    auto rotated = rotate_certificate(*client_, store_, node_id_, creds_->ca_pem, clock_);
     if (!rotated) {
       ++rotation_failures_;
       status_.rotation_failures = rotation_failures_;
@@ -108,8 +110,9 @@ class Loop {
     hb.labels = config_.labels;
     if (rotation_failures_ >= options_.rotation_alert_after) {
       // Sent on every heartbeat while it lasts; the id makes each report idempotent.
+      // Random part: the sequence restarts with the agent, and the store ignores repeated ids.
       ++alert_seq_;
-      hb.events.push_back({"rotation-failing-" + creds_->cert.serial_hex + "-" + std::to_string(alert_seq_),
+      hb.events.push_back({"rotation-failing-" + random_hex(8) + "-" + std::to_string(alert_seq_),
                            "critical", "cert.rotation_failing",
                            "certificate rotation failed " + std::to_string(rotation_failures_) +
                                " times in a row; certificate expires " + hb.cert_not_after,
@@ -192,7 +195,9 @@ milliseconds backoff_delay(const ServiceOptions& options, int failures, double r
 
 Clock::WallTime rotation_time(const ServiceOptions& options, Clock::WallTime not_before, Clock::WallTime not_after,
                               double random01) {
-  const double fraction = options.rotate_at_fraction + (2.0 * std::clamp(random01, 0.0, 1.0) - 1.0) * options.rotate_jitter;
+  // Never later than 90%: a rotation must have time to be retried before expiry.
+  const double fraction = std::min(
+      0.9, options.rotate_at_fraction + (2.0 * std::clamp(random01, 0.0, 1.0) - 1.0) * options.rotate_jitter);
   const auto lifetime = duration_cast<milliseconds>(not_after - not_before);
   return not_before + milliseconds(static_cast<std::int64_t>(static_cast<double>(lifetime.count()) * fraction));
 }

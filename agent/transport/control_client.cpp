@@ -22,6 +22,7 @@ Result<std::string> ControlClient::post(std::string_view path, const Json& body,
   req.headers = std::move(headers);
   req.headers.emplace_back("Content-Type", "application/json");
   req.body = body.dump();
+  req.protocols = "https";  // tokens and node state never travel in clear
   req.connect_timeout = std::min<std::chrono::milliseconds>(timeout_, std::chrono::seconds(5));
   req.total_timeout = timeout_;
   auto resp = http_->send(req);

@@ -18,7 +18,7 @@ class ControlClient {
  public:
   // base_url: https://host:port. tls: CA pin, and client cert/key when enrolled.
   ControlClient(std::string base_url, TlsOptions tls,
-                std::chrono::milliseconds timeout = std::chrono::seconds(15));
+                std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   Result<protocol::CertificateResponse> enroll(std::string_view token, const protocol::EnrollRequest& request);
   Result<protocol::CertificateResponse> rotate(const protocol::RotateRequest& request);

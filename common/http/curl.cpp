@@ -148,14 +148,19 @@ class CurlClient final : public HttpClient {
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(req.total_timeout.count()));
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, req.protocols.c_str());
     curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(req.max_response_bytes));
     // Proxies from the environment must never see metadata or control traffic.
     curl_easy_setopt(c, CURLOPT_PROXY, "");
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(c, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
-    if (!tls_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, tls_.ca_file.c_str());
+    if (!tls_.ca_file.empty() || !tls_.ca_fingerprint_sha256.empty()) {
+      // Pinned: the bundle (or the fingerprint) alone. Debian's libcurl would otherwise also
+      // trust its built-in CApath (/etc/ssl/certs), i.e. every public CA.
+      curl_easy_setopt(c, CURLOPT_CAPATH, nullptr);
+      if (!tls_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, tls_.ca_file.c_str());
+    }
     if (!tls_.ca_fingerprint_sha256.empty()) {
       curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, install_ca_pin);
       curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, &tls_.ca_fingerprint_sha256);

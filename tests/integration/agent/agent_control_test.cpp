@@ -1,7 +1,10 @@
 // The spine end to end: the real cairn-agent enrolling with and heartbeating to the real
 // cairn-control, both on 127.0.0.1, each node with its own fake host root.
 #include <doctest/doctest.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -13,6 +16,7 @@
 #include <vector>
 
 #include "common/crypto.hpp"
+#include "common/fd.hpp"
 #include "common/fs.hpp"
 #include "common/json.hpp"
 #include "common/uuid.hpp"
@@ -229,9 +233,60 @@ TEST_CASE("kill -9 of the control service loses nothing and agents carry on afte
   // The token made before the crash is still there, with its uses.
   Node late(server);
   CHECK(late.run({"enroll", "--token", spare_token}).exit_code == 0);
-  const auto tokens = server.cli({"token", "list", "--json"});
-  CHECK(tokens.out.find("\"uses\": 1") != std::string::npos);
+  const auto tokens = parse_json(server.cli({"token", "list", "--json"}).out, "token list");
+  REQUIRE(tokens);
+  int spare_seen = 0;
+  for (const auto& t : (*tokens)["tokens"]) {
+    if (t["max_uses"] == 2) {
+      ++spare_seen;
+      CHECK(t["uses"] == 1);
+    }
+  }
+  CHECK(spare_seen == 1);
   for (auto& n : nodes) n->stop_service();
+}
+
+TEST_CASE("under systemd the service notifies READY, STATUS, WATCHDOG and STOPPING") {
+  ControlServer server({"--heartbeat-interval", "1s"});
+  Node node(server);
+  REQUIRE(node.run({"enroll", "--token", create_token(server)}).exit_code == 0);
+  // systemd's side of sd_notify(3): a datagram socket named by $NOTIFY_SOCKET.
+  TempDir dir;
+  const auto socket_path = (dir.path() / "notify").string();
+  UniqueFd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  REQUIRE(sock);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  REQUIRE(socket_path.size() < sizeof addr.sun_path);
+  socket_path.copy(addr.sun_path, socket_path.size());
+  REQUIRE(::bind(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  auto p = Process::spawn(node.argv({"service"}), {"NOTIFY_SOCKET=" + socket_path, "WATCHDOG_USEC=600000"}, node.log());
+  REQUIRE(p);
+  std::string seen;
+  auto receive = [&](std::chrono::milliseconds timeout) {
+    pollfd pfd{sock.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, static_cast<int>(timeout.count())) <= 0) return;
+    char buf[4096];
+    const auto n = ::recv(sock.get(), buf, sizeof buf, 0);
+    if (n > 0) seen.append(buf, static_cast<std::size_t>(n)).push_back('\n');
+  };
+  auto count = [&](std::string_view what) {
+    std::size_t n = 0;
+    for (auto pos = seen.find(what); pos != std::string::npos; pos = seen.find(what, pos + 1)) ++n;
+    return n;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + 15s;
+  while (std::chrono::steady_clock::now() < deadline && (count("READY=1") == 0 || count("WATCHDOG=1") < 4)) {
+    receive(200ms);
+  }
+  CHECK_MESSAGE(count("READY=1") == 1, seen);
+  CHECK(count("STATUS=heartbeat ok") >= 1);
+  // 1 s between heartbeats, watchdog at 0.6 s: woken at half of it, between heartbeats too.
+  CHECK(count("WATCHDOG=1") >= 4);
+  p->kill(SIGTERM);
+  CHECK(p->wait_exit(10s) == 0);
+  for (int i = 0; i < 20 && count("STOPPING=1") == 0; ++i) receive(50ms);
+  CHECK(count("STOPPING=1") == 1);
 }
 
 TEST_CASE("enroll refuses unknown, replayed and expired tokens with a reason and exit 77") {
@@ -277,15 +332,18 @@ TEST_CASE("enroll refuses a control service that does not chain to the pinned CA
   ControlServer server;
   ControlServer impostor;  // a control service of another cluster, another CA
   Node node(server);
-  auto argv = node.argv({"enroll", "--token", create_token(server)});
-  // Same CA pin, the other server's address.
+  // The impostor's own valid token: were its certificate not checked, enrollment would work.
+  auto argv = node.argv({"enroll", "--token", create_token(impostor)});
   for (auto& a : argv) {
-    if (a == server.url()) a = impostor.url();
+    if (a == server.url()) a = impostor.url();  // same CA pin, the other server's address
   }
   TempDir scratch;
   const auto r = run_capture(argv, scratch.path());
   CHECK(r.exit_code == 77);
+  CHECK(r.err.find("certificate") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(node.state() / "certs/current"));
+  // The token never reached the impostor.
+  CHECK(impostor.cli({"token", "list", "--json"}).out.find("\"uses\": 0") != std::string::npos);
 }
 
 TEST_CASE("enroll can pin the cluster CA by its SHA-256 fingerprint alone") {
@@ -302,8 +360,9 @@ TEST_CASE("enroll can pin the cluster CA by its SHA-256 fingerprint alone") {
     return run_capture(v, scratch.path());
   };
   Node wrong(server);
-  const auto refused = without_ca(wrong, impostor.url(), {"enroll", "--token", create_token(server)});
+  const auto refused = without_ca(wrong, impostor.url(), {"enroll", "--token", create_token(impostor)});
   CHECK(refused.exit_code == 77);
+  CHECK(refused.err.find("certificate") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(wrong.state() / "certs/current"));
 
   Node node(server);
