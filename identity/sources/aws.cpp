@@ -71,20 +71,15 @@ SourceResult AwsSource::probe(Context& context) {
   if (!document) return SourceResult::failed(document.error());
   auto json = parse_json(*document, "EC2 instance identity document");
   if (!json) return SourceResult::failed(json.error());
-  const auto text = [&](const char* key) {
-    return json->is_object() && json->contains(key) && (*json)[key].is_string()
-               ? (*json)[key].get<std::string>()
-               : std::string();
-  };
   Identity id;
   id.platform = "aws";
-  id.instance_id = text("instanceId");
+  id.instance_id = string_field(*json, "instanceId");
   if (id.instance_id.empty()) {
     return SourceResult::failed("EC2 instance identity document: no \"instanceId\"");
   }
-  id.region = text("region");
-  id.zone = text("availabilityZone");
-  id.instance_type = text("instanceType");
+  id.region = string_field(*json, "region");
+  id.zone = string_field(*json, "availabilityZone");
+  id.instance_type = string_field(*json, "instanceType");
   // The identity document holds no UUID: see cloud_node_uuid for the choice.
   id.uuid = cloud_node_uuid(context, "aws", id.instance_id);
   // The hostname is a nicety: without it the identity stands.

@@ -25,10 +25,7 @@ SourceResult AzureSource::probe(Context& context) {
   const Json compute = json->is_object() && json->contains("compute") && (*json)["compute"].is_object()
                            ? (*json)["compute"]
                            : Json::object();
-  const auto text = [&](const Json& j, const char* key) {
-    return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
-  };
-  const auto vm_id = text(compute, "vmId");
+  const auto vm_id = string_field(compute, "vmId");
   // vmId is what Azure names the VM by; its DMI product_uuid is the same UUID with the first
   // three fields byte-swapped on Gen1 VMs, so the metadata value is the reliable one.
   auto uuid = parse_identity_uuid(vm_id);
@@ -36,14 +33,14 @@ SourceResult AzureSource::probe(Context& context) {
   Identity id;
   id.uuid = *uuid;
   id.platform = "azure";
-  id.instance_id = text(compute, "resourceId").empty() ? vm_id : text(compute, "resourceId");
-  id.region = text(compute, "location");
-  id.zone = text(compute, "zone");
-  id.instance_type = text(compute, "vmSize");
+  id.instance_id = string_field(compute, "resourceId").empty() ? vm_id : string_field(compute, "resourceId");
+  id.region = string_field(compute, "location");
+  id.zone = string_field(compute, "zone");
+  id.instance_type = string_field(compute, "vmSize");
   const Json os = compute.contains("osProfile") && compute["osProfile"].is_object()
                       ? compute["osProfile"]
                       : Json::object();
-  id.hostname = text(os, "computerName").empty() ? text(compute, "name") : text(os, "computerName");
+  id.hostname = string_field(os, "computerName").empty() ? string_field(compute, "name") : string_field(os, "computerName");
   return SourceResult::answered(std::move(id), "Azure IMDS api-version " + std::string(kApiVersion));
 }
 

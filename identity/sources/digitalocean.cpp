@@ -23,16 +23,12 @@ SourceResult DigitalOceanSource::probe(Context& context) {
       !(*json)["droplet_id"].is_number_unsigned() || (*json)["droplet_id"].get<std::uint64_t>() == 0) {
     return SourceResult::failed("DigitalOcean metadata: no positive \"droplet_id\"");
   }
-  const auto text = [&](const char* key) {
-    return json->contains(key) && (*json)[key].is_string() ? (*json)[key].get<std::string>()
-                                                           : std::string();
-  };
   Identity id;
   id.platform = "digitalocean";
   id.instance_id = std::to_string((*json)["droplet_id"].get<std::uint64_t>());
   id.uuid = cloud_node_uuid(context, "digitalocean", id.instance_id);
-  id.region = text("region");
-  id.hostname = text("hostname");
+  id.region = string_field(*json, "region");
+  id.hostname = string_field(*json, "hostname");
   return SourceResult::answered(std::move(id), "DigitalOcean droplet metadata");
 }
 

@@ -18,4 +18,10 @@ Uuid cloud_node_uuid(const Context& context, std::string_view cloud, std::string
   return cloud_instance_uuid(cloud, instance_id);
 }
 
+std::string string_field(const Json& j, std::string_view key) {
+  if (!j.is_object()) return {};
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 }  // namespace cairn::identity

@@ -20,19 +20,14 @@ SourceResult OpenStackSource::probe(Context& context) {
   if (!response) return SourceResult::failed(response.error());
   auto json = parse_json(response->body, "OpenStack meta_data.json");
   if (!json) return SourceResult::failed(json.error());
-  const auto text = [&](const char* key) {
-    return json->is_object() && json->contains(key) && (*json)[key].is_string()
-               ? (*json)[key].get<std::string>()
-               : std::string();
-  };
-  auto uuid = parse_identity_uuid(text("uuid"));
+  auto uuid = parse_identity_uuid(string_field(*json, "uuid"));
   if (!uuid) return SourceResult::failed("OpenStack meta_data.json uuid: " + uuid.error().message);
   Identity id;
   id.uuid = *uuid;
   id.platform = "openstack";
   id.instance_id = uuid->str();
-  id.zone = text("availability_zone");
-  id.hostname = text("hostname");
+  id.zone = string_field(*json, "availability_zone");
+  id.hostname = string_field(*json, "hostname");
   return SourceResult::answered(std::move(id), "OpenStack metadata service");
 }
 
