@@ -158,8 +158,10 @@ class CurlClient final : public HttpClient {
     if (!tls_.ca_file.empty() || !tls_.ca_fingerprint_sha256.empty()) {
       // Pinned: the bundle (or the fingerprint) alone. Debian's libcurl would otherwise also
       // trust its built-in CApath (/etc/ssl/certs), i.e. every public CA.
+      // With a fingerprint the verify callback is the whole verification: no file at all
+      // (a minimal system has no ca-certificates bundle for curl's default to point at).
       curl_easy_setopt(c, CURLOPT_CAPATH, nullptr);
-      if (!tls_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, tls_.ca_file.c_str());
+      curl_easy_setopt(c, CURLOPT_CAINFO, tls_.ca_file.empty() ? nullptr : tls_.ca_file.c_str());
     }
     if (!tls_.ca_fingerprint_sha256.empty()) {
       curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, install_ca_pin);
