@@ -18,11 +18,6 @@ Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig&
     if (auto it = j.find("ca_fingerprint"); it != j.end()) cfg.ca_fingerprint = it->get<std::string>();
     if (auto it = j.find("token_file"); it != j.end()) cfg.token_file = it->get<std::string>();
     if (auto it = j.find("labels"); it != j.end()) cfg.labels = it->get<std::map<std::string, std::string>>();
-    if (auto it = j.find("heartbeat_interval_s"); it != j.end()) {
-      const auto s = it->get<std::int64_t>();
-      if (s < 1 || s > 86400) return fail(Errc::config, path.string() + ": heartbeat_interval_s out of range 1..86400");
-      cfg.heartbeat_interval = std::chrono::seconds(s);
-    }
   } catch (const nlohmann::json::exception& e) {
     return fail(Errc::config, path.string() + ": " + e.what(), "fix the value's type in the config file");
   }
@@ -68,7 +63,7 @@ Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
   if (!o.persist_dir.empty()) cfg.persist_dir = o.persist_dir;
   if (!o.control_url.empty()) cfg.control_url = o.control_url;
   if (!cfg.control_url.empty() && !cfg.control_url.starts_with("https://")) {
-    return fail(Errc::config, "control URL '" + cfg.control_url + "': not https://",
+    return fail(Errc::config, "control URL '" + cfg.control_url + "' (from --control or " + path.string() + "): not https://",
                 "the control service is only spoken to over verified TLS; use https://HOST:PORT");
   }
   if (!o.ca_file.empty()) cfg.ca_file = o.ca_file;

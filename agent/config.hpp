@@ -2,7 +2,8 @@
 // Config file: JSON, `--config FILE`, default <root>/etc/cairn/agent.json (absent = defaults):
 //   {"persist_dir": "/persist", "control_url": "https://...", "ca_file": "...",
 //    "ca_fingerprint": "<sha256 hex of the CA cert>", "token_file": "...", "labels": {"rack": "r1"},
-//    "heartbeat_interval_s": 30, "identity": { see identity::config_from_json }}
+//    "identity": { see identity::config_from_json }}
+// The heartbeat interval is not configured here: the control service sets it in every answer.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -43,7 +44,6 @@ struct AgentConfig {
   std::string ca_fingerprint;         // or: SHA-256 of the CA cert (`cairn-control init` prints it)
   std::filesystem::path token_file;   // bootstrap token (default <persist>/cairn/bootstrap-token)
   std::map<std::string, std::string> labels;
-  std::chrono::seconds heartbeat_interval{30};
   identity::Config identity;
 
   [[nodiscard]] std::filesystem::path state_dir() const { return persist_dir / "cairn"; }

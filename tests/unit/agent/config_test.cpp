@@ -17,14 +17,13 @@ TEST_CASE("defaults put the persist root under --root and read no file when ther
   CHECK(cfg->persist_dir == dir.path() / "persist");
   CHECK(cfg->state_dir() == dir.path() / "persist/cairn");
   CHECK(cfg->token_file == dir.path() / "persist/cairn/bootstrap-token");
-  CHECK(cfg->heartbeat_interval == std::chrono::seconds(30));
 }
 
 TEST_CASE("the config file is read under the root and flags win over it") {
   test::TempDir dir;
   std::filesystem::create_directories(dir.path() / "etc/cairn");
   std::ofstream(dir.path() / "etc/cairn/agent.json")
-      << R"({"control_url": "https://file:1", "ca_file": "/ca.pem", "labels": {"rack": "r7"}, "heartbeat_interval_s": 10})";
+      << R"({"control_url": "https://file:1", "ca_file": "/ca.pem", "labels": {"rack": "r7"}})";
   GlobalOptions o;
   o.root = dir.path().string();
   o.control_url = "https://flag:2";
@@ -33,7 +32,6 @@ TEST_CASE("the config file is read under the root and flags win over it") {
   CHECK(cfg->control_url == "https://flag:2");
   CHECK(cfg->ca_file == "/ca.pem");
   CHECK(cfg->labels.at("rack") == "r7");
-  CHECK(cfg->heartbeat_interval == std::chrono::seconds(10));
 }
 
 TEST_CASE("a broken config file is a config error naming the file") {
@@ -44,7 +42,7 @@ TEST_CASE("a broken config file is a config error naming the file") {
     const char* expect;
   };
   const Case cases[] = {{"{", "malformed JSON"}, {"[]", "not a JSON object"},
-                        {R"({"heartbeat_interval_s": "x"})", "type"}, {R"({"heartbeat_interval_s": 0})", "out of range"}};
+                        {R"({"labels": 5})", "type"}, {R"({"control_url": "http://c:1"})", "not https"}};
   for (const auto& c : cases) {
     CAPTURE(c.text);
     std::ofstream(path, std::ios::trunc) << c.text;
