@@ -1,8 +1,8 @@
-// Boost.Beast HTTPS server, shaped after Beast's advanced_server_flex and
-// http_server_async_ssl examples: one strand per connection, beast::tcp_stream deadlines
-// for every phase (handshake, headers, body, idle keep-alive) and a parser with
-// header_limit/body_limit so a client can neither hold a connection forever nor make the
-// server buffer more than it allows.
+// The HTTPS server: Boost.Asio reactors (one io_context and thread per worker, connections
+// spread round-robin), TlsTransport for TLS, Beast's HTTP/1.1 parser with header and body
+// limits, and a deadline for every phase (handshake, headers, body, idle keep-alive) so a
+// client can neither hold a connection forever nor make the server buffer more than it allows.
+// Built for many idle keep-alive agents: an idle connection holds no buffers and no timer.
 #include "control/server/server.hpp"
 
 #include <boost/asio/dispatch.hpp>
@@ -11,10 +11,10 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <optional>
@@ -24,7 +24,7 @@
 #include "common/crypto.hpp"
 #include "common/log.hpp"
 #include "control/server/router.hpp"
-#include "control/server/tls_stream.hpp"
+#include "control/server/tls_transport.hpp"
 
 namespace cairn::control::server {
 namespace {
@@ -50,56 +50,96 @@ struct Shared {
 
 std::string_view to_sv(beast::string_view v) { return {v.data(), v.size()}; }
 
-bool is_quiet_close(const beast::error_code& ec) {
-  // The client went away or the stream timed out: nothing to answer.
-  return ec == http::error::end_of_stream || ec == asio::error::eof ||
-         ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
-         ec == asio::ssl::error::stream_truncated || ec == beast::error::timeout ||
-         ec == asio::error::broken_pipe || ec == asio::error::bad_descriptor;
-}
+class Session;
 
+// One io thread: its io_context, the connections it owns and their deadline sweep. A
+// connection lives on one worker for its whole life, so nothing per connection is locked.
+struct Worker {
+  asio::io_context ioc{1};
+  std::vector<std::shared_ptr<Session>> sessions;  // Session::slot_ is the index
+  asio::steady_timer sweep{ioc};
+};
+
+// One connection, reactor style: wait for readiness, then read / decrypt / parse / answer with
+// plain calls. Per request that is one readiness wait, one read and one write; deadlines are a
+// timestamp the worker's sweep checks, not a timer re-armed per phase.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket&& socket, std::shared_ptr<Shared> shared)
-      : shared_(std::move(shared)),
-        stream_(std::move(socket), shared_->tls.get()),
-        timer_(stream_.get_executor()) {
-    shared_->metrics.connection_opened();
+  Session(tcp::socket&& socket, Shared& shared, Worker& worker)
+      : shared_(shared),
+        worker_(worker),
+        socket_(std::move(socket)),
+        tls_(static_cast<int>(socket_.native_handle()), shared.tls.get(), TlsTransport::Role::server) {
+    shared_.metrics.connection_opened();
+    beast::error_code ignored;
+    socket_.non_blocking(true, ignored);
   }
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
-  ~Session() { shared_->metrics.connection_closed(); }
+  ~Session() { shared_.metrics.connection_closed(); }
 
+  // On the worker's thread.
   void start() {
-    asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->handshake(); });
+    slot_ = worker_.sessions.size();
+    worker_.sessions.push_back(shared_from_this());
+    if (!tls_.valid()) return close_now();
+    deadline_ = SteadyClock::now() + shared_.config.handshake_timeout;
+    handshake();
+  }
+
+  void expire_if_due(SteadyClock::time_point now) {
+    if (closed_ || now < deadline_) return;
+    log::debug("control.connection_timeout", {{"requests", requests_}, {"phase", static_cast<int>(phase_)}});
+    close_now();
   }
 
  private:
-  void handshake() {
-    arm(shared_->config.handshake_timeout);
-    stream_.async_handshake([self = shared_from_this()](beast::error_code ec) { self->on_handshake(ec); });
+  enum class Phase { handshake, idle, reading, busy, writing, draining };
+  using Step = void (Session::*)();
+  static constexpr std::size_t kReadChunk = 16 << 10;  // one TLS record of plaintext
+  static constexpr std::size_t kDrainLimit = 8 << 20;
+
+  // Runs `step` when the socket is ready; a closed session ignores its pending waits.
+  void wait(tcp::socket::wait_type what, Step step) {
+    socket_.async_wait(what, [self = shared_from_this(), step](beast::error_code ec) {
+      if (self->closed_) return;
+      if (ec) return self->close_now();
+      ((*self).*step)();
+    });
   }
 
-  void on_handshake(beast::error_code ec) {
-    if (ec) {
-      shared_->metrics.tls_handshake_failed();
-      log::debug("control.tls_handshake_failed", {{"error", ec.message()}});
+  bool wait_for(IoResult r, Step step) {
+    if (r.status == IoStatus::want_read) wait(tcp::socket::wait_read, step);
+    else if (r.status == IoStatus::want_write) wait(tcp::socket::wait_write, step);
+    else return false;
+    return true;
+  }
+
+  void handshake() {
+    const IoResult r = tls_.handshake();
+    if (wait_for(r, &Session::handshake)) return;
+    if (r.status != IoStatus::ok) {
+      shared_.metrics.tls_handshake_failed();
+      log::debug("control.tls_handshake_failed", {{"error", r.status == IoStatus::closed ? "closed" : tls_.error()}});
       return close_now();
     }
     read_peer();
-    wait_request();
+    tls_.offload();
+    phase_ = Phase::idle;
+    deadline_ = SteadyClock::now() + shared_.config.header_timeout;  // the first request comes at once
+    wait(tcp::socket::wait_read, &Session::read_more);
   }
 
   // The verify callback accepts every chain so a wrong certificate gets a JSON 401 instead
   // of a bare TLS alert; SSL_get_verify_result() keeps the real verdict.
   void read_peer() {
-    SSL* ssl_handle = stream_.native_handle();
-    X509* cert = SSL_get0_peer_certificate(ssl_handle);
+    SSL* ssl_handle = tls_.ssl();
+    X509* cert = ssl_handle != nullptr ? SSL_get0_peer_certificate(ssl_handle) : nullptr;
     if (cert == nullptr) return;
     const long verdict = SSL_get_verify_result(ssl_handle);
     if (verdict != X509_V_OK) {
       peer_error_ = X509_verify_cert_error_string(verdict);
-      shared_->metrics.tls_handshake_failed();
+      shared_.metrics.tls_handshake_failed();
       return;
     }
     const CertInfo info = cert_info(cert);
@@ -108,75 +148,98 @@ class Session : public std::enable_shared_from_this<Session> {
     peer_.serial_hex = info.serial_hex;
   }
 
-  // Waits for the first bytes of the next request: the idle timeout between requests,
-  // the header timeout for the first one.
-  void wait_request() {
-    if (buffer_.size() > 0) return read_header();
-    arm(requests_ == 0 ? shared_->config.header_timeout : shared_->config.idle_timeout);
-    stream_.async_wait_readable([self = shared_from_this()](beast::error_code ec) {
-      if (ec) return self->on_read_error(ec);
-      self->read_header();
-    });
+  void read_more() {
+    const IoResult r = tls_.read(in_, kReadChunk);
+    if (wait_for(r, &Session::read_more)) return;
+    if (r.status == IoStatus::failed) {
+      log::debug("control.read_failed", {{"error", tls_.error()}});
+      return close_now();
+    }
+    if (r.status == IoStatus::closed) return close_now();
+    if (phase_ == Phase::draining) {
+      drained_ += in_.size();
+      in_.clear();
+      if (drained_ > kDrainLimit) return close_now();
+      return read_more();
+    }
+    parse();
   }
 
-  void read_header() {
-    parser_.emplace();
-    parser_->header_limit(static_cast<std::uint32_t>(shared_->config.max_header_bytes));
-    parser_->body_limit(shared_->config.max_body_bytes);
-    endpoint_ = Endpoint::other;
-    arm(shared_->config.header_timeout);
-    http::async_read_header(stream_, buffer_, *parser_,
-                            [self = shared_from_this()](beast::error_code ec, std::size_t) {
-                              self->on_header(ec);
-                            });
+  void parse() {
+    const auto now = SteadyClock::now();
+    if (!parser_) {
+      if (in_.empty()) return wait(tcp::socket::wait_read, &Session::read_more);
+      parser_.emplace();
+      parser_->header_limit(static_cast<std::uint32_t>(shared_.config.max_header_bytes));
+      parser_->body_limit(shared_.config.max_body_bytes);
+      parser_->eager(true);
+      phase_ = Phase::reading;
+      endpoint_ = Endpoint::other;
+      started_ = now;
+      deadline_ = now + shared_.config.header_timeout;
+    }
+    beast::error_code ec;
+    while (!in_.empty() && !parser_->is_done()) {
+      const std::size_t n = parser_->put(asio::buffer(in_.data(), in_.size()), ec);
+      in_.erase(0, n);
+      if (ec == http::error::need_more) {
+        ec = {};
+        break;
+      }
+      if (ec) return on_parse_error(ec);
+      if (n == 0) break;
+    }
+    if (!header_seen_ && parser_->is_header_done()) {
+      header_seen_ = true;
+      endpoint_ = classify_endpoint(to_sv(parser_->get().target()));
+      deadline_ = now + shared_.config.body_timeout;
+    }
+    if (parser_->is_done()) return dispatch();
+    read_more();
   }
 
-  void on_header(beast::error_code ec) {
-    started_ = SteadyClock::now();
-    if (ec) return on_read_error(ec);
-    endpoint_ = classify_endpoint(to_sv(parser_->get().target()));
-    arm(shared_->config.body_timeout);
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec2, std::size_t) { self->on_body(ec2); });
-  }
-
-  void on_read_error(beast::error_code ec) {
+  void on_parse_error(beast::error_code ec) {
     if (ec == http::error::body_limit) {
       return refuse(error_reply(413, "body_too_large",
-                                "request body over the limit of " +
-                                    std::to_string(shared_->config.max_body_bytes) + " bytes",
+                                "request body over the limit of " + std::to_string(shared_.config.max_body_bytes) +
+                                    " bytes",
                                 "send a smaller body, or raise 'cairn-control serve --max-body'"));
     }
     if (ec == http::error::header_limit) {
       return refuse(error_reply(431, "headers_too_large",
                                 "request headers over the limit of " +
-                                    std::to_string(shared_->config.max_header_bytes) + " bytes",
+                                    std::to_string(shared_.config.max_header_bytes) + " bytes",
                                 "send fewer or shorter headers"));
     }
-    if (timed_out_ || is_quiet_close(ec)) {
-      if (timed_out_) log::debug("control.connection_timeout", {{"requests", requests_}});
-      return close_now();
-    }
-    if (ec.category() == http::make_error_code(http::error::bad_target).category()) {
-      return refuse(error_reply(400, "malformed_http", "malformed HTTP request: " + ec.message(),
-                                "send HTTP/1.1 with a valid request line and headers"));
-    }
-    log::debug("control.read_failed", {{"error", ec.message()}});
-    close_now();
+    refuse(error_reply(400, "malformed_http", "malformed HTTP request: " + ec.message(),
+                       "send HTTP/1.1 with a valid request line and headers"));
   }
 
+  void begin_request() {
+    in_flight_ = true;
+    shared_.in_flight.fetch_add(1, std::memory_order_relaxed);
+    phase_ = Phase::busy;
+    deadline_ = SteadyClock::now() + shared_.config.body_timeout;
+  }
+
+  void end_request() {
+    if (!in_flight_) return;
+    in_flight_ = false;
+    shared_.in_flight.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  // The answer goes out and the connection closes after it, reading off what the client is
+  // still sending first (see drain()).
   void refuse(Reply reply) {
-    shared_->in_flight.fetch_add(1, std::memory_order_relaxed);
-    if (started_ == SteadyClock::time_point{}) started_ = SteadyClock::now();
+    begin_request();
     if (parser_ && parser_->is_header_done()) endpoint_ = classify_endpoint(to_sv(parser_->get().target()));
     reply.close = true;
     drain_after_write_ = true;
     send(std::move(reply));
   }
 
-  void on_body(beast::error_code ec) {
-    if (ec) return on_read_error(ec);
-    shared_->in_flight.fetch_add(1, std::memory_order_relaxed);
+  void dispatch() {
+    begin_request();
     const auto& req = parser_->get();
     RouteRequest route_request{
         .method = std::string_view(req.method_string().data(), req.method_string().size()),
@@ -189,105 +252,134 @@ class Session : public std::enable_shared_from_this<Session> {
     if (auto it = req.find(http::field::authorization); it != req.end()) {
       route_request.authorization = std::string_view(it->value().data(), it->value().size());
     }
+    // Answers computed right away are sent once route() has returned (the request it reads
+    // lives in parser_); heartbeat answers come from the writer thread after the commit.
     auto done = [self = shared_from_this()](Reply reply) {
-      // The answer may come from the heartbeat writer's thread: back onto our strand.
-      asio::post(self->stream_.get_executor(),
-                 [self, reply = std::move(reply)]() mutable { self->send(std::move(reply)); });
+      if (self->worker_.ioc.get_executor().running_in_this_thread() && self->in_route_) {
+        self->sync_reply_ = std::move(reply);
+        return;
+      }
+      asio::post(self->worker_.ioc, [self, reply = std::move(reply)]() mutable { self->send(std::move(reply)); });
     };
+    in_route_ = true;
     try {
-      route(shared_->service, shared_->metrics, route_request, std::move(done));
+      route(shared_.service, shared_.metrics, route_request, std::move(done));
     } catch (const std::exception& e) {
       // A bug of ours; the connection answers 500 and the server keeps running.
       log::error("control.route_failed", {{"target", route_request.target}, {"error", e.what()}});
-      send(error_reply(500, "internal", std::string("internal error: ") + e.what(),
-                       "this is a bug in cairn-control; report it with the control log"));
+      sync_reply_ = error_reply(500, "internal", std::string("internal error: ") + e.what(),
+                                "this is a bug in cairn-control; report it with the control log");
+    }
+    in_route_ = false;
+    if (sync_reply_) {
+      Reply reply = std::move(*sync_reply_);
+      sync_reply_.reset();
+      send(std::move(reply));
     }
   }
 
   void send(Reply reply) {
+    if (closed_) return;
     ++requests_;
-    const unsigned version = parser_ && parser_->is_header_done() ? parser_->get().version() : 11;
-    const bool client_keep_alive = parser_ && parser_->is_header_done() && parser_->get().keep_alive();
-    const auto& cfg = shared_->config;
-    keep_alive_ = client_keep_alive && !reply.close && !shared_->stopping.load(std::memory_order_relaxed) &&
+    const bool have_header = parser_ && parser_->is_header_done();
+    const unsigned version = have_header ? parser_->get().version() : 11;
+    const auto& cfg = shared_.config;
+    keep_alive_ = have_header && parser_->get().keep_alive() && !reply.close &&
+                  !shared_.stopping.load(std::memory_order_relaxed) &&
                   (cfg.max_requests_per_connection == 0 || requests_ < cfg.max_requests_per_connection);
-    res_.emplace(static_cast<http::status>(reply.status), version);
-    res_->set(http::field::server, "cairn-control");
-    res_->set(http::field::content_type, beast::string_view(reply.content_type.data(), reply.content_type.size()));
-    res_->keep_alive(keep_alive_);
-    res_->body() = std::move(reply.body);
-    res_->prepare_payload();
-    shared_->metrics.record_request(endpoint_, reply.status, SteadyClock::now() - started_);
-    arm(cfg.body_timeout);
-    http::async_write(stream_, *res_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
-      self->on_write(ec);
-    });
+    shared_.metrics.record_request(endpoint_, reply.status, SteadyClock::now() - started_);
+    phase_ = Phase::writing;
+    deadline_ = SteadyClock::now() + cfg.body_timeout;
+    on_written(tls_.write(serialize(reply, version, keep_alive_)));
   }
 
-  void on_write(beast::error_code ec) {
-    shared_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+  // Status line, headers and body in one buffer: one TLS record and one write() per answer.
+  static std::string serialize(const Reply& reply, unsigned version, bool keep_alive) {
+    const auto reason = http::obsolete_reason(static_cast<http::status>(reply.status));
+    std::string out;
+    out.reserve(160 + reply.body.size());
+    out.append("HTTP/1.1 ").append(std::to_string(reply.status)).append(" ").append(reason.data(), reason.size());
+    out.append("\r\nServer: cairn-control\r\nContent-Type: ").append(reply.content_type);
+    out.append("\r\nContent-Length: ").append(std::to_string(reply.body.size()));
+    if (!keep_alive) out.append("\r\nConnection: close");
+    else if (version < 11) out.append("\r\nConnection: keep-alive");
+    out.append("\r\n\r\n").append(reply.body);
+    return out;
+  }
+
+  void flush() { on_written(tls_.flush()); }
+
+  void on_written(IoResult r) {
+    if (wait_for(r, &Session::flush)) return;
+    end_request();
     started_ = {};
-    res_.reset();
-    if (ec) return close_now();
-    if (drain_after_write_) return drain(0);
+    if (r.status != IoStatus::ok) return close_now();
+    if (drain_after_write_) return drain();
     if (!keep_alive_) return shutdown();
     parser_.reset();
+    header_seen_ = false;
+    phase_ = Phase::idle;
+    deadline_ = SteadyClock::now() + shared_.config.idle_timeout;
+    if (!in_.empty()) return parse();  // the next request came with this one
     // Idle connections hold no request memory (10k idle agents is the normal case).
-    if (buffer_.size() == 0) buffer_.shrink_to_fit();
-    wait_request();
+    std::string().swap(in_);
+    tls_.release_buffers();
+    wait(tcp::socket::wait_read, &Session::read_more);
   }
 
   // After refusing a request whose body is still arriving, read and drop it for a moment
   // before closing: closing with unread data makes the kernel send a RST, and the client
-  // would see "connection reset" instead of our 413 (RFC 9112 9.6, "lingering close").
-  void drain(std::size_t drained) {
-    constexpr std::size_t kDrainLimit = 8 << 20;
-    if (drained == 0) arm(std::chrono::seconds(2));
-    buffer_.consume(buffer_.size());
-    if (drained > kDrainLimit) return close_now();
-    stream_.async_read_some(buffer_.prepare(16 << 10),
-                            [self = shared_from_this(), drained](beast::error_code ec, std::size_t n) {
-                              if (ec) return self->close_now();
-                              self->buffer_.commit(n);
-                              self->drain(drained + n);
-                            });
+  // would see "connection reset" instead of our answer (RFC 9112 9.6, "lingering close").
+  void drain() {
+    phase_ = Phase::draining;
+    parser_.reset();
+    in_.clear();
+    drained_ = 0;
+    deadline_ = SteadyClock::now() + std::chrono::seconds(2);
+    read_more();
   }
 
   void shutdown() {
-    timer_.cancel();
-    stream_.shutdown_and_close();
+    tls_.send_close_notify();
+    close_now();
   }
 
   void close_now() {
-    timer_.cancel();
-    stream_.close();
+    if (closed_) return;
+    const auto keep = shared_from_this();  // the worker's reference goes below
+    closed_ = true;
+    end_request();
+    beast::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+    auto& list = worker_.sessions;
+    if (slot_ < list.size() && list[slot_].get() == this) {
+      list[slot_] = std::move(list.back());
+      list[slot_]->slot_ = slot_;
+      list.pop_back();
+    }
   }
 
-  // One deadline for whatever the connection is waiting on now; on expiry the socket is
-  // closed, which fails the pending operation (seen as timed_out_).
-  void arm(std::chrono::steady_clock::duration timeout) {
-    timer_.expires_after(timeout);
-    timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
-      if (ec) return;
-      if (auto self = weak.lock()) {
-        self->timed_out_ = true;
-        self->stream_.close();
-      }
-    });
-  }
-
-  std::shared_ptr<Shared> shared_;
-  TlsStream stream_;
-  asio::steady_timer timer_;
-  bool timed_out_ = false;
-  beast::flat_buffer buffer_;
+  Shared& shared_;
+  Worker& worker_;
+  std::size_t slot_ = 0;
+  tcp::socket socket_;
+  TlsTransport tls_;
+  Phase phase_ = Phase::handshake;
+  SteadyClock::time_point deadline_{};
+  bool closed_ = false;
+  bool in_flight_ = false;
+  bool in_route_ = false;
+  bool header_seen_ = false;
+  bool keep_alive_ = false;
+  bool drain_after_write_ = false;
+  std::string in_;  // decrypted bytes not parsed yet
   std::optional<http::request_parser<http::string_body>> parser_;
-  std::optional<http::response<http::string_body>> res_;
+  std::optional<Reply> sync_reply_;
   Peer peer_;
   std::string peer_error_;
   std::size_t requests_ = 0;
-  bool keep_alive_ = false;
-  bool drain_after_write_ = false;
+  std::size_t drained_ = 0;
   Endpoint endpoint_ = Endpoint::other;
   SteadyClock::time_point started_{};
 };
@@ -297,18 +389,18 @@ Status load_tls(SSL_CTX* ctx, const ServerConfig& cfg) {
   // TLS 1.2 minimum; 1.3 is negotiated whenever the client offers it.
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
-  // Frees the record buffers of an idle connection (man SSL_CTX_set_mode).
-  // PARTIAL_WRITE + MOVING_BUFFER: TlsStream is driven by Beast's write loop (man SSL_write).
+  // Frees the record buffers of an idle TLS 1.2 connection (man SSL_CTX_set_mode).
+  // PARTIAL_WRITE + MOVING_BUFFER: TlsTransport retries a partial write from its own buffer.
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   // No TLS 1.3 session tickets: each one keeps an SSL_SESSION (~8 KiB measured) per
   // connection, and agents keep one connection open for days; a reconnect is a full
   // (cheap, Ed25519/P-256) handshake.
   SSL_CTX_set_num_tickets(ctx, 0);
-  // Read whole TLS records (and what follows) in one read() instead of header, then body:
-  // one syscall less per request. TlsStream::async_wait_readable checks SSL_has_pending, so
-  // bytes read ahead are never left waiting for socket readiness.
-  SSL_CTX_set_read_ahead(ctx, 1);
+  // Nothing to resume: no server-side session cache holding SSL_SESSIONs either.
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  // Traffic-secret capture for the TLS 1.3 record layer of TlsTransport, no read-ahead.
+  prepare_tls_context(ctx);
   if (SSL_CTX_use_certificate_chain_file(ctx, cfg.cert_file.c_str()) != 1) {
     return fail(Errc::config, "server certificate " + cfg.cert_file.string() + ": " + openssl_error(),
                 "run 'cairn-control init --state DIR' or point --state at an initialised dir");
@@ -336,18 +428,16 @@ Status load_tls(SSL_CTX* ctx, const ServerConfig& cfg) {
 class BeastServer final : public Server {
  public:
   BeastServer(ServerConfig config, ControlService& service, Metrics& metrics)
-      : threads_(config.threads > 0 ? config.threads
-                                    : static_cast<int>(std::max(1U, std::thread::hardware_concurrency()))),
-        ioc_(threads_),
-        shared_(std::make_shared<Shared>(std::move(config), service, metrics)),
-        acceptor_(asio::make_strand(ioc_)),
-        signals_(ioc_),
-        grace_timer_(ioc_),
-        backoff_timer_(acceptor_.get_executor()) {}
+      : shared_(std::make_shared<Shared>(std::move(config), service, metrics)),
+        workers_(make_workers(shared_->config.threads)),
+        acceptor_(workers_.front()->ioc),
+        signals_(workers_.front()->ioc),
+        grace_timer_(workers_.front()->ioc),
+        backoff_timer_(workers_.front()->ioc) {}
 
   ~BeastServer() override {
-    // Drop every connection before the io_context goes (it owns their sockets' services).
-    ioc_.stop();
+    // Drop every connection before the io_contexts go (they own the sockets' services).
+    for (auto& w : workers_) w->ioc.stop();
   }
 
   Status init() {
@@ -390,11 +480,12 @@ class BeastServer final : public Server {
   }
 
   void run() override {
-    asio::dispatch(acceptor_.get_executor(), [this] { accept(); });
+    for (auto& w : workers_) asio::post(w->ioc, [this, worker = w.get()] { sweep(*worker); });
+    asio::post(acceptor_.get_executor(), [this] { accept(); });
     std::vector<std::thread> pool;
-    pool.reserve(static_cast<std::size_t>(threads_ - 1));
-    for (int i = 1; i < threads_; ++i) pool.emplace_back([this] { run_loop(); });
-    run_loop();
+    pool.reserve(workers_.size() - 1);
+    for (std::size_t i = 1; i < workers_.size(); ++i) pool.emplace_back([this, i] { run_loop(*workers_[i]); });
+    run_loop(*workers_.front());
     for (auto& t : pool) t.join();
   }
 
@@ -411,10 +502,17 @@ class BeastServer final : public Server {
   }
 
  private:
-  void run_loop() {
+  static std::vector<std::unique_ptr<Worker>> make_workers(int threads) {
+    const int n = threads > 0 ? threads : static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+    std::vector<std::unique_ptr<Worker>> workers;
+    for (int i = 0; i < n; ++i) workers.push_back(std::make_unique<Worker>());
+    return workers;
+  }
+
+  static void run_loop(Worker& worker) {
     for (;;) {
       try {
-        ioc_.run();
+        worker.ioc.run();
         return;
       } catch (const std::exception& e) {
         log::error("control.handler_failed", {{"error", e.what()}});
@@ -422,9 +520,26 @@ class BeastServer final : public Server {
     }
   }
 
+  // Every connection's deadline is checked a few times per shortest timeout: a scan of 10k
+  // timestamps costs less than re-arming a timer on every request would.
+  void sweep(Worker& worker) {
+    const auto now = SteadyClock::now();
+    for (std::size_t i = worker.sessions.size(); i-- > 0;) {
+      const auto session = worker.sessions[i];  // expiring removes it from the list
+      session->expire_if_due(now);
+    }
+    const auto& c = shared_->config;
+    const auto shortest = std::min({c.handshake_timeout, c.header_timeout, c.body_timeout, c.idle_timeout});
+    const auto tick = std::clamp(shortest / 8, std::chrono::milliseconds(20), std::chrono::milliseconds(500));
+    worker.sweep.expires_after(tick);
+    worker.sweep.async_wait([this, &worker](beast::error_code ec) {
+      if (!ec) sweep(worker);
+    });
+  }
+
   void wait_in_flight() {
     if (shared_->in_flight.load() <= 0 || SteadyClock::now() >= grace_deadline_) {
-      ioc_.stop();
+      for (auto& w : workers_) w->ioc.stop();
       return;
     }
     grace_timer_.expires_after(std::chrono::milliseconds(20));
@@ -432,12 +547,14 @@ class BeastServer final : public Server {
   }
 
   void accept() {
-    acceptor_.async_accept(asio::make_strand(ioc_), [this](beast::error_code ec, tcp::socket socket) {
-      on_accept(ec, std::move(socket));
+    Worker& worker = *workers_[next_worker_];
+    next_worker_ = (next_worker_ + 1) % workers_.size();
+    acceptor_.async_accept(worker.ioc, [this, &worker](beast::error_code ec, tcp::socket socket) {
+      on_accept(ec, std::move(socket), worker);
     });
   }
 
-  void on_accept(beast::error_code ec, tcp::socket socket) {
+  void on_accept(beast::error_code ec, tcp::socket socket, Worker& worker) {
     if (shared_->stopping.load()) return;
     if (ec) {
       if (ec == asio::error::operation_aborted) return;
@@ -460,19 +577,20 @@ class BeastServer final : public Server {
       socket.close(ignored);
     } else {
       socket.set_option(tcp::no_delay(true), ec);
-      std::make_shared<Session>(std::move(socket), shared_)->start();
+      auto session = std::make_shared<Session>(std::move(socket), *shared_, worker);
+      asio::post(worker.ioc, [session = std::move(session)] { session->start(); });
     }
     accept();
   }
 
-  int threads_;
-  asio::io_context ioc_;
   std::shared_ptr<Shared> shared_;
+  std::vector<std::unique_ptr<Worker>> workers_;  // before everything that uses their io_contexts
   tcp::acceptor acceptor_;
   asio::signal_set signals_;
   asio::steady_timer grace_timer_;
   asio::steady_timer backoff_timer_;
   SteadyClock::time_point grace_deadline_{};
+  std::size_t next_worker_ = 0;
   std::uint16_t port_ = 0;
   std::uint64_t refused_logged_ = 0;
 };
@@ -481,8 +599,8 @@ class BeastServer final : public Server {
 
 Result<std::unique_ptr<Server>> Server::create(ServerConfig config, ControlService& service,
                                                Metrics& metrics) {
-  // TlsStream lets OpenSSL write() the socket itself (no MSG_NOSIGNAL): without this, a client
-  // that disconnects while its answer is being written kills the process with SIGPIPE.
+  // OpenSSL write()s the socket itself in handshakes and TLS 1.2 (no MSG_NOSIGNAL): without
+  // this, a client that disconnects while its answer is being written kills the process.
   std::signal(SIGPIPE, SIG_IGN);
   try {
     auto server = std::make_unique<BeastServer>(std::move(config), service, metrics);
