@@ -12,11 +12,14 @@ constexpr std::size_t kMaxConfigBytes = 256 * 1024;
 Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig& cfg) {
   try {
     if (!j.is_object()) return fail(Errc::config, path.string() + ": not a JSON object");
-    if (auto it = j.find("persist_dir"); it != j.end()) cfg.persist_dir = cfg.root / it->get<std::string>();
+    const auto host_path = [&](const Json& value) {
+      return config_file_path(cfg.root, path, value.get<std::string>());
+    };
+    if (auto it = j.find("persist_dir"); it != j.end()) cfg.persist_dir = host_path(*it);
     if (auto it = j.find("control_url"); it != j.end()) cfg.control_url = it->get<std::string>();
-    if (auto it = j.find("ca_file"); it != j.end()) cfg.ca_file = it->get<std::string>();
+    if (auto it = j.find("ca_file"); it != j.end()) cfg.ca_file = host_path(*it);
     if (auto it = j.find("ca_fingerprint"); it != j.end()) cfg.ca_fingerprint = it->get<std::string>();
-    if (auto it = j.find("token_file"); it != j.end()) cfg.token_file = it->get<std::string>();
+    if (auto it = j.find("token_file"); it != j.end()) cfg.token_file = host_path(*it);
     if (auto it = j.find("labels"); it != j.end()) cfg.labels = it->get<std::map<std::string, std::string>>();
   } catch (const nlohmann::json::exception& e) {
     return fail(Errc::config, path.string() + ": " + e.what(), "fix the value's type in the config file");
@@ -25,6 +28,16 @@ Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig&
 }
 
 }  // namespace
+
+std::filesystem::path config_file_path(const Root& root, const std::filesystem::path& config_file,
+                                       std::string_view value) {
+  if (value.empty()) return {};
+  // An absolute path names a file of the node's host, so it goes through the root like every
+  // host path. A relative one is relative to the config file's directory, which was itself
+  // found under the root (or given with --config), so the file can ship beside its config.
+  if (value.front() == '/') return root / value;
+  return config_file.parent_path() / value;
+}
 
 void add_global_options(CLI::App& app, GlobalOptions& o) {
   app.add_option("--root", o.root, "host root for /proc, /sys, /etc and /persist (tests, chroots)");

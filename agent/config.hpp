@@ -3,6 +3,9 @@
 //   {"persist_dir": "/persist", "control_url": "https://...", "ca_file": "...",
 //    "ca_fingerprint": "<sha256 hex of the CA cert>", "token_file": "...", "labels": {"rack": "r1"},
 //    "identity": { see identity::config_from_json }}
+// Paths in the config file (persist_dir, ca_file, token_file) are host paths: an absolute one is
+// resolved through --root like every host path, a relative one is relative to the directory of
+// the config file. Paths given as flags (--ca, --persist, --config) are taken as they are.
 // The heartbeat interval is not configured here: the control service sets it in every answer.
 #pragma once
 
@@ -12,6 +15,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.hpp"
@@ -50,5 +54,10 @@ struct AgentConfig {
 };
 
 Result<AgentConfig> load_agent_config(const GlobalOptions& options);
+
+// A path value of the config file `config_file` as a host path: absolute -> root / value,
+// relative -> next to the config file; empty stays empty (unset).
+std::filesystem::path config_file_path(const Root& root, const std::filesystem::path& config_file,
+                                       std::string_view value);
 
 }  // namespace cairn::agent

@@ -32,6 +32,9 @@ std::optional<milliseconds> watchdog_period() {
   return milliseconds(std::max<std::uint64_t>(1, usec / 2000));
 }
 
+// The event tells the operator why; the full error is in the agent's log.
+constexpr std::size_t kMaxErrorInEvent = 400;
+
 class Loop {
  public:
   Loop(const AgentConfig& config, const ServiceOptions& options, const Clock& clock,
@@ -85,8 +88,12 @@ class Loop {
     if (clock_.now() < rotate_at_) return;
     auto rotated = rotate_certificate(*client_, store_, node_id_, creds_->ca_pem, clock_);
     if (!rotated) {
+      // Whatever the cause (control refused, unreachable, or the new set could not be stored
+      // on the persist volume) the node is still on its old certificate: it counts, and the
+      // current set stays in use until a later attempt succeeds.
       ++rotation_failures_;
       status_.rotation_failures = rotation_failures_;
+      last_rotation_error_ = rotated.error().message;
       log::error("cert.rotate_failed", {{"node", node_id_}, {"failures", rotation_failures_},
                                         {"error", rotated.error().message},
                                         {"cert_not_after", format_rfc3339(creds_->cert.not_after)}});
@@ -96,6 +103,7 @@ class Loop {
                                {"serial", rotated->serial_hex}, {"not_after", format_rfc3339(rotated->not_after)}});
     rotation_failures_ = 0;
     status_.rotation_failures = 0;
+    last_rotation_error_.clear();
     if (auto ok = load_credentials(); !ok) {
       log::error("cert.reload_failed", {{"error", ok.error().message}});
     }
@@ -115,7 +123,8 @@ class Loop {
       hb.events.push_back({"rotation-failing-" + random_hex(8) + "-" + std::to_string(alert_seq_),
                            "critical", "cert.rotation_failing",
                            "certificate rotation failed " + std::to_string(rotation_failures_) +
-                               " times in a row; certificate expires " + hb.cert_not_after,
+                               " times in a row; certificate expires " + hb.cert_not_after +
+                               "; last error: " + last_rotation_error_.substr(0, kMaxErrorInEvent),
                            format_rfc3339(clock_.now())});
     }
     return hb;
@@ -179,6 +188,7 @@ class Loop {
   Clock::WallTime rotate_at_{};
   int failures_ = 0;
   int rotation_failures_ = 0;
+  std::string last_rotation_error_;
   std::uint64_t alert_seq_ = 0;
   bool ready_sent_ = false;
   ServiceStatus status_;

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include "common/uuid.hpp"
 #include "tests/support/control_server.hpp"
 #include "tests/support/process.hpp"
+#include "tests/support/skip.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace cairn::test {
@@ -67,11 +69,17 @@ class Node {
   }
   RunResult run(std::vector<std::string> args) const { return run_capture(argv(std::move(args)), dir_.path()); }
 
-  void start_service() {
-    auto p = Process::spawn(argv({"service", "--min-backoff-ms", "200", "--max-backoff-ms", "1000"}), {}, log());
+  // `wrapper` runs first with the agent's argv appended (e.g. a mount namespace).
+  void start_service(std::vector<std::string> wrapper = {}, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"service", "--min-backoff-ms", "200", "--max-backoff-ms", "1000"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto command = std::move(wrapper);
+    for (auto& a : argv(std::move(args))) command.push_back(std::move(a));
+    auto p = Process::spawn(command, {}, log());
     REQUIRE_MESSAGE(p.has_value(), (p ? "" : p.error().message));
     service_.emplace(std::move(*p));
   }
+  [[nodiscard]] pid_t service_pid() const { return service_ ? service_->pid() : -1; }
   std::optional<int> stop_service(int sig = SIGTERM) {
     if (!service_) return std::nullopt;
     service_->kill(sig);
@@ -183,6 +191,137 @@ TEST_CASE("the agent rotates a certificate of seconds before it expires and keep
   CHECK(sets <= 4);
   CHECK(first["state"] == "Enrolled");  // before the service ran
   node.stop_service();
+}
+
+// The serial the node's certs/current points at.
+std::string current_serial(const Node& node) {
+  std::error_code ec;
+  return std::filesystem::read_symlink(node.state() / "certs/current", ec).string();
+}
+
+// How many critical cert.rotation_failing events control holds for the node (`node show`).
+std::size_t rotation_failing_events(const Json& view) {
+  std::size_t n = 0;
+  if (!view.is_object() || !view.contains("events")) return 0;
+  for (const auto& e : view["events"]) {
+    n += e.value("kind", "") == "cert.rotation_failing" && e.value("severity", "") == "critical";
+  }
+  return n;
+}
+
+TEST_CASE("a rotation that cannot store its certificate raises cert.rotation_failing at control and recovers") {
+  // The agent runs in its own mount namespace with its certs/ bind-mounted read-only: the
+  // control service issues the new certificate, the node cannot install it (EROFS, which
+  // binds root too, unlike file modes), and heartbeats go on with the current one.
+  const std::string unshare = "/usr/bin/unshare";
+  const std::string nsenter = "/usr/bin/nsenter";
+  if (::geteuid() != 0) CAIRN_SKIP("needs root: a mount namespace with a read-only bind mount (unshare -m)");
+  if (!std::filesystem::exists(unshare) || !std::filesystem::exists(nsenter)) {
+    CAIRN_SKIP("needs unshare and nsenter (util-linux)");
+  }
+  // $0 of the script is the directory to freeze; with an agent command after it, exec that.
+  const std::string read_only = R"(mount --bind "$0" "$0" && mount -o remount,bind,ro "$0")";
+  {
+    TempDir probe;
+    const auto r = run_capture({unshare, "-m", "/bin/sh", "-c", read_only, probe.path().string()}, probe.path());
+    if (r.exit_code != 0) CAIRN_SKIP("cannot make a read-only bind mount in a mount namespace here: " + r.err);
+  }
+
+  // 40 s certificates, rotation due at 20% (8 s +- 2 s): two failures and the alert come well
+  // before the current certificate expires.
+  ControlServer server({"--heartbeat-interval", "1s", "--cert-lifetime", "40s"});
+  Node node(server);
+  REQUIRE(node.run({"enroll", "--token", create_token(server)}).exit_code == 0);
+  const auto certs = node.state() / "certs";
+  const auto enrolled_serial = current_serial(node);
+  REQUIRE_FALSE(enrolled_serial.empty());
+  node.start_service({unshare, "-m", "/bin/sh", "-c", read_only + R"( && exec "$@")", certs.string()},
+                     {"--rotate-at", "0.2"});
+  REQUIRE_MESSAGE(wait_for([&] { return heartbeats(server, node.id()) >= 1; }, 15s, 200ms),
+                  "agent log:\n" << slurp(node.log()));
+
+  REQUIRE_MESSAGE(wait_for([&] { return rotation_failing_events(node_view(server, node.id())) >= 1; }, 30s, 250ms),
+                  "no cert.rotation_failing at control; agent log:\n" << slurp(node.log()));
+  const auto view = node_view(server, node.id());
+  CHECK(view["critical_events_total"].get<std::int64_t>() >= 1);
+  CHECK(view["state"] == "Ready");
+  for (const auto& e : view["events"]) {
+    if (e.value("kind", "") != "cert.rotation_failing") continue;
+    CHECK(e["message"].get<std::string>().find("Read-only file system") != std::string::npos);
+  }
+  const auto log = slurp(node.log());
+  CHECK(log.find("event=cert.rotate_failed") != std::string::npos);
+  CHECK(log.find("Read-only file system") != std::string::npos);  // the real cause, logged
+  CHECK(log.find("event=cert.rotated") == std::string::npos);
+  // Still on the enrolled certificate, and still heard.
+  CHECK(current_serial(node) == enrolled_serial);
+  const auto before = heartbeats(server, node.id());
+  CHECK_MESSAGE(wait_for([&] { return heartbeats(server, node.id()) >= before + 2; }, 10s, 200ms),
+                "agent log:\n" << slurp(node.log()));
+  CHECK(json_of(node.run({"status", "--json"}))["details"]["service"]["rotation_failures"] >= 2);
+
+  // The store becomes writable again (the bind mount goes, inside the agent's namespace):
+  // the next attempt rotates and the alerts stop.
+  const auto unmounted = run_capture({nsenter, "--target", std::to_string(node.service_pid()), "--mount", "umount",
+                                      certs.string()}, server.scratch());
+  REQUIRE_MESSAGE(unmounted.exit_code == 0, unmounted.err);
+  const auto rotated = [&] { return slurp(node.log()).find("event=cert.rotated") != std::string::npos; };
+  REQUIRE_MESSAGE(wait_for(rotated, 15s, 200ms), "agent log:\n" << slurp(node.log()));
+  CHECK(current_serial(node) != enrolled_serial);
+  const auto alerts = node_view(server, node.id())["critical_events_total"].get<std::int64_t>();
+  const auto after = heartbeats(server, node.id());
+  REQUIRE_MESSAGE(wait_for([&] { return heartbeats(server, node.id()) >= after + 2; }, 10s, 200ms),
+                  "agent log:\n" << slurp(node.log()));
+  const auto recovered = node_view(server, node.id());
+  CHECK(recovered["critical_events_total"] == alerts);
+  CHECK(recovered["state"] == "Ready");
+  CHECK(wait_for([&] {
+    return json_of(node.run({"status", "--json"}))["details"]["service"]["rotation_failures"] == 0;
+  }, 5s, 200ms));
+  CHECK(node.stop_service() == 0);
+}
+
+TEST_CASE("enroll reads the bootstrap token from --token-file and refuses an empty or missing one") {
+  ControlServer server;
+  TempDir files;
+  const auto help = run_capture({agent_binary(), "enroll", "--help"}, files.path());
+  CHECK(help.exit_code == 0);
+  CHECK(help.out.find("/proc/PID/cmdline") != std::string::npos);  // --token says why not to use it
+  CHECK(help.out.find("--token-file") != std::string::npos);
+
+  // The trailing newline of `echo TOKEN > FILE` is not part of the token.
+  const auto token_file = files.path() / "token";
+  std::ofstream(token_file) << create_token(server) << "\n";
+  Node node(server);
+  const auto enrolled = node.run({"enroll", "--token-file", token_file.string(), "--json"});
+  REQUIRE_MESSAGE(enrolled.exit_code == 0, enrolled.out << enrolled.err);
+  CHECK(json_of(enrolled)["details"]["node_id"] == node.id());
+  CHECK(node_state(server, node.id()) == "Enrolled");
+
+  struct Case {
+    const char* what;
+    std::string content;  // written to the file; "-" = no file
+    const char* message;
+  };
+  const Case cases[] = {{"empty", "", "is empty"}, {"only a newline", " \n\n", "is empty"}, {"missing", "-", "token file"}};
+  for (const auto& c : cases) {
+    CAPTURE(c.what);
+    const auto path = files.path() / (std::string("bad-") + c.what);
+    if (c.content != "-") std::ofstream(path) << c.content;
+    Node other(server);
+    const auto r = other.run({"enroll", "--token-file", path.string()});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err.find(path.string()) != std::string::npos);
+    CHECK(r.err.find(c.message) != std::string::npos);
+    CHECK(r.err.find("hint:") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(other.state() / "certs/current"));
+  }
+
+  // Both ways at once is a usage error, before anything else happens.
+  Node both(server);
+  const auto r = both.run({"enroll", "--token", "x", "--token-file", token_file.string()});
+  CHECK(r.exit_code == 64);
+  CHECK(r.err.find("--token-file") != std::string::npos);
 }
 
 TEST_CASE("a node revoked mid-run is refused on its next heartbeat") {

@@ -30,8 +30,75 @@ TEST_CASE("the config file is read under the root and flags win over it") {
   auto cfg = load_agent_config(o);
   REQUIRE(cfg);
   CHECK(cfg->control_url == "https://flag:2");
-  CHECK(cfg->ca_file == "/ca.pem");
+  CHECK(cfg->ca_file == dir.path() / "ca.pem");  // a host path: under the root
   CHECK(cfg->labels.at("rack") == "r7");
+}
+
+TEST_CASE("host paths of the config file go through --root; relative ones are next to the file") {
+  test::TempDir dir;
+  const auto root = dir.path() / "root";
+  std::filesystem::create_directories(root / "etc/cairn");
+  std::filesystem::create_directories(dir.path() / "elsewhere");
+  struct Case {
+    const char* what;
+    std::filesystem::path config;  // empty: the default <root>/etc/cairn/agent.json
+    std::filesystem::path config_dir;
+  };
+  const Case cases[] = {
+      {"default config file under the root", {}, root / "etc/cairn"},
+      {"--config outside the root", dir.path() / "elsewhere/agent.json", dir.path() / "elsewhere"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.what);
+    const auto file = c.config.empty() ? root / "etc/cairn/agent.json" : c.config;
+    std::ofstream(file, std::ios::trunc)
+        << R"({"persist_dir": "/data", "ca_file": "/etc/cairn/ca.pem", "token_file": "token"})";
+    GlobalOptions o;
+    o.root = root.string();
+    o.config = c.config.string();
+    auto cfg = load_agent_config(o);
+    REQUIRE(cfg);
+    CHECK(cfg->persist_dir == root / "data");
+    CHECK(cfg->state_dir() == root / "data/cairn");
+    CHECK(cfg->ca_file == root / "etc/cairn/ca.pem");
+    CHECK(cfg->token_file == c.config_dir / "token");
+    CHECK(cfg->identity.persist_dir == root / "data");
+    std::filesystem::remove(file);
+  }
+}
+
+TEST_CASE("config_file_path: absolute under the root, relative beside the file, empty unset") {
+  const Root root("/r");
+  struct Case {
+    const char* value;
+    std::filesystem::path expect;
+  };
+  const Case cases[] = {{"/etc/cairn/ca.pem", "/r/etc/cairn/ca.pem"},
+                        {"//persist", "/r/persist"},
+                        {"ca.pem", "/cfg/ca.pem"},
+                        {"../keys/token", "/cfg/../keys/token"},
+                        {"", ""}};
+  for (const auto& c : cases) {
+    CAPTURE(c.value);
+    CHECK(config_file_path(root, "/cfg/agent.json", c.value) == c.expect);
+  }
+  CHECK(config_file_path(Root("/"), "/etc/cairn/agent.json", "/persist") == "/persist");
+  CHECK(config_file_path(root, "agent.json", "ca.pem") == "ca.pem");  // --config in the cwd
+}
+
+TEST_CASE("flags are taken as given, not through the root, and win over the file") {
+  test::TempDir dir;
+  std::filesystem::create_directories(dir.path() / "etc/cairn");
+  std::ofstream(dir.path() / "etc/cairn/agent.json") << R"({"ca_file": "/ca.pem", "persist_dir": "/p"})";
+  GlobalOptions o;
+  o.root = dir.path().string();
+  o.ca_file = "/flag/ca.pem";
+  o.persist_dir = "/flag/persist";
+  auto cfg = load_agent_config(o);
+  REQUIRE(cfg);
+  CHECK(cfg->ca_file == "/flag/ca.pem");
+  CHECK(cfg->persist_dir == "/flag/persist");
+  CHECK(cfg->token_file == "/flag/persist/cairn/bootstrap-token");
 }
 
 TEST_CASE("a broken config file is a config error naming the file") {
