@@ -38,14 +38,14 @@ using SteadyClock = std::chrono::steady_clock;
 // What every connection shares with the server.
 struct Shared {
   ServerConfig config;
-  ControlService& service;
+  RequestHandler handler;
   Metrics& metrics;
   SslCtxPtr tls;
   std::atomic<bool> stopping{false};
   std::atomic<std::int64_t> in_flight{0};
 
-  Shared(ServerConfig c, ControlService& s, Metrics& m)
-      : config(std::move(c)), service(s), metrics(m), tls(SSL_CTX_new(TLS_server_method())) {}
+  Shared(ServerConfig c, RequestHandler h, Metrics& m)
+      : config(std::move(c)), handler(std::move(h)), metrics(m), tls(SSL_CTX_new(TLS_server_method())) {}
 };
 
 std::string_view to_sv(beast::string_view v) { return {v.data(), v.size()}; }
@@ -263,7 +263,7 @@ class Session : public std::enable_shared_from_this<Session> {
     };
     in_route_ = true;
     try {
-      route(shared_.service, shared_.metrics, route_request, std::move(done));
+      shared_.handler(route_request, std::move(done));
     } catch (const std::exception& e) {
       // A bug of ours; the connection answers 500 and the server keeps running.
       log::error("control.route_failed", {{"target", route_request.target}, {"error", e.what()}});
@@ -427,8 +427,8 @@ Status load_tls(SSL_CTX* ctx, const ServerConfig& cfg) {
 
 class BeastServer final : public Server {
  public:
-  BeastServer(ServerConfig config, ControlService& service, Metrics& metrics)
-      : shared_(std::make_shared<Shared>(std::move(config), service, metrics)),
+  BeastServer(ServerConfig config, RequestHandler handler, Metrics& metrics)
+      : shared_(std::make_shared<Shared>(std::move(config), std::move(handler), metrics)),
         workers_(make_workers(shared_->config.threads)),
         acceptor_(workers_.front()->ioc),
         signals_(workers_.front()->ioc),
@@ -599,11 +599,20 @@ class BeastServer final : public Server {
 
 Result<std::unique_ptr<Server>> Server::create(ServerConfig config, ControlService& service,
                                                Metrics& metrics) {
+  return create(
+      std::move(config),
+      [&service, &metrics](const RouteRequest& request, ReplyFn done) {
+        route(service, metrics, request, std::move(done));
+      },
+      metrics);
+}
+
+Result<std::unique_ptr<Server>> Server::create(ServerConfig config, RequestHandler handler, Metrics& metrics) {
   // OpenSSL write()s the socket itself in handshakes and TLS 1.2 (no MSG_NOSIGNAL): without
   // this, a client that disconnects while its answer is being written kills the process.
   std::signal(SIGPIPE, SIG_IGN);
   try {
-    auto server = std::make_unique<BeastServer>(std::move(config), service, metrics);
+    auto server = std::make_unique<BeastServer>(std::move(config), std::move(handler), metrics);
     if (auto ok = server->init(); !ok) return fail(ok.error());
     return std::unique_ptr<Server>(std::move(server));
   } catch (const std::exception& e) {

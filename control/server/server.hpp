@@ -7,11 +7,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "common/result.hpp"
 #include "control/server/metrics.hpp"
+#include "control/server/router.hpp"
 #include "control/service.hpp"
 
 namespace cairn::control::server {
@@ -34,10 +36,17 @@ struct ServerConfig {
   std::size_t max_requests_per_connection = 0;  // 0 = unlimited
 };
 
+// Answers one parsed request; `done` is called exactly once, on any thread.
+using RequestHandler = std::function<void(const RouteRequest&, ReplyFn done)>;
+
 class Server {
  public:
   // Loads the TLS material and binds the listening socket (so port() is known at once).
+  // Requests go to route() with `service`.
   static Result<std::unique_ptr<Server>> create(ServerConfig config, ControlService& service,
+                                                Metrics& metrics);
+  // The same server with another handler (tools/bench/trivial_responder).
+  static Result<std::unique_ptr<Server>> create(ServerConfig config, RequestHandler handler,
                                                 Metrics& metrics);
   virtual ~Server() = default;
 

@@ -34,7 +34,7 @@
 #include "common/protocol/messages.hpp"
 #include "common/time.hpp"
 #include "common/uuid.hpp"
-#include "control/server/tls_stream.hpp"
+#include "tools/bench/tls_stream.hpp"
 
 namespace {
 
@@ -43,7 +43,7 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
-using cairn::control::server::TlsStream;
+using cairn::bench::TlsStream;
 
 [[noreturn]] void die(const std::string& message) {
   std::cerr << "control_load: " << message << "\n";

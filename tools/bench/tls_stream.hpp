@@ -1,8 +1,7 @@
-// A TLS stream for Beast that lets OpenSSL read and write the non-blocking socket itself
-// (SSL_set_fd) and waits for readiness with asio. asio::ssl::stream keeps two 17 KiB record
-// buffers plus a 2x17 KiB BIO pair per connection whether it is busy or idle (~90 KiB each
-// measured): too much for 10k idle keep-alive agents. Here an idle connection holds only
-// OpenSSL's SSL object, whose record buffers SSL_MODE_RELEASE_BUFFERS frees when empty.
+// The load driver's TLS stream for Beast: OpenSSL reads and writes the non-blocking socket
+// itself (SSL_set_fd) and asio only waits for readiness. asio::ssl::stream keeps two 17 KiB
+// record buffers plus a 2x17 KiB BIO pair per connection (~90 KiB each measured), too much for
+// 10k simulated nodes in one process; here an idle connection holds only the SSL object.
 #pragma once
 
 #include <boost/asio/compose.hpp>
@@ -19,7 +18,7 @@
 
 #include "common/ssl.hpp"
 
-namespace cairn::control::server {
+namespace cairn::bench {
 
 class TlsStream {
  public:
@@ -167,4 +166,4 @@ class TlsStream {
   SslPtr ssl_;
 };
 
-}  // namespace cairn::control::server
+}  // namespace cairn::bench
