@@ -124,7 +124,9 @@ class Session : public std::enable_shared_from_this<Session> {
       return close_now();
     }
     read_peer();
-    tls_.offload();
+    if (!tls_.offload()) {
+      log::debug("control.tls_not_offloaded", {{"version", tls_.ssl() ? SSL_get_version(tls_.ssl()) : "?"}});
+    }
     phase_ = Phase::idle;
     deadline_ = SteadyClock::now() + shared_.config.header_timeout;  // the first request comes at once
     wait(tcp::socket::wait_read, &Session::read_more);
@@ -148,27 +150,36 @@ class Session : public std::enable_shared_from_this<Session> {
     peer_.serial_hex = info.serial_hex;
   }
 
+  // Reads and parses until a request is complete or the socket has nothing more. A budget
+  // of reads per turn keeps one fast sender from holding the worker (and its sweep).
   void read_more() {
-    const IoResult r = tls_.read(in_, kReadChunk);
-    if (wait_for(r, &Session::read_more)) return;
-    if (r.status == IoStatus::failed) {
-      log::debug("control.read_failed", {{"error", tls_.error()}});
-      return close_now();
+    for (int budget = 16; budget-- > 0;) {
+      const IoResult r = tls_.read(in_, kReadChunk);
+      if (wait_for(r, &Session::read_more)) return;
+      if (r.status == IoStatus::failed) {
+        log::debug("control.read_failed", {{"error", tls_.error()}});
+        return close_now();
+      }
+      if (r.status == IoStatus::closed) return close_now();
+      if (phase_ == Phase::draining) {
+        drained_ += std::max<std::size_t>(in_.size(), 1);
+        in_.clear();
+        if (drained_ > kDrainLimit) return close_now();
+        continue;
+      }
+      if (!parse()) return;
     }
-    if (r.status == IoStatus::closed) return close_now();
-    if (phase_ == Phase::draining) {
-      drained_ += in_.size();
-      in_.clear();
-      if (drained_ > kDrainLimit) return close_now();
-      return read_more();
-    }
-    parse();
+    asio::post(worker_.ioc, [self = shared_from_this()] {
+      if (!self->closed_) self->read_more();
+    });
   }
 
-  void parse() {
+  // Feeds in_ to the parser. True when the request needs more bytes; false when it went on
+  // (dispatched, or refused as malformed or too large).
+  bool parse() {
     const auto now = SteadyClock::now();
     if (!parser_) {
-      if (in_.empty()) return wait(tcp::socket::wait_read, &Session::read_more);
+      if (in_.empty()) return true;
       parser_.emplace();
       parser_->header_limit(static_cast<std::uint32_t>(shared_.config.max_header_bytes));
       parser_->body_limit(shared_.config.max_body_bytes);
@@ -186,7 +197,10 @@ class Session : public std::enable_shared_from_this<Session> {
         ec = {};
         break;
       }
-      if (ec) return on_parse_error(ec);
+      if (ec) {
+        on_parse_error(ec);
+        return false;
+      }
       if (n == 0) break;
     }
     if (!header_seen_ && parser_->is_header_done()) {
@@ -194,8 +208,9 @@ class Session : public std::enable_shared_from_this<Session> {
       endpoint_ = classify_endpoint(to_sv(parser_->get().target()));
       deadline_ = now + shared_.config.body_timeout;
     }
-    if (parser_->is_done()) return dispatch();
-    read_more();
+    if (!parser_->is_done()) return true;
+    dispatch();
+    return false;
   }
 
   void on_parse_error(beast::error_code ec) {
@@ -216,6 +231,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void begin_request() {
+    if (in_flight_) return;
     in_flight_ = true;
     shared_.in_flight.fetch_add(1, std::memory_order_relaxed);
     phase_ = Phase::busy;
@@ -315,12 +331,15 @@ class Session : public std::enable_shared_from_this<Session> {
     started_ = {};
     if (r.status != IoStatus::ok) return close_now();
     if (drain_after_write_) return drain();
-    if (!keep_alive_) return shutdown();
+    if (!keep_alive_ || tls_.peer_closed()) return shutdown();
     parser_.reset();
     header_seen_ = false;
     phase_ = Phase::idle;
     deadline_ = SteadyClock::now() + shared_.config.idle_timeout;
-    if (!in_.empty()) return parse();  // the next request came with this one
+    if (!in_.empty()) {  // the next request came with this one
+      if (parse()) read_more();
+      return;
+    }
     // Idle connections hold no request memory (10k idle agents is the normal case).
     std::string().swap(in_);
     tls_.release_buffers();
@@ -339,9 +358,13 @@ class Session : public std::enable_shared_from_this<Session> {
     read_more();
   }
 
+  // close_notify, then the lingering close of drain(): closing with the client's bytes unread
+  // would reset the connection and could destroy the answer before the client reads it.
   void shutdown() {
     tls_.send_close_notify();
-    close_now();
+    beast::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
+    drain();
   }
 
   void close_now() {

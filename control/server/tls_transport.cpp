@@ -5,7 +5,12 @@
 //   §5.3     nonce = iv XOR (64-bit sequence number, big-endian, left-padded);
 //   §7.1     key/iv = HKDF-Expand-Label(traffic secret, "key"/"iv", "", length);
 //   §7.2     KeyUpdate: next secret = HKDF-Expand-Label(secret, "traffic upd", "", Hash.length);
-//   §5.5     AES-GCM keys are good for 2^24.5 full records: we update ours well before.
+//   §5.5     AES-GCM keys are good for 2^24.5 full records: we update ours well before;
+//   §5.4     inner plaintext (content + type + padding) <= 2^14 + 1;
+//   §4.6.3   KeyUpdate(update_requested) is answered once before our next application data,
+//            however many requests came while we were silent;
+//   §5.1     a KeyUpdate ends its record; no zero-length handshake or alert records;
+//   §6.1     data after close_notify is ignored.
 #include "control/server/tls_transport.hpp"
 
 #include <openssl/core_names.h>
@@ -35,6 +40,18 @@ constexpr unsigned char kAlert = 21;
 constexpr unsigned char kHandshake = 22;
 constexpr unsigned char kKeyUpdate = 24;
 constexpr unsigned char kNewSessionTicket = 4;
+// Records in a row that carry no application data (empty records, KeyUpdates) before we give
+// up: a peer could otherwise keep us decrypting and re-keying for nothing. OpenSSL uses 32 for
+// both (MAX_EMPTY_RECORDS, MAX_KEY_UPDATE_MESSAGES).
+constexpr unsigned kMaxEmptyRecords = 32;
+// AlertDescription values, RFC 8446 §6.
+constexpr unsigned char kAlertUnexpectedMessage = 10;
+constexpr unsigned char kAlertBadRecordMac = 20;
+constexpr unsigned char kAlertRecordOverflow = 22;
+constexpr unsigned char kAlertIllegalParameter = 47;
+constexpr unsigned char kAlertDecodeError = 50;
+constexpr unsigned char kAlertUserCanceled = 90;
+constexpr unsigned char kAlertInternalError = 80;
 
 struct Suite {
   std::uint16_t id;  // IANA cipher suite value
@@ -186,8 +203,15 @@ void TlsTransport::capture_secret(std::string_view label, const unsigned char* s
   d.secret_len = len;
 }
 
-IoResult TlsTransport::fail(std::string message) {
-  error_ = std::move(message);
+IoResult TlsTransport::fail(std::string message, unsigned char alert) {
+  if (!broken_) error_ = std::move(message);  // the first error is the one that matters
+  broken_ = true;
+  if (offloaded_ && alert != 0 && !alert_sent_) {
+    alert_sent_ = true;
+    const char fatal[] = {2, static_cast<char>(alert)};  // level fatal (§6)
+    key_update_owed_ = false;
+    if (seal(write_, kAlert, std::string_view(fatal, sizeof fatal), pending_out_)) (void)send_pending();
+  }
   return {IoStatus::failed, 0};
 }
 
@@ -205,16 +229,28 @@ IoResult TlsTransport::handshake() {
 }
 
 bool TlsTransport::offload() {
-  if (!ssl_ || offloaded_ || SSL_version(ssl_.get()) != TLS1_3_VERSION || SSL_has_pending(ssl_.get())) return false;
-  const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl_.get());
-  if (cipher == nullptr) return false;
-  const auto id = SSL_CIPHER_get_protocol_id(cipher);
+  if (!ssl_ || offloaded_ || broken_ || SSL_is_init_finished(ssl_.get()) != 1) return false;
+  SSL* ssl = ssl_.get();
+  // Our sequence numbers start at 0, so nothing may have been sent or received under the
+  // application keys yet: no read-ahead (nothing read past the peer's Finished, and nothing
+  // half-read), no session tickets written by the server (each would be a record under the
+  // server's application key: starting at 0 again would reuse AEAD nonces), no 0-RTT.
+  const bool quiet = SSL_version(ssl) == TLS1_3_VERSION && SSL_has_pending(ssl) == 0 &&
+                     (role_ == Role::client || SSL_get_num_tickets(ssl) == 0) &&
+                     SSL_get_early_data_status(ssl) != SSL_EARLY_DATA_ACCEPTED;
+  const SSL_CIPHER* cipher = quiet ? SSL_get_current_cipher(ssl) : nullptr;
+  const auto id = cipher != nullptr ? SSL_CIPHER_get_protocol_id(cipher) : 0;
   const auto it = std::find_if(kSuites.begin(), kSuites.end(), [&](const Suite& s) { return s.id == id; });
-  if (it == kSuites.end() || fetched().ciphers[static_cast<std::size_t>(it - kSuites.begin())] == nullptr) return false;
-  if (read_.secret_len != it->hash_len || write_.secret_len != it->hash_len) return false;
+  const bool ok = it != kSuites.end() && fetched().ciphers[static_cast<std::size_t>(it - kSuites.begin())] != nullptr &&
+                  read_.secret_len == it->hash_len && write_.secret_len == it->hash_len &&
+                  derive_key_iv(*it, read_) && derive_key_iv(*it, write_);
+  if (!ok) {
+    // Staying on OpenSSL: the captured secrets are not needed.
+    OPENSSL_cleanse(&read_, sizeof read_);
+    OPENSSL_cleanse(&write_, sizeof write_);
+    return false;
+  }
   suite_ = static_cast<int>(it - kSuites.begin());
-  if (!derive_key_iv(*it, read_) || !derive_key_iv(*it, write_)) return false;
-  // Nothing was sent or received under the application keys yet (no tickets, no read-ahead).
   read_.seq = 0;
   write_.seq = 0;
   offloaded_ = true;
@@ -230,6 +266,16 @@ bool TlsTransport::update_keys(Direction& d) {
   OPENSSL_cleanse(next.data(), next.size());
   d.seq = 0;
   return derive_key_iv(suite, d);
+}
+
+// KeyUpdate(update_not_requested) under the current write key, then the switch (§4.6.3).
+bool TlsTransport::send_key_update() {
+  const char update[] = {static_cast<char>(kKeyUpdate), 0, 0, 1, 0};
+  if (!seal(write_, kHandshake, std::string_view(update, sizeof update), pending_out_) || !update_keys(write_)) {
+    return false;
+  }
+  key_update_owed_ = false;
+  return true;
 }
 
 bool TlsTransport::seal(Direction& d, unsigned char type, std::string_view plain, std::string& out) {
@@ -263,12 +309,15 @@ bool TlsTransport::seal(Direction& d, unsigned char type, std::string_view plain
 }
 
 IoResult TlsTransport::open_record(unsigned char* rec, std::size_t size, std::string& out) {
+  // A ChangeCipherSpec (20) is only allowed before the peer's Finished (§5), which OpenSSL read.
   if (rec[0] != kApplicationData) {
-    return fail("unexpected TLS record type " + std::to_string(rec[0]) + " after the handshake");
+    return fail("unexpected TLS record type " + std::to_string(rec[0]) + " after the handshake",
+                kAlertUnexpectedMessage);
   }
   const std::size_t len = size - kHeader;
-  if (len < 1 + kTag) return fail("TLS record too short to be protected");
+  if (len < 1 + kTag) return fail("TLS record too short to be protected", kAlertDecodeError);
   const std::size_t body = len - kTag;
+  if (body > kMaxPlain + 1) return fail("TLS record over 2^14 + 1 bytes of inner plaintext", kAlertRecordOverflow);
   unsigned char nonce[12];
   make_nonce(read_, nonce);
   unsigned char* inner = rec + kHeader;  // decrypted in place
@@ -280,54 +329,67 @@ IoResult TlsTransport::open_record(unsigned char* rec, std::size_t size, std::st
       EVP_DecryptUpdate(c, inner, &n, inner, static_cast<int>(body)) == 1 &&
       EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, kTag, inner + body) == 1 &&
       EVP_DecryptFinal_ex(c, inner + n, &n) == 1;
-  if (!ok) return fail("TLS record failed authentication (bad_record_mac)");
+  if (!ok) return fail("TLS record failed authentication (bad_record_mac)", kAlertBadRecordMac);
   ++read_.seq;
   // The real content type is the last non-zero byte (§5.2).
   std::size_t end = body;
   while (end > 0 && inner[end - 1] == 0) --end;
-  if (end == 0) return fail("TLS record without a content type");
+  if (end == 0) return fail("TLS record without a content type", kAlertUnexpectedMessage);
   const auto type = inner[end - 1];
   const std::string_view content(reinterpret_cast<const char*>(inner), end - 1);
-  if (content.size() > kMaxPlain) return fail("TLS record over 2^14 bytes of plaintext");
+  if (type == kApplicationData && !content.empty()) {
+    empty_records_ = 0;
+    out.append(content);
+    return {IoStatus::ok, content.size()};
+  }
+  if (++empty_records_ > kMaxEmptyRecords) {
+    return fail("over " + std::to_string(kMaxEmptyRecords) + " TLS records in a row without data",
+                kAlertUnexpectedMessage);
+  }
   switch (type) {
     case kApplicationData:
-      out.append(content);
-      return {IoStatus::ok, content.size()};
+      return {IoStatus::ok, 0};  // zero-length application data is allowed (§5.4)
     case kAlert:
-      if (content.size() == 2 && content[1] == 0) return {IoStatus::closed, 0};  // close_notify
-      return fail("TLS alert " + std::to_string(content.size() == 2 ? static_cast<unsigned char>(content[1]) : 0) +
-                  " from the peer");
+      // One alert per record, never fragmented (§5.1); the level is implied by the type (§6).
+      if (content.size() != 2) return fail("malformed TLS alert record", kAlertDecodeError);
+      if (content[1] == 0) return {IoStatus::closed, 0};  // close_notify
+      // user_canceled is the other closure alert (§6.1), followed by close_notify; OpenSSL
+      // ignores it in TLS 1.3, so do we (counted above, so it cannot be used to spin us).
+      if (content[1] == kAlertUserCanceled) return {IoStatus::ok, 0};
+      return fail("TLS alert " + std::to_string(static_cast<unsigned char>(content[1])) + " from the peer");
     case kHandshake:
       return on_handshake_message(content);
     default:
-      return fail("unexpected TLS content type " + std::to_string(type));
+      return fail("unexpected TLS content type " + std::to_string(type), kAlertUnexpectedMessage);
   }
 }
 
 // Post-handshake messages (§4.6): KeyUpdate is honoured (and answered when asked for);
 // NewSessionTicket is ignored (we never resume); anything else ends the connection.
 IoResult TlsTransport::on_handshake_message(std::string_view messages) {
+  if (messages.empty()) return fail("zero-length TLS handshake record", kAlertUnexpectedMessage);
   while (!messages.empty()) {
-    if (messages.size() < 4) return fail("truncated TLS handshake message");
+    // Messages split over records are legal (§5.1) but no peer splits a 5-byte KeyUpdate.
+    if (messages.size() < 4) return fail("truncated TLS handshake message", kAlertUnexpectedMessage);
     const auto type = static_cast<unsigned char>(messages[0]);
     const std::size_t len = (static_cast<std::size_t>(static_cast<unsigned char>(messages[1])) << 16) |
                             (static_cast<std::size_t>(static_cast<unsigned char>(messages[2])) << 8) |
                             static_cast<unsigned char>(messages[3]);
-    if (messages.size() < 4 + len) return fail("truncated TLS handshake message");
+    if (messages.size() < 4 + len) return fail("truncated TLS handshake message", kAlertUnexpectedMessage);
     const std::string_view body = messages.substr(4, len);
     messages.remove_prefix(4 + len);
     if (type == kNewSessionTicket && role_ == Role::client) continue;
-    if (type != kKeyUpdate || body.size() != 1 || static_cast<unsigned char>(body[0]) > 1) {
-      return fail("unsupported TLS post-handshake message " + std::to_string(type));
+    if (type != kKeyUpdate) {
+      return fail("unsupported TLS post-handshake message " + std::to_string(type), kAlertUnexpectedMessage);
     }
-    if (!update_keys(read_)) return fail("KeyUpdate: deriving the next read key failed");
-    if (body[0] == 1) {
-      // update_requested: answer with our own KeyUpdate(update_not_requested), then switch.
-      const char answer[] = {static_cast<char>(kKeyUpdate), 0, 0, 1, 0};
-      if (!seal(write_, kHandshake, std::string_view(answer, sizeof answer), pending_out_) || !update_keys(write_)) {
-        return fail("KeyUpdate: answering failed");
-      }
-    }
+    if (body.size() != 1) return fail("malformed TLS KeyUpdate", kAlertDecodeError);
+    if (static_cast<unsigned char>(body[0]) > 1) return fail("TLS KeyUpdate with an unknown request", kAlertIllegalParameter);
+    // The read key changes after this message: it must end the record (§5.1).
+    if (!messages.empty()) return fail("TLS KeyUpdate not at the end of its record", kAlertUnexpectedMessage);
+    if (!update_keys(read_)) return fail("KeyUpdate: deriving the next read key failed", kAlertInternalError);
+    // update_requested: answered once, before our next record (send_pending, write). A flag,
+    // not a queue: a peer that asks again and again without reading costs no memory.
+    if (body[0] == 1) key_update_owed_ = true;
   }
   return {IoStatus::ok, 0};
 }
@@ -352,34 +414,56 @@ IoResult TlsTransport::read_openssl(std::string& out, std::size_t max) {
 
 IoResult TlsTransport::read(std::string& out, std::size_t max) {
   if (!offloaded_) return read_openssl(out, std::max<std::size_t>(max, 1));
+  if (broken_) return {IoStatus::failed, 0};
+  if (peer_closed_) return {IoStatus::closed, 0};
   auto& buf = thread_buffer();
   std::size_t have = partial_.size();
+  // partial_ never holds a whole record (the loop below opens every complete one), so it is
+  // shorter than kHeader + kMaxCiphertext and a full record always fits after it.
+  if (have >= kHeader + kMaxCiphertext) return fail("internal: TLS read buffer overrun", kAlertInternalError);
   std::memcpy(buf.data(), partial_.data(), have);
   const std::size_t room = std::min(buf.size() - have, std::max(max, kHeader + kMaxCiphertext));
   const ssize_t got = ::recv(fd_, buf.data() + have, room, MSG_DONTWAIT);
   if (got == 0) return {IoStatus::closed, 0};
   if (got < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return {IoStatus::want_read, 0};
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return {IoStatus::want_read, 0};
     if (errno == ECONNRESET || errno == EPIPE) return {IoStatus::closed, 0};
     return fail(std::string("read: ") + std::strerror(errno));
   }
   have += static_cast<std::size_t>(got);
   std::size_t pos = 0;
   std::size_t total = 0;
-  IoResult result{IoStatus::ok, 0};
   while (have - pos >= kHeader) {
     unsigned char* h = buf.data() + pos;
     const std::size_t len = (static_cast<std::size_t>(h[3]) << 8) | h[4];
-    if (len > kMaxCiphertext) return fail("TLS record of " + std::to_string(len) + " bytes (limit 2^14 + 256)");
+    if (len > kMaxCiphertext) {
+      partial_.clear();
+      return fail("TLS record of " + std::to_string(len) + " bytes (limit 2^14 + 256)", kAlertRecordOverflow);
+    }
     if (have - pos < kHeader + len) break;
-    result = open_record(h, kHeader + len, out);
+    const IoResult r = open_record(h, kHeader + len, out);
     pos += kHeader + len;
-    if (result.status != IoStatus::ok) break;
-    total += result.bytes;
+    if (r.status == IoStatus::failed) {
+      partial_.clear();
+      return r;
+    }
+    if (r.status == IoStatus::closed) {
+      peer_closed_ = true;  // what follows close_notify is ignored (§6.1)
+      break;
+    }
+    total += r.bytes;
+  }
+  if (peer_closed_) {
+    std::string().swap(partial_);
+    // The data before close_notify is delivered first: a client may send its request and
+    // close its write side at once, and still wait for the answer.
+    return {total > 0 ? IoStatus::ok : IoStatus::closed, total};
   }
   partial_.assign(reinterpret_cast<const char*>(buf.data() + pos), have - pos);
-  if (result.status == IoStatus::failed || result.status == IoStatus::closed) return result;
-  if (!pending_out_.empty()) send_pending();  // a KeyUpdate answer
+  if (key_update_owed_ || !pending_out_.empty()) {
+    // A KeyUpdate answer; a full socket only delays it (the next write sends it first).
+    if (send_pending().status == IoStatus::failed) return {IoStatus::failed, 0};
+  }
   return {IoStatus::ok, total};
 }
 
@@ -393,22 +477,26 @@ IoResult TlsTransport::write_openssl(std::string_view plaintext) {
 
 IoResult TlsTransport::write(std::string_view plaintext) {
   if (!offloaded_) return write_openssl(plaintext);
+  if (broken_) return {IoStatus::failed, 0};
   while (!plaintext.empty()) {
-    if (write_.seq >= kKeyUpdateAfter) {
-      const char update[] = {static_cast<char>(kKeyUpdate), 0, 0, 1, 0};
-      if (!seal(write_, kHandshake, std::string_view(update, sizeof update), pending_out_) || !update_keys(write_)) {
-        return fail("KeyUpdate failed");
-      }
+    if ((key_update_owed_ || write_.seq >= kKeyUpdateAfter) && !send_key_update()) {
+      return fail("KeyUpdate failed", kAlertInternalError);
     }
     const std::string_view chunk = plaintext.substr(0, kMaxPlain);
-    if (!seal(write_, kApplicationData, chunk, pending_out_)) return fail("protecting a TLS record failed");
+    if (!seal(write_, kApplicationData, chunk, pending_out_)) {
+      return fail("protecting a TLS record failed", kAlertInternalError);
+    }
     plaintext.remove_prefix(chunk.size());
   }
   return send_pending();
 }
 
 IoResult TlsTransport::send_pending() {
-  while (!pending_out_.empty()) {
+  for (;;) {
+    if (pending_out_.empty()) {
+      if (!key_update_owed_) break;
+      if (!send_key_update()) return fail("KeyUpdate failed", kAlertInternalError);
+    }
     const ssize_t n = ::send(fd_, pending_out_.data(), pending_out_.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return {IoStatus::want_write, 0};
@@ -422,7 +510,7 @@ IoResult TlsTransport::send_pending() {
 }
 
 IoResult TlsTransport::flush() {
-  if (offloaded_) return send_pending();
+  if (offloaded_) return broken_ ? IoResult{IoStatus::failed, 0} : send_pending();
   if (!ssl_) return fail("TLS connection is not set up");
   while (!pending_out_.empty()) {
     std::size_t n = 0;
@@ -445,6 +533,7 @@ IoResult TlsTransport::flush() {
 
 void TlsTransport::send_close_notify() {
   if (offloaded_) {
+    if (broken_) return;
     const char alert[] = {1, 0};  // warning, close_notify
     if (seal(write_, kAlert, std::string_view(alert, sizeof alert), pending_out_)) send_pending();
     return;

@@ -51,14 +51,17 @@ class TlsTransport {
   // The handshake's SSL (peer certificate, verify result, version); nullptr after offload().
   [[nodiscard]] SSL* ssl() const { return ssl_.get(); }
 
-  // After the handshake: moves a TLS 1.3 connection onto the built-in record layer and frees
-  // the SSL. Returns false (and keeps using OpenSSL) when that is not possible.
+  // After the handshake (one chance): moves a TLS 1.3 connection onto the built-in record layer
+  // and frees the SSL. Returns false (and keeps using OpenSSL) when that is not possible.
   bool offload();
   [[nodiscard]] bool offloaded() const { return offloaded_; }
 
   // Reads what the socket has (one read) and appends the application data to `out`, at most
-  // about `max` bytes. ok with 0 bytes happens for records without data (KeyUpdate).
+  // about `max` bytes. ok with 0 bytes happens for records without data (KeyUpdate). Data that
+  // came before the peer's close_notify is returned first (ok); the next call says closed.
   IoResult read(std::string& out, std::size_t max);
+  // The peer sent close_notify (offloaded connections): nothing more will be read.
+  [[nodiscard]] bool peer_closed() const { return peer_closed_; }
   // Protects and sends `plaintext`; what the socket does not take now is kept (want_write:
   // call flush() when writable).
   IoResult write(std::string_view plaintext);
@@ -82,7 +85,9 @@ class TlsTransport {
   void capture_secret(std::string_view label, const unsigned char* secret, std::size_t len);
 
  private:
-  IoResult fail(std::string message);
+  // Records the error and ends the connection for good; on an offloaded connection `alert`
+  // (RFC 8446 §6.2 AlertDescription, 0 for none) is sent to the peer if the socket takes it.
+  IoResult fail(std::string message, unsigned char alert = 0);
   IoResult read_openssl(std::string& out, std::size_t max);
   IoResult write_openssl(std::string_view plaintext);
   IoResult send_pending();
@@ -91,11 +96,17 @@ class TlsTransport {
   IoResult open_record(unsigned char* record, std::size_t size, std::string& out);
   IoResult on_handshake_message(std::string_view messages);
   bool update_keys(Direction& d);
+  bool send_key_update();
 
   int fd_;
   Role role_;
   SslPtr ssl_;
   bool offloaded_ = false;
+  bool broken_ = false;           // failed: every later call fails
+  bool peer_closed_ = false;      // close_notify received: later records are ignored (§6.1)
+  bool key_update_owed_ = false;  // the peer asked for a KeyUpdate that is not sent yet
+  bool alert_sent_ = false;
+  unsigned empty_records_ = 0;    // records in a row without application data
   int suite_ = 0;  // index into the supported suites
   Direction read_{};
   Direction write_{};
