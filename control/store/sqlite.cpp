@@ -3,10 +3,7 @@
 
 #include <sqlite3.h>
 
-#include <chrono>
-#include <condition_variable>
 #include <mutex>
-#include <thread>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -300,18 +297,6 @@ constexpr const char* kCertColumns =
 
 class SqliteStore final : public Store {
  public:
-  SqliteStore() = default;
-  SqliteStore(const SqliteStore&) = delete;
-  SqliteStore& operator=(const SqliteStore&) = delete;
-  ~SqliteStore() override {
-    {
-      std::lock_guard lock(checkpoint_mutex_);
-      checkpoint_stop_ = true;
-    }
-    checkpoint_wake_.notify_all();
-    if (checkpointer_.joinable()) checkpointer_.join();
-  }
-
   Status open(const std::filesystem::path& file) {
     path_ = file;
     sqlite3* raw = nullptr;
@@ -337,8 +322,7 @@ class SqliteStore final : public Store {
                                "PRAGMA busy_timeout=5000", "PRAGMA foreign_keys=ON"}) {
       if (auto ok = exec(pragma); !ok) return ok;
     }
-    if (auto ok = migrate(); !ok) return ok;
-    return start_checkpointer();
+    return migrate();
   }
 
   int schema_version() override {
@@ -765,46 +749,10 @@ ON CONFLICT (node_id) DO UPDATE SET
     return q->run();
   }
 
-  // WAL checkpoints run on their own connection and thread, so a commit is only an append to
-  // the WAL and never waits for a checkpoint's page copies and fsyncs, which SQLite's
-  // auto-checkpoint would run inside the committing call every 1000 pages (heartbeat p99,
-  // tools/bench). PASSIVE never blocks readers or the writer (sqlite.org/wal.html); the WAL
-  // file is cut back to journal_size_limit when it is reused.
-  Status start_checkpointer() {
-    for (const char* pragma : {"PRAGMA wal_autocheckpoint=0", "PRAGMA journal_size_limit=67108864"}) {
-      if (auto ok = exec(pragma); !ok) return ok;
-    }
-    sqlite3* raw = nullptr;
-    const int rc = sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
-    DbPtr db(raw);
-    if (rc != SQLITE_OK) {
-      return fail(Errc::io, "open database " + path_.string() + " for checkpoints: " + sqlite3_errstr(rc),
-                  "check that the state dir is writable");
-    }
-    checkpointer_ = std::thread([this, db = std::move(db)] { checkpoint_loop(db.get()); });
-    return {};
-  }
-
-  void checkpoint_loop(sqlite3* db) {
-    std::unique_lock lock(checkpoint_mutex_);
-    while (!checkpoint_stop_) {
-      checkpoint_wake_.wait_for(lock, std::chrono::milliseconds(200));
-      lock.unlock();
-      int wal_frames = 0, copied = 0;
-      // SQLITE_BUSY only means another checkpoint is running; the next round catches up.
-      sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_frames, &copied);
-      lock.lock();
-    }
-  }
-
   std::mutex mutex_;  // one connection, one user at a time
   DbPtr db_;
   std::unordered_map<std::string, StmtPtr> stmts_;
   std::filesystem::path path_;
-  std::mutex checkpoint_mutex_;
-  std::condition_variable checkpoint_wake_;
-  bool checkpoint_stop_ = false;
-  std::thread checkpointer_;  // last: stops before the members it uses go
 };
 
 }  // namespace
