@@ -5,7 +5,6 @@
 // Built for many idle keep-alive agents: an idle connection holds no buffers and no timer.
 #include "control/server/server.hpp"
 
-#include <boost/asio/dispatch.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
