@@ -54,7 +54,6 @@ class TlsTransport {
   // After the handshake (one chance): moves a TLS 1.3 connection onto the built-in record layer
   // and frees the SSL. Returns false (and keeps using OpenSSL) when that is not possible.
   bool offload();
-  [[nodiscard]] bool offloaded() const { return offloaded_; }
 
   // Reads what the socket has (one read) and appends the application data to `out`, at most
   // about `max` bytes. ok with 0 bytes happens for records without data (KeyUpdate). Data that
@@ -66,7 +65,6 @@ class TlsTransport {
   // call flush() when writable).
   IoResult write(std::string_view plaintext);
   IoResult flush();
-  [[nodiscard]] bool has_pending_output() const { return !pending_out_.empty(); }
   // Sends close_notify if the socket takes it at once; never waits.
   void send_close_notify();
   // Frees buffers an idle connection does not need.
