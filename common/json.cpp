@@ -10,4 +10,8 @@ Result<Json> parse_json(std::string_view text, std::string_view what) {
   return j;
 }
 
+std::string dump_json(const Json& j, int indent) {
+  return j.dump(indent, ' ', /*ensure_ascii=*/false, Json::error_handler_t::replace);
+}
+
 }  // namespace cairn

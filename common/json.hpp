@@ -2,6 +2,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <string>
 #include <string_view>
 
 #include "common/result.hpp"
@@ -12,6 +13,11 @@ using Json = nlohmann::json;
 
 // `what` names the input in the error ("heartbeat body", "GCP metadata response").
 Result<Json> parse_json(std::string_view text, std::string_view what);
+
+// The one way any JSON leaves a process (wire bodies, state files, --json output): invalid
+// UTF-8 in a string (DMI, fw-cfg, metadata answers) becomes U+FFFD instead of an exception.
+// indent < 0: compact; otherwise pretty-printed with that many spaces.
+std::string dump_json(const Json& j, int indent = -1);
 
 // Runs fn(json) -> T, turning nlohmann's type and missing-key exceptions into Errc::data.
 template <class T, class Fn>
