@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/fs.hpp"
+#include "common/root.hpp"
 #include "common/log.hpp"
 #include "control/cli/commands.hpp"
 #include "control/cli/parse.hpp"
@@ -31,6 +32,10 @@ struct ServeOptions {
   std::string body_timeout = "30s";
   std::string idle_timeout = "60s";
   std::string port_file;
+  std::string tls_min = "1.2";
+  std::string metrics_listen;
+  double enroll_rate = 100;
+  double enroll_burst = 200;
 };
 
 // 10k agents keep a connection each: lift the soft fd limit to the hard one.
@@ -73,6 +78,19 @@ Status serve(const ServeOptions& o) {
     return fail(Errc::usage, "--cert-lifetime and --heartbeat-interval must be at least 1s");
   }
   if (o.grace_intervals < 1) return fail(Errc::usage, "--grace-intervals must be at least 1");
+  if (o.tls_min != "1.2" && o.tls_min != "1.3") {
+    return fail(Errc::usage, "--tls-min '" + o.tls_min + "': not a TLS version this server offers",
+                "use 1.2 (TLS 1.2 and 1.3) or 1.3 (TLS 1.3 only)");
+  }
+  if (o.enroll_rate < 0 || o.enroll_burst < 1) {
+    return fail(Errc::usage, "--enroll-rate must be >= 0 (0 = unlimited) and --enroll-burst >= 1");
+  }
+  std::optional<ListenAddress> metrics_listen;
+  if (!o.metrics_listen.empty()) {
+    auto m = parse_listen(o.metrics_listen);
+    if (!m) return fail(m.error().with_context("--metrics-listen"));
+    metrics_listen = *m;
+  }
 
   raise_fd_limit();
   const StatePaths state{o.state_dir};
@@ -97,6 +115,14 @@ Status serve(const ServeOptions& o) {
   config.header_timeout = *header;
   config.body_timeout = *body;
   config.idle_timeout = *idle;
+  config.tls_min = o.tls_min == "1.3" ? server::TlsMinVersion::tls1_3 : server::TlsMinVersion::tls1_2;
+  config.kernel_tls = server::kernel_offers_tls_ulp(Root{});
+  config.enroll_rate = o.enroll_rate;
+  config.enroll_burst = o.enroll_burst;
+  if (metrics_listen) {
+    config.metrics_host = metrics_listen->host;
+    config.metrics_port = metrics_listen->port;
+  }
 
   server::Metrics metrics;
   auto srv = server::Server::create(config, **service, metrics);
@@ -109,6 +135,7 @@ Status serve(const ServeOptions& o) {
   }
   log::info("control.listening", {{"addr", (*srv)->address()},
                                   {"port", static_cast<unsigned>((*srv)->port())},
+                                  {"metrics_port", static_cast<unsigned>((*srv)->metrics_port())},
                                   {"state", o.state_dir}});
   (*srv)->run();
   // Handlers have stopped; flush the service (pending heartbeats are committed and their
@@ -146,6 +173,15 @@ void add_serve(CLI::App& app, int& exit_code) {
   cmd->add_option("--body-timeout", options->body_timeout, "Deadline to receive a body / send an answer")
       ->capture_default_str();
   cmd->add_option("--idle-timeout", options->idle_timeout, "Keep-alive wait for the next request")
+      ->capture_default_str();
+  cmd->add_option("--tls-min", options->tls_min, "Lowest TLS version offered: 1.2 or 1.3 (1.3 only)")
+      ->capture_default_str();
+  cmd->add_option("--metrics-listen", options->metrics_listen,
+                  "Serve /metrics and /healthz over plain HTTP on this HOST:PORT only (default: on --listen)");
+  cmd->add_option("--enroll-rate", options->enroll_rate,
+                  "Enrollments per second accepted on average; more get 429 (0 = unlimited)")
+      ->capture_default_str();
+  cmd->add_option("--enroll-burst", options->enroll_burst, "Enrollments accepted at once above the rate")
       ->capture_default_str();
   cmd->add_option("--port-file", options->port_file, "Write the bound port here (atomically) once listening");
   cmd->callback([options, &exit_code] {

@@ -103,6 +103,18 @@ std::string Metrics::render(ControlService* service) const {
   out += "# HELP cairn_connections_open Open client connections.\n";
   out += "# TYPE cairn_connections_open gauge\n";
   fmt::format_to(it, "cairn_connections_open {}\n", connections_open_.load(std::memory_order_relaxed));
+  out += "# HELP cairn_enroll_throttled_total Enrollment requests refused with 429 by the rate limit.\n";
+  out += "# TYPE cairn_enroll_throttled_total counter\n";
+  fmt::format_to(it, "cairn_enroll_throttled_total {}\n", enroll_throttled_.load(std::memory_order_relaxed));
+  out += "# HELP cairn_tls_kernel_offload_available 1 when the kernel offers the tls ULP and OpenSSL "
+         "is asked to use it (SSL_OP_ENABLE_KTLS).\n";
+  out += "# TYPE cairn_tls_kernel_offload_available gauge\n";
+  fmt::format_to(it, "cairn_tls_kernel_offload_available {}\n",
+                 kernel_tls_available_.load(std::memory_order_relaxed) ? 1 : 0);
+  out += "# HELP cairn_tls_kernel_offload_connections_total Connections whose records the kernel carries.\n";
+  out += "# TYPE cairn_tls_kernel_offload_connections_total counter\n";
+  fmt::format_to(it, "cairn_tls_kernel_offload_connections_total {}\n",
+                 kernel_tls_connections_.load(std::memory_order_relaxed));
   return out;
 }
 

@@ -42,6 +42,12 @@ class Metrics {
   void connection_opened() { connections_open_.fetch_add(1, std::memory_order_relaxed); }
   void connection_closed() { connections_open_.fetch_sub(1, std::memory_order_relaxed); }
   void connection_refused() { connections_refused_.fetch_add(1, std::memory_order_relaxed); }
+  // /v1/enroll answered 429 by the rate limit (unauthenticated work is bounded).
+  void enroll_throttled() { enroll_throttled_.fetch_add(1, std::memory_order_relaxed); }
+  // Kernel TLS: whether the kernel offers the tls ULP (set once at startup) and how many
+  // connections OpenSSL moved onto it.
+  void set_kernel_tls_available(bool available) { kernel_tls_available_.store(available, std::memory_order_relaxed); }
+  void kernel_tls_connection() { kernel_tls_connections_.fetch_add(1, std::memory_order_relaxed); }
 
   [[nodiscard]] std::int64_t connections_open() const {
     return connections_open_.load(std::memory_order_relaxed);
@@ -66,6 +72,9 @@ class Metrics {
   std::atomic<std::uint64_t> tls_handshake_failures_{0};
   std::atomic<std::uint64_t> connections_refused_{0};
   std::atomic<std::int64_t> connections_open_{0};
+  std::atomic<std::uint64_t> enroll_throttled_{0};
+  std::atomic<bool> kernel_tls_available_{false};
+  std::atomic<std::uint64_t> kernel_tls_connections_{0};
 };
 
 }  // namespace cairn::control::server

@@ -1,5 +1,6 @@
-// The HTTPS front of cairn-control: Boost.Asio/Beast over OpenSSL, TLS 1.2+ with optional
-// client certificates checked against the cluster CA, bounded in size, time and connections.
+// The HTTPS front of cairn-control: Boost.Asio reactors, Beast's HTTP/1.1 parser and OpenSSL
+// for all of TLS (tls_context.hpp), client certificates checked against the cluster CA,
+// bounded in size, time, connections and work per turn.
 // It turns each request into one route() call (router.hpp) and never holds business state.
 #pragma once
 
@@ -14,6 +15,7 @@
 #include "common/result.hpp"
 #include "control/server/metrics.hpp"
 #include "control/server/router.hpp"
+#include "control/server/tls_context.hpp"
 #include "control/service.hpp"
 
 namespace cairn::control::server {
@@ -24,6 +26,8 @@ struct ServerConfig {
   std::filesystem::path cert_file;  // server certificate + chain (PEM)
   std::filesystem::path key_file;
   std::filesystem::path ca_file;  // client certificates must chain to this
+  TlsMinVersion tls_min = TlsMinVersion::tls1_2;
+  bool kernel_tls = false;        // ask OpenSSL for kernel TLS (only where the kernel has the ULP)
   int threads = 0;                // io threads; 0 = hardware concurrency
   std::size_t max_body_bytes = 1 << 20;
   std::size_t max_header_bytes = 16 << 10;
@@ -34,6 +38,17 @@ struct ServerConfig {
   std::chrono::milliseconds shutdown_grace{3'000};   // in-flight requests get this long on stop()
   std::size_t max_connections = 20'000;
   std::size_t max_requests_per_connection = 0;  // 0 = unlimited
+  // Requests parsed and answered per connection per turn of its io thread before the others
+  // get theirs: a client pipelining thousands of requests is served in slices, not in one go.
+  std::size_t requests_per_turn = 32;
+  // /v1/enroll (no client certificate needed) at most this many a second on average, bursts
+  // of enroll_burst; more are answered 429 with Retry-After. 0 = unlimited.
+  double enroll_rate = 100;
+  double enroll_burst = 200;
+  // When set, /metrics is served only on this plain-HTTP address (with /healthz), and the
+  // HTTPS listener answers 404 for it.
+  std::string metrics_host;
+  std::uint16_t metrics_port = 0;
 };
 
 // Answers one parsed request; `done` is called exactly once, on any thread.
@@ -53,6 +68,8 @@ class Server {
   [[nodiscard]] virtual std::uint16_t port() const = 0;
   // "127.0.0.1:8443" or "[::1]:8443"
   [[nodiscard]] virtual std::string address() const = 0;
+  // The plain-HTTP metrics listener's port, 0 when /metrics is on the HTTPS listener.
+  [[nodiscard]] virtual std::uint16_t metrics_port() const = 0;
   // SIGINT/SIGTERM call stop(). Call before run().
   virtual void stop_on_signals() = 0;
   // Serves on config.threads threads (the caller's included) until stop() has finished.
