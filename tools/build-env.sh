@@ -6,10 +6,14 @@ if [[ -n "${CI:-}" ]]; then
   builddir=${CAIRN_BUILD_DIR:-build-ci}
   werror=true
   sanitize=address,undefined
+  # -O0: with the sanitizers, -O2 costs 5x the compile time (56 s vs 11 s of CPU for one
+  # CLI11 translation unit, measured with g++ 12) for tests that wait on I/O anyway.
+  buildtype=debug
 else
   builddir=${CAIRN_BUILD_DIR:-build}
   werror=false
   sanitize=none
+  buildtype=debugoptimized
 fi
 builddir=$(realpath -m -- "$builddir")
 # A sanitizer finding fails the test that hit it, with a stack trace.
