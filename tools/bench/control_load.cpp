@@ -1,9 +1,12 @@
-// Load driver for the control-service benchmark (issue 3, "Benchmark"): simulates N nodes in
-// one process (one io_context, one thread), enrolls them through the real /v1/enroll, keeps
-// one mTLS connection per node open and sends heartbeats open-loop at a fixed rate, then does
-// the same against a trivial HTTPS responder so the ratio shows what logic and storage cost.
+// Load driver for the control-service benchmark (issue 3, "Benchmark"; issue 12 adds nginx):
+// simulates N nodes in one process (one io_context, one thread), enrolls them through the real
+// /v1/enroll, keeps one mTLS connection per node open and sends heartbeats open-loop at a fixed
+// rate, then does the same against a trivial HTTPS responder (what our logic and storage cost)
+// and against nginx answering `return 200` with the same certificates (a stock, widely deployed
+// mTLS server as the anchor).
 // Latency is measured from each request's *scheduled* send time, so a slow server cannot hide
 // its queueing by slowing the driver down (no coordinated omission).
+#include <dirent.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -55,6 +58,8 @@ struct Options {
   int target_pid = 0;
   std::string baseline;  // HOST:PORT of trivial_responder ("" = skip)
   int baseline_pid = 0;
+  std::string nginx;     // HOST:PORT of the nginx anchor ("" = skip)
+  int nginx_pid = 0;     // its master: the figures sum the master and its workers
   std::string ca_file;
   std::string token;
   std::string db;        // control.db, to count persisted heartbeats ("" = skip)
@@ -79,6 +84,8 @@ Options parse_options(int argc, char** argv) {
     else if (flag == "--target-pid") o.target_pid = std::stoi(value());
     else if (flag == "--baseline") o.baseline = value();
     else if (flag == "--baseline-pid") o.baseline_pid = std::stoi(value());
+    else if (flag == "--nginx") o.nginx = value();
+    else if (flag == "--nginx-pid") o.nginx_pid = std::stoi(value());
     else if (flag == "--ca") o.ca_file = value();
     else if (flag == "--token") o.token = value();
     else if (flag == "--db") o.db = value();
@@ -106,37 +113,70 @@ tcp::endpoint parse_endpoint(const std::string& text) {
   return {asio::ip::make_address(host), static_cast<std::uint16_t>(std::stoi(text.substr(colon + 1)))};
 }
 
-// --- the target process, from /proc ------------------------------------------------------
+// --- the target processes, from /proc ---------------------------------------------------
+// A target is a process and its direct children (nginx: the master and its workers; control
+// and the trivial responder have none). RSS is summed over them, as `ps` users would add it up;
+// PSS (proportional set size) is summed too, since the workers share pages with the master
+// (code, libraries, copy-on-write configuration) that an RSS sum counts once per process.
 
 struct ProcSample {
-  double cpu_s = 0;  // utime + stime
+  double cpu_s = 0;  // utime + stime, summed
   double rss_mib = 0;
-  double hwm_mib = 0;
+  double hwm_mib = 0;  // VmHWM, summed (each process's own peak)
+  double pss_mib = 0;
+  int processes = 0;
 };
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Fields after the ")" closing comm, numbered as in man 5 proc (state is field 3).
+std::vector<std::string> stat_fields(int pid) {
+  const std::string text = read_text("/proc/" + std::to_string(pid) + "/stat");
+  std::vector<std::string> fields;
+  const auto close = text.rfind(')');
+  if (close == std::string::npos || close + 2 > text.size()) return fields;
+  std::istringstream in(text.substr(close + 2));
+  fields.resize(3);  // 1 = pid, 2 = comm: not kept
+  for (std::string f; in >> f;) fields.push_back(f);
+  return fields;
+}
+
+std::vector<int> process_tree(int pid) {
+  std::vector<int> pids{pid};
+  DIR* dir = ::opendir("/proc");
+  if (dir == nullptr) return pids;
+  while (const dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const int child = std::stoi(name);
+    const auto f = stat_fields(child);
+    if (f.size() > 4 && f[4] == std::to_string(pid)) pids.push_back(child);  // field 4: ppid
+  }
+  ::closedir(dir);
+  return pids;
+}
 
 ProcSample sample_proc(int pid) {
   ProcSample s;
   if (pid <= 0) return s;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  // Fields after the ")" closing comm; utime and stime are fields 14 and 15 (man 5 proc).
-  const auto close = text.rfind(')');
-  if (close != std::string::npos) {
-    std::istringstream in(text.substr(close + 2));
-    std::string field;
-    double utime = 0, stime = 0;
-    for (int i = 3; i <= 15 && in >> field; ++i) {
-      if (i == 14) utime = std::stod(field);
-      if (i == 15) stime = std::stod(field);
+  for (const int p : process_tree(pid)) {
+    const auto f = stat_fields(p);
+    if (f.size() <= 15) continue;  // gone
+    ++s.processes;
+    s.cpu_s += (std::stod(f[14]) + std::stod(f[15])) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+    auto kib_of = [](const std::string& line) { return std::stod(line.substr(line.find(':') + 1)) / 1024.0; };
+    std::istringstream status(read_text("/proc/" + std::to_string(p) + "/status"));
+    for (std::string line; std::getline(status, line);) {
+      if (line.starts_with("VmRSS:")) s.rss_mib += kib_of(line);
+      if (line.starts_with("VmHWM:")) s.hwm_mib += kib_of(line);
     }
-    s.cpu_s = (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
-  }
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    auto kib = [&] { return std::stod(line.substr(line.find(':') + 1)) / 1024.0; };
-    if (line.starts_with("VmRSS:")) s.rss_mib = kib();
-    if (line.starts_with("VmHWM:")) s.hwm_mib = kib();
+    std::istringstream rollup(read_text("/proc/" + std::to_string(p) + "/smaps_rollup"));
+    for (std::string line; std::getline(rollup, line);) {
+      if (line.starts_with("Pss:")) s.pss_mib += kib_of(line);
+    }
   }
   return s;
 }
@@ -181,7 +221,7 @@ std::string heartbeat_body(const Node& node, std::size_t index, const std::strin
                {"zone", "zone-" + std::to_string(index % 4)},
                {"rack", "rack-" + std::to_string(index % 40)},
                {"pool", "batch"}};
-  return cairn::protocol::to_json(hb).dump();
+  return cairn::dump_json(cairn::protocol::to_json(hb));
 }
 
 // One keep-alive TLS connection: connect + handshake, then request/response in turn.
@@ -288,7 +328,7 @@ EnrollFigures enroll_all(asio::io_context& ioc, SSL_CTX* ctx, const tcp::endpoin
     req.identity = {n.id, "local", "bench", "", "", "", "", "bench-" + n.id.substr(0, 8)};
     req.csr_pem = std::move(*csr);
     req.labels = {{"bench", "true"}};
-    n.enroll_request = http_post(host, "/v1/enroll", cairn::protocol::to_json(req).dump(),
+    n.enroll_request = http_post(host, "/v1/enroll", cairn::dump_json(cairn::protocol::to_json(req)),
                                  "Authorization: Bearer " + o.token + "\r\n");
   }
   fig.keygen_seconds = std::chrono::duration<double>(Clock::now() - keygen_start).count();
@@ -344,13 +384,16 @@ struct LoadFigures {
   int connect_failed = 0;
   double connect_seconds = 0;
   double rss_connected_idle_mib = 0;
+  double pss_connected_idle_mib = 0;
+  int processes = 0;  // the target process and its children (nginx: master + workers)
   double offered_per_s = 0;
   double achieved_per_s = 0;
   std::uint64_t sent = 0;        // in the measured window
   std::uint64_t ok_total = 0;    // every 200, warm-up and drain included
   std::uint64_t errors = 0;      // in the measured window: non-200, broken connection, timeout
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0;
-  double rss_end_mib = 0, rss_max_mib = 0, hwm_mib = 0;
+  double rss_end_mib = 0, rss_max_mib = 0, hwm_mib = 0, pss_max_mib = 0;
+  std::size_t answer_body_bytes = 0;  // of the last 200 answer: the answers compared are the same size
   double cpu_percent = 0;         // of one core, over the measured window
   double driver_cpu_percent = 0;  // the driver itself
   std::string first_error;
@@ -417,7 +460,12 @@ LoadFigures run_load(asio::io_context& ioc, SSL_CTX* ctx, const std::string& nam
     ioc.run();
     ioc.restart();
   }
-  fig.rss_connected_idle_mib = sample_proc(pid).rss_mib;
+  {
+    const ProcSample idle = sample_proc(pid);
+    fig.rss_connected_idle_mib = idle.rss_mib;
+    fig.pss_connected_idle_mib = idle.pss_mib;
+    fig.processes = idle.processes;
+  }
 
   const auto t0 = Clock::now() + std::chrono::milliseconds(10);
   const auto window_start = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.warmup_s));
@@ -463,6 +511,7 @@ LoadFigures run_load(asio::io_context& ioc, SSL_CTX* ctx, const std::string& nam
       }
       if (status == 200) {
         ++fig.ok_total;
+        fig.answer_body_bytes = body.size();
         if (in_window(c.current)) {
           latencies_us.push_back(static_cast<std::uint32_t>(
               std::chrono::duration_cast<std::chrono::microseconds>(now - c.current).count()));
@@ -477,9 +526,11 @@ LoadFigures run_load(asio::io_context& ioc, SSL_CTX* ctx, const std::string& nam
 
   asio::steady_timer tick(ioc);
   asio::steady_timer sampler(ioc);
-  double rss_max = 0;
+  double rss_max = 0, pss_max = 0;
   std::function<void()> sample = [&] {
-    rss_max = std::max(rss_max, sample_proc(pid).rss_mib);
+    const ProcSample now = sample_proc(pid);
+    rss_max = std::max(rss_max, now.rss_mib);
+    pss_max = std::max(pss_max, now.pss_mib);
     if (!scheduling) return;
     sampler.expires_after(std::chrono::milliseconds(500));
     sampler.async_wait([&](beast::error_code ec) {
@@ -520,6 +571,7 @@ LoadFigures run_load(asio::io_context& ioc, SSL_CTX* ctx, const std::string& nam
       fig.rss_end_mib = at_end.rss_mib;
       fig.hwm_mib = at_end.hwm_mib;
       rss_max = std::max(rss_max, at_end.rss_mib);
+      pss_max = std::max(pss_max, at_end.pss_mib);
       sampler.cancel();
       // Give what is in flight 15 s to come back; what does not is a timeout.
       tick.expires_after(std::chrono::seconds(15));
@@ -560,6 +612,7 @@ LoadFigures run_load(asio::io_context& ioc, SSL_CTX* ctx, const std::string& nam
   ioc.restart();
 
   fig.rss_max_mib = rss_max;
+  fig.pss_max_mib = pss_max;
   fig.offered_per_s = static_cast<double>(fig.sent) / o.duration_s;
   fig.achieved_per_s = static_cast<double>(ok_in_window) / o.duration_s;
   std::sort(latencies_us.begin(), latencies_us.end());
@@ -607,18 +660,35 @@ cairn::Json figures_json(const LoadFigures& f) {
           {"connect_failed", f.connect_failed},
           {"connect_seconds", f.connect_seconds},
           {"handshakes_per_s", f.connect_seconds > 0 ? f.connected / f.connect_seconds : 0},
+          {"processes", f.processes},
           {"rss_connected_idle_mib", f.rss_connected_idle_mib},
+          {"pss_connected_idle_mib", f.pss_connected_idle_mib},
           {"heartbeats_offered_per_s", f.offered_per_s},
           {"heartbeats_per_s", f.achieved_per_s},
           {"sent_in_window", f.sent},
           {"ok_total", f.ok_total},
           {"errors", f.errors},
+          {"answer_body_bytes", f.answer_body_bytes},
           {"latency_ms", {{"p50", f.p50_ms}, {"p90", f.p90_ms}, {"p99", f.p99_ms}, {"p999", f.p999_ms},
                           {"max", f.max_ms}}},
           {"rss_mib", {{"end", f.rss_end_mib}, {"max_in_window", f.rss_max_mib}, {"peak_vmhwm", f.hwm_mib}}},
+          {"pss_mib", {{"max_in_window", f.pss_max_mib}}},
           {"cpu_percent_of_one_core", f.cpu_percent},
           {"driver_cpu_percent_of_one_core", f.driver_cpu_percent},
           {"first_error", f.first_error}};
+}
+
+double ratio(double a, double b) { return b > 0 ? a / b : 0; }
+
+// cairn-control's figures over another target's (> 1: control has more of it).
+cairn::Json ratios_json(const LoadFigures& ours, const LoadFigures& other) {
+  return {{"heartbeats_per_s", ratio(ours.achieved_per_s, other.achieved_per_s)},
+          {"p50", ratio(ours.p50_ms, other.p50_ms)},
+          {"p99", ratio(ours.p99_ms, other.p99_ms)},
+          {"cpu", ratio(ours.cpu_percent, other.cpu_percent)},
+          {"rss_idle", ratio(ours.rss_connected_idle_mib, other.rss_connected_idle_mib)},
+          {"rss_max", ratio(ours.rss_max_mib, other.rss_max_mib)},
+          {"pss_max", ratio(ours.pss_max_mib, other.pss_max_mib)}};
 }
 
 std::string num(double v, int precision = 1) {
@@ -627,31 +697,43 @@ std::string num(double v, int precision = 1) {
   return buf;
 }
 
-void print_table(const LoadFigures& ours, const std::optional<LoadFigures>& base) {
-  std::printf("\n%-34s %16s %16s %10s\n", "metric", "cairn-control", "trivial", "ratio");
-  auto row = [&](const char* name, double a, double b, int precision) {
-    std::printf("%-34s %16s %16s %10s\n", name, num(a, precision).c_str(), base ? num(b, precision).c_str() : "-",
-                base && b != 0 ? (num(a / b, 2) + "x").c_str() : "-");
+// One column per target, then cairn-control / each other target.
+void print_table(const std::vector<LoadFigures>& columns) {
+  const LoadFigures& ours = columns.front();
+  std::printf("\n%-36s", "metric");
+  for (const auto& c : columns) std::printf(" %14s", c.name.c_str());
+  for (std::size_t i = 1; i < columns.size(); ++i) std::printf(" %14s", ("ctl/" + columns[i].name).c_str());
+  std::printf("\n");
+  auto row = [&](const char* name, auto get, int precision) {
+    std::printf("%-36s", name);
+    for (const auto& c : columns) std::printf(" %14s", num(get(c), precision).c_str());
+    for (std::size_t i = 1; i < columns.size(); ++i) {
+      const double b = get(columns[i]);
+      std::printf(" %14s", b != 0 ? (num(get(ours) / b, 2) + "x").c_str() : "-");
+    }
+    std::printf("\n");
   };
-  const LoadFigures empty;
-  const LoadFigures& b = base ? *base : empty;
-  row("connections established", ours.connected, b.connected, 0);
-  row("connect phase (s)", ours.connect_seconds, b.connect_seconds, 1);
-  row("TLS handshakes/s (connect phase)", ours.connected / std::max(ours.connect_seconds, 1e-9),
-      b.connected / std::max(b.connect_seconds, 1e-9), 0);
-  row("heartbeats/s offered", ours.offered_per_s, b.offered_per_s, 0);
-  row("heartbeats/s achieved (200)", ours.achieved_per_s, b.achieved_per_s, 0);
-  row("latency p50 (ms)", ours.p50_ms, b.p50_ms, 2);
-  row("latency p90 (ms)", ours.p90_ms, b.p90_ms, 2);
-  row("latency p99 (ms)", ours.p99_ms, b.p99_ms, 2);
-  row("latency p99.9 (ms)", ours.p999_ms, b.p999_ms, 2);
-  row("latency max (ms)", ours.max_ms, b.max_ms, 2);
-  row("errors (window)", static_cast<double>(ours.errors), static_cast<double>(b.errors), 0);
-  row("RSS, N idle connections (MiB)", ours.rss_connected_idle_mib, b.rss_connected_idle_mib, 1);
-  row("RSS max in window (MiB)", ours.rss_max_mib, b.rss_max_mib, 1);
-  row("RSS peak VmHWM (MiB)", ours.hwm_mib, b.hwm_mib, 1);
-  row("server CPU (% of one core)", ours.cpu_percent, b.cpu_percent, 1);
-  row("driver CPU (% of one core)", ours.driver_cpu_percent, b.driver_cpu_percent, 1);
+  using F = const LoadFigures&;
+  row("processes (sum over)", [](F f) { return double(f.processes); }, 0);
+  row("connections established", [](F f) { return double(f.connected); }, 0);
+  row("connect phase (s)", [](F f) { return f.connect_seconds; }, 1);
+  row("TLS handshakes/s (connect phase)", [](F f) { return f.connected / std::max(f.connect_seconds, 1e-9); }, 0);
+  row("heartbeats/s offered", [](F f) { return f.offered_per_s; }, 0);
+  row("heartbeats/s achieved (200)", [](F f) { return f.achieved_per_s; }, 0);
+  row("answer body (bytes)", [](F f) { return double(f.answer_body_bytes); }, 0);
+  row("latency p50 (ms)", [](F f) { return f.p50_ms; }, 2);
+  row("latency p90 (ms)", [](F f) { return f.p90_ms; }, 2);
+  row("latency p99 (ms)", [](F f) { return f.p99_ms; }, 2);
+  row("latency p99.9 (ms)", [](F f) { return f.p999_ms; }, 2);
+  row("latency max (ms)", [](F f) { return f.max_ms; }, 2);
+  row("errors (window)", [](F f) { return double(f.errors); }, 0);
+  row("RSS, N idle connections (MiB)", [](F f) { return f.rss_connected_idle_mib; }, 1);
+  row("RSS max in window (MiB)", [](F f) { return f.rss_max_mib; }, 1);
+  row("RSS peak VmHWM (MiB)", [](F f) { return f.hwm_mib; }, 1);
+  row("PSS, N idle connections (MiB)", [](F f) { return f.pss_connected_idle_mib; }, 1);
+  row("PSS max in window (MiB)", [](F f) { return f.pss_max_mib; }, 1);
+  row("server CPU (% of one core)", [](F f) { return f.cpu_percent; }, 1);
+  row("driver CPU (% of one core)", [](F f) { return f.driver_cpu_percent; }, 1);
 }
 
 }  // namespace
@@ -690,10 +772,14 @@ int main(int argc, char** argv) {
     const LoadFigures ours = run_load(ioc, ctx.get(), "cairn-control", o.target, o.target_pid, o, nodes);
     const std::int64_t persisted = o.db.empty() ? -1 : persisted_heartbeats(o.db);
 
-    std::optional<LoadFigures> base;
+    std::vector<LoadFigures> columns{ours};
     if (!o.baseline.empty()) {
       std::cerr << "control_load: baseline (trivial responder), same load\n";
-      base = run_load(ioc, ctx.get(), "trivial", o.baseline, o.baseline_pid, o, nodes);
+      columns.push_back(run_load(ioc, ctx.get(), "trivial", o.baseline, o.baseline_pid, o, nodes));
+    }
+    if (!o.nginx.empty()) {
+      std::cerr << "control_load: anchor (nginx, return 200), same load\n";
+      columns.push_back(run_load(ioc, ctx.get(), "nginx", o.nginx, o.nginx_pid, o, nodes));
     }
 
     std::printf("enrollments: %d ok, %d failed in %.1f s = %.0f enrollments/s (%d concurrent; client key+CSR "
@@ -711,9 +797,10 @@ int main(int argc, char** argv) {
                   : persisted > answered ? "every answered heartbeat is stored; the rest lost their answer"
                                          : "LOST: answered 200 but not stored");
     }
-    print_table(ours, base);
-    if (!ours.first_error.empty()) std::printf("first error (cairn-control): %s\n", ours.first_error.c_str());
-    if (base && !base->first_error.empty()) std::printf("first error (trivial): %s\n", base->first_error.c_str());
+    print_table(columns);
+    for (const auto& c : columns) {
+      if (!c.first_error.empty()) std::printf("first error (%s): %s\n", c.name.c_str(), c.first_error.c_str());
+    }
 
     if (!o.out.empty()) {
       cairn::Json out = {
@@ -721,22 +808,27 @@ int main(int argc, char** argv) {
           {"rate", o.rate},
           {"duration_s", o.duration_s},
           {"warmup_s", o.warmup_s},
+          {"cores", static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN))},
           {"heartbeat_body_bytes", avg_body},
           {"enroll", {{"ok", enroll.ok}, {"failed", enroll.failed}, {"seconds", enroll.seconds},
                       {"per_s", enroll.ok / enroll.seconds}, {"concurrency", o.enroll_concurrency}}},
           {"persisted_heartbeats", persisted},
+          {"answered_heartbeats", ours.ok_total},
+          {"every_answered_heartbeat_persisted",
+           persisted >= 0 ? cairn::Json(persisted >= static_cast<std::int64_t>(ours.ok_total)) : cairn::Json()},
           {"cairn_control", figures_json(ours)},
       };
-      if (base) {
-        out["trivial"] = figures_json(*base);
-        out["ratio"] = {{"p50", base->p50_ms > 0 ? ours.p50_ms / base->p50_ms : 0},
-                        {"p99", base->p99_ms > 0 ? ours.p99_ms / base->p99_ms : 0},
-                        {"cpu", base->cpu_percent > 0 ? ours.cpu_percent / base->cpu_percent : 0},
-                        {"rss_max", base->rss_max_mib > 0 ? ours.rss_max_mib / base->rss_max_mib : 0}};
+      // "ratio" (vs the trivial responder) keeps its issue-3 name; "ratio_vs_nginx" is new.
+      for (std::size_t i = 1; i < columns.size(); ++i) {
+        out[columns[i].name] = figures_json(columns[i]);
+        out[columns[i].name == "trivial" ? "ratio" : "ratio_vs_" + columns[i].name] = ratios_json(ours, columns[i]);
       }
-      std::ofstream(o.out) << out.dump(2) << "\n";
+      std::ofstream file(o.out);
+      file << cairn::dump_json(out, 2) << "\n";
+      if (!file) die("cannot write " + o.out);
     }
-    return 0;
+    const bool lost = persisted >= 0 && persisted < static_cast<std::int64_t>(ours.ok_total);
+    return lost ? 2 : 0;
   } catch (const std::exception& e) {
     std::cerr << "control_load: " << e.what() << "\n";
     return 70;
