@@ -337,9 +337,13 @@ void Session::answer(Reply reply) {
 std::string Session::serialize(const Reply& reply, unsigned version) const {
   const auto reason = http::obsolete_reason(static_cast<http::status>(reply.status));
   std::string out;
-  out.reserve(192 + reply.body.size());
+  out.reserve(288 + reply.body.size());
   out.append("HTTP/1.1 ").append(std::to_string(reply.status)).append(" ").append(reason.data(), reason.size());
-  out.append("\r\nServer: cairn-control\r\nContent-Type: ").append(reply.content_type);
+  // The API is never a web page, but say so to anything that treats it as one (HSTS, no MIME
+  // sniffing, no caching of answers that may carry certificates or tokens).
+  out.append("\r\nServer: cairn-control\r\nStrict-Transport-Security: max-age=31536000"
+             "\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nContent-Type: ")
+      .append(reply.content_type);
   out.append("\r\nContent-Length: ").append(std::to_string(reply.body.size()));
   if (reply.status == 429) {
     out.append("\r\nRetry-After: ").append(std::to_string(shared_.enroll_bucket.retry_after_seconds()));
