@@ -77,7 +77,8 @@ TEST_CASE("cairn-agent identity exits 74 when the persist volume cannot hold ide
   auto j = cairn::parse_json(run.out, "cairn-agent output");
   REQUIRE(j);
   CHECK((*j)["ok"] == false);
-  CHECK((*j)["error"]["code"].is_string());
+  CHECK((*j)["error"]["code"] == "io");
+  CHECK((*j)["stage"] == "identity");
 }
 
 TEST_CASE("cairn-agent identity --json exits 0 with valid JSON when the host's bytes are not UTF-8") {

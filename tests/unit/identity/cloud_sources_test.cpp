@@ -12,6 +12,7 @@
 #include "tests/unit/identity/helpers.hpp"
 
 using cairn::identity::Outcome;
+using cairn::test::answer;
 using cairn::test::attempt_of;
 using cairn::test::contains;
 using cairn::test::FakeCloud;
@@ -112,22 +113,22 @@ TEST_CASE("AWS IMDSv2 refuses requests without a session token or a valid TTL") 
   auto http = cairn::make_http_client();
   cairn::HttpRequest get;
   get.url = fake.base_url() + "/latest/dynamic/instance-identity/document";
-  CHECK(http->send(get)->status == 401);
+  CHECK(answer(*http, get).status == 401);
   cairn::HttpRequest put;
   put.method = "PUT";
   put.url = fake.base_url() + "/latest/api/token";
-  CHECK(http->send(put)->status == 400);  // no TTL header
+  CHECK(answer(*http, put).status == 400);  // no TTL header
   put.headers = {{"X-aws-ec2-metadata-token-ttl-seconds", "21601"}};
-  CHECK(http->send(put)->status == 400);  // TTL over 6 hours
+  CHECK(answer(*http, put).status == 400);  // TTL over 6 hours
   put.headers = {{"X-aws-ec2-metadata-token-ttl-seconds", "0"}};
-  CHECK(http->send(put)->status == 400);
+  CHECK(answer(*http, put).status == 400);
   put.headers = {{"X-aws-ec2-metadata-token-ttl-seconds", "21600"}};
-  auto token = http->send(put);
-  REQUIRE(token->status == 200);
-  get.headers = {{"X-aws-ec2-metadata-token", token->body}};
-  CHECK(http->send(get)->status == 200);
+  const auto token = answer(*http, put);
+  REQUIRE(token.status == 200);
+  get.headers = {{"X-aws-ec2-metadata-token", token.body}};
+  CHECK(answer(*http, get).status == 200);
   get.headers = {{"X-aws-ec2-metadata-token", "forged"}};
-  CHECK(http->send(get)->status == 401);
+  CHECK(answer(*http, get).status == 401);
 }
 
 TEST_CASE("AWS: an expired session token is refused and the source fetches a fresh one") {
@@ -159,21 +160,21 @@ TEST_CASE("GCP and Azure answer only requests carrying their metadata header, an
   FakeCloud gcp("gcp");
   cairn::HttpRequest request;
   request.url = gcp.base_url() + "/computeMetadata/v1/instance/id";
-  CHECK(http->send(request)->status == 403);
+  CHECK(answer(*http, request).status == 403);
   request.headers = {{"Metadata-Flavor", "Google"}};
-  auto ok = http->send(request);
-  CHECK(ok->status == 200);
-  CHECK(ok->header("metadata-flavor") == "Google");
+  const auto ok = answer(*http, request);
+  CHECK(ok.status == 200);
+  CHECK(ok.header("metadata-flavor") == "Google");
 
   FakeCloud azure("azure");
   request.headers.clear();
   request.url = azure.base_url() + "/metadata/instance?api-version=2021-02-01";
-  CHECK(http->send(request)->status == 400);  // no Metadata: true
+  CHECK(answer(*http, request).status == 400);  // no Metadata: true
   request.headers = {{"Metadata", "true"}};
   request.url = azure.base_url() + "/metadata/instance";
-  CHECK(http->send(request)->status == 400);  // no api-version
+  CHECK(answer(*http, request).status == 400);  // no api-version
   request.url = azure.base_url() + "/metadata/instance?api-version=2021-02-01";
-  CHECK(http->send(request)->status == 200);
+  CHECK(answer(*http, request).status == 200);
 
   const auto refused_before_gcp = gcp.refused();
   const auto refused_before_azure = azure.refused();
