@@ -198,7 +198,8 @@ Discovery discover(const Config& config, const std::vector<std::unique_ptr<Sourc
   Discovery out;
   out.hint = read_platform_hint(config.root);
   const auto cloud_deadline = start + config.cloud_budget;
-  const std::string shared_budget = "the clouds' shared " + ms_text(config.cloud_budget) + " budget";
+  const std::string shared_budget =
+      "the clouds' shared " + ms_text(config.cloud_budget) + " budget";
   std::vector<MissedCloud> missed;
 
   for (const auto& source : sources) {

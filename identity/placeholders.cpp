@@ -117,7 +117,9 @@ std::optional<std::string> placeholder_uuid_reason(const Uuid& uuid) {
   const auto text = uuid.str();
   if (text == kKnownPlaceholder) return "a BIOS default shipped on many boards";
   if (auto shape = shape_of(uuid.bytes)) return shape;
-  if (auto shape = shape_of(swap_fields(uuid.bytes))) return *shape + " (first three fields byte-swapped)";
+  if (auto shape = shape_of(swap_fields(uuid.bytes))) {
+    return *shape + ", with the first three fields byte-swapped";
+  }
   return std::nullopt;
 }
 

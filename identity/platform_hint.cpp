@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <initializer_list>
 
 #include "common/fs.hpp"
 #include "identity/placeholders.hpp"

@@ -39,7 +39,8 @@ SourceResult AzureSource::probe(Context& context) {
     } else if (smbios_byte_swapped(*dmi) == *uuid) {
       relation = "; vmId is the DMI product_uuid byte-swapped (Gen1): the DMI form names the node";
     } else {
-      relation = "; vmId differs from the DMI product_uuid " + dmi->str() + ", which names the node";
+      relation =
+          "; vmId differs from the DMI product_uuid " + dmi->str() + ", which names the node";
     }
   }
   Identity id;

@@ -136,7 +136,7 @@ TEST_CASE("placeholder DMI UUIDs and strings are skipped with the reason, and th
   const Case cases[] = {
       {"00000000-0000-0000-0000-000000000000", "every byte is 0x00"},
       {"FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "every byte is 0xff"},
-      {"03000200-0400-0500-0006-000700080009", "sequential 16-bit words (first three fields byte-swapped)"},
+      {"03000200-0400-0500-0006-000700080009", "sequential 16-bit words, with the first three fields byte-swapped"},
       {"00020003-0004-0005-0006-000700080009", "sequential 16-bit words"},
       {"12345678-1234-5678-1234-567812345678", "repeated"},
       {"Not Settable", "is 'Not Settable', a firmware placeholder"},

@@ -25,12 +25,12 @@ TEST_CASE("placeholder DMI UUIDs are recognised by their shape, in either byte o
       {"ffffff00-ffff-ffff-ffff-ffffffffffff", "15 of 16 bytes are 0xff"},
       {"00000000-0000-0000-0000-0cc47a1b2c3d", "10 of 16 bytes are 0x00"},
       // The widely reported AMI default, as the kernel prints it and in raw byte order.
-      {"03000200-0400-0500-0006-000700080009", "sequential 16-bit words (first three fields byte-swapped)"},
+      {"03000200-0400-0500-0006-000700080009", "sequential 16-bit words, with the first three fields byte-swapped"},
       {"00020003-0004-0005-0006-000700080009", "sequential 16-bit words"},
       // The same counter with junk between the counting bytes.
-      {"03d40274-0435-05dc-8506-010700080009", "every other byte counts up (first three fields byte-swapped)"},
+      {"03d40274-0435-05dc-8506-010700080009", "every other byte counts up, with the first three fields byte-swapped"},
       {"00010203-0405-0607-0809-0a0b0c0d0e0f", "sequential bytes"},
-      {"03020100-0504-0706-0809-0a0b0c0d0e0f", "sequential bytes (first three fields byte-swapped)"},
+      {"03020100-0504-0706-0809-0a0b0c0d0e0f", "sequential bytes, with the first three fields byte-swapped"},
       {"00000001-0000-0002-0000-000300000004", "12 of 16 bytes are 0x00"},
       {"10203040-1121-3141-1222-324213233343", "sequential 32-bit words"},
       {"01234567-89ab-cdef-0123-456789abcdef", "sequential hex digits"},
