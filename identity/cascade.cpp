@@ -12,6 +12,7 @@
 #include "identity/sources/hetzner.hpp"
 #include "identity/sources/local.hpp"
 #include "identity/sources/openstack.hpp"
+#include "identity/text.hpp"
 
 namespace cairn::identity {
 namespace {
@@ -35,6 +36,31 @@ Status check_cloud_name(const std::string& name, std::string_view where) {
   return fail(Errc::config, std::string(where) + ": unknown cloud '" + name + "'",
               "use one of aws, gcp, azure, digitalocean, hetzner, openstack");
 }
+
+// Every string a source hands back is valid UTF-8 from here on: whatever bytes the host or
+// a metadata server sent, JSON dumps and the enrollment request can carry the result.
+void sanitise(SourceResult& r) {
+  r.reason = valid_utf8(r.reason);
+  if (r.identity) {
+    for (std::string* s : {&r.identity->platform, &r.identity->instance_id, &r.identity->region,
+                           &r.identity->zone, &r.identity->instance_type, &r.identity->hostname}) {
+      *s = valid_utf8(*s);
+    }
+  }
+  if (r.error) {
+    r.error->message = valid_utf8(r.error->message);
+    r.error->hint = valid_utf8(r.error->hint);
+  }
+}
+
+std::string ms_text(milliseconds ms) { return std::to_string(ms.count()) + " ms"; }
+
+// A cloud that was asked (hinted or forced) and did not answer, for the closing notes.
+struct MissedCloud {
+  std::string name;
+  std::string why_asked;  // "named by the DMI hint" / "forced by the configuration"
+  std::string reason;
+};
 
 }  // namespace
 
@@ -62,8 +88,13 @@ SourceResult SourceResult::failed(const Error& error) {
 }
 
 Context::Context(const Config& config, const PlatformHint& hint, HttpClient& http,
-                 const Clock& clock, Clock::MonoTime deadline)
-    : config_(config), hint_(hint), http_(http), clock_(clock), deadline_(deadline) {}
+                 const Clock& clock, Clock::MonoTime deadline, std::string budget)
+    : config_(config),
+      hint_(hint),
+      http_(http),
+      clock_(clock),
+      deadline_(deadline),
+      budget_(std::move(budget)) {}
 
 const Root& Context::root() const { return config_.root; }
 
@@ -79,8 +110,8 @@ std::string Context::base_url(std::string_view source, std::string_view fallback
 Result<HttpResponse> Context::fetch(HttpRequest request) {
   const auto left = std::chrono::duration_cast<milliseconds>(deadline_ - clock_.monotonic());
   if (left < milliseconds(2)) {
-    return fail(Errc::unavailable, request.method + " " + request.url +
-                                       ": not sent, the source's time budget is spent");
+    return fail(Errc::unavailable,
+                request.method + " " + request.url + ": not sent, " + budget_ + " is spent");
   }
   request.total_timeout = std::min(request.total_timeout, left);
   request.connect_timeout = std::min({request.connect_timeout, config_.connect_timeout, left});
@@ -167,6 +198,9 @@ Discovery discover(const Config& config, const std::vector<std::unique_ptr<Sourc
   Discovery out;
   out.hint = read_platform_hint(config.root);
   const auto cloud_deadline = start + config.cloud_budget;
+  const std::string shared_budget =
+      "the clouds' shared " + ms_text(config.cloud_budget) + " budget";
+  std::vector<MissedCloud> missed;
 
   for (const auto& source : sources) {
     const std::string name(source->name());
@@ -177,6 +211,8 @@ Discovery discover(const Config& config, const std::vector<std::unique_ptr<Sourc
       continue;
     }
     auto deadline = began + config.source_timeout;
+    std::string budget = "the source's " + ms_text(config.source_timeout) + " budget";
+    std::string why_asked;
     if (source->is_cloud()) {
       const bool forced = std::find(config.forced_clouds.begin(), config.forced_clouds.end(),
                                     name) != config.forced_clouds.end();
@@ -184,18 +220,28 @@ Discovery discover(const Config& config, const std::vector<std::unique_ptr<Sourc
         out.attempts.push_back({name, Outcome::skipped, "no DMI hint for " + name, {}});
         continue;
       }
+      why_asked = out.hint.names(name) ? "named by the DMI hint" : "forced by the configuration";
       if (began >= cloud_deadline) {
-        out.attempts.push_back(
-            {name, Outcome::skipped,
-             "not asked: the clouds' time budget (" +
-                 std::to_string(config.cloud_budget.count()) + " ms) is spent",
-             {}});
+        const std::string reason = "not asked: " + shared_budget + " is spent";
+        out.attempts.push_back({name, Outcome::skipped, reason, {}});
+        missed.push_back({name, why_asked, reason});
         continue;
       }
-      deadline = std::min(deadline, cloud_deadline);
+      if (cloud_deadline < deadline) {
+        deadline = cloud_deadline;
+        budget = shared_budget;
+      }
     }
-    Context context(config, out.hint, http, clock, deadline);
+    Context context(config, out.hint, http, clock, deadline, budget);
     SourceResult result = source->probe(context);
+    sanitise(result);
+    // A source that failed with its time used up was stopped by the budget, whatever the
+    // transport's message says: name the budget, the shared one in particular.
+    if (result.outcome == Outcome::failed && clock.monotonic() + milliseconds(2) >= deadline &&
+        budget == shared_budget && result.reason.find(shared_budget) == std::string::npos) {
+      result.reason += " (" + shared_budget + " ran out)";
+      if (result.error) result.error->message = result.reason;
+    }
     out.attempts.push_back({name, result.outcome, result.reason, since(clock, began)});
     if (result.outcome == Outcome::answered && result.identity) {
       out.identity = std::move(result.identity);
@@ -203,9 +249,17 @@ Discovery discover(const Config& config, const std::vector<std::unique_ptr<Sourc
     } else if (result.outcome == Outcome::failed && result.error) {
       out.error = result.error->with_context("identity source " + name);
     }
+    if (!why_asked.empty() && result.outcome != Outcome::answered) {
+      missed.push_back({name, why_asked, result.reason});
+    }
   }
   if (out.identity) {
     out.error.reset();
+    for (const auto& m : missed) {
+      out.notes.push_back(m.name + " was " + m.why_asked + " but did not answer (" + m.reason +
+                          "); " + out.identity->source + " answered instead, so " + m.name +
+                          "'s instance id, region and type are missing");
+    }
   } else if (!out.error) {
     out.error = Error{Errc::internal, "identity: no source answered and none failed",
                       "this is a bug: the local source always answers or fails"};
@@ -231,12 +285,17 @@ Json discovery_to_json(const Discovery& d) {
   }
   return {{"identity", d.identity ? identity_to_json(*d.identity) : Json(nullptr)},
           {"attempts", attempts},
+          {"notes", d.notes},
           {"platform_hint",
            {{"sys_vendor", d.hint.dmi.sys_vendor},
             {"product_name", d.hint.dmi.product_name},
             {"chassis_asset_tag", d.hint.dmi.chassis_asset_tag},
             {"bios_vendor", d.hint.dmi.bios_vendor},
-            {"clouds", d.hint.clouds}}},
+            {"bios_version", d.hint.dmi.bios_version},
+            {"product_serial", d.hint.dmi.product_serial},
+            {"hypervisor_uuid", d.hint.dmi.hypervisor_uuid},
+            {"clouds", d.hint.clouds},
+            {"notes", d.hint.notes}}},
           {"total_ms", static_cast<double>(d.total.count()) / 1000.0}};
 }
 

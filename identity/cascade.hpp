@@ -56,6 +56,9 @@ struct Discovery {
   std::optional<Identity> identity;  // set when a source answered
   std::optional<Error> error;        // set when none did (the last failure's code)
   std::vector<Attempt> attempts;     // every source, in cascade order
+  // When a cloud was hinted or forced but a later source answered: which, and why the
+  // cloud did not (its reason blames the clouds' shared budget when that ran out).
+  std::vector<std::string> notes;
   PlatformHint hint;
   std::chrono::microseconds total{0};
 };

@@ -51,8 +51,10 @@ struct SourceResult {
 // source's share of the time budget, the clock.
 class Context {
  public:
+  // `budget` names what `deadline` comes from, for reasons: "the source's 600 ms" or
+  // "the clouds' shared 1200 ms budget".
   Context(const Config& config, const PlatformHint& hint, HttpClient& http, const Clock& clock,
-          Clock::MonoTime deadline);
+          Clock::MonoTime deadline, std::string budget = "the source's time budget");
 
   [[nodiscard]] const Config& config() const { return config_; }
   [[nodiscard]] const Root& root() const;
@@ -64,6 +66,8 @@ class Context {
   // Sends request with its connect/total timeouts and size cap clamped to what is left of
   // this source's time budget. Errc::unavailable without sending when the budget is spent.
   Result<HttpResponse> fetch(HttpRequest request);
+  [[nodiscard]] Clock::MonoTime deadline() const { return deadline_; }
+  [[nodiscard]] const std::string& budget() const { return budget_; }
 
  private:
   const Config& config_;
@@ -71,6 +75,7 @@ class Context {
   HttpClient& http_;
   const Clock& clock_;
   Clock::MonoTime deadline_;
+  std::string budget_;
 };
 
 class Source {

@@ -1,5 +1,6 @@
 // `cairn-agent identity [--explain]`: runs the identity cascade (identity/cascade.hpp) and
-// prints who this node is; --explain lists every source with its outcome, reason and time.
+// prints who this node is; --explain lists every source with its outcome, reason and time,
+// and notes what the evidence ignored and which hinted cloud did not answer and why.
 // The one state it may write is the local identity.json, created once when no other source
 // answers (DESIGN.md, "Boot flow" step 2), so that the id it prints is the one boot will use.
 #include <cstdio>
@@ -48,7 +49,10 @@ std::string human_attempts(const identity::Discovery& d) {
   for (const auto& c : d.hint.clouds) clouds += (clouds.empty() ? "" : ", ") + c;
   out += "DMI hint: " + (clouds.empty() ? std::string("no cloud") : clouds) +
          (d.hint.dmi.sys_vendor.empty() ? "" : " (sys_vendor '" + d.hint.dmi.sys_vendor + "')") +
-         "\ntotal: " + ms_text(d.total) + "\n";
+         "\n";
+  for (const auto& note : d.hint.notes) out += "note: " + note + "\n";
+  for (const auto& note : d.notes) out += "note: " + note + "\n";
+  out += "total: " + ms_text(d.total) + "\n";
   return out;
 }
 

@@ -4,6 +4,11 @@
 
 namespace cairn::agent {
 
+protocol::NodeIdentity to_node_identity(const identity::Identity& id) {
+  return protocol::NodeIdentity{id.uuid.str(), id.source,        id.platform,      id.instance_id,
+                                id.region,     id.zone,          id.instance_type, id.hostname};
+}
+
 Result<protocol::NodeIdentity> discover_node_identity(const AgentConfig& config) {
   auto http = make_http_client();
   const auto found = identity::discover(config.identity, *http);
@@ -11,9 +16,7 @@ Result<protocol::NodeIdentity> discover_node_identity(const AgentConfig& config)
     return fail(found.error.value_or(Error{Errc::internal, "no identity source answered", {}})
                     .with_context("identity"));
   }
-  const auto& id = *found.identity;
-  return protocol::NodeIdentity{id.uuid.str(), id.source,        id.platform,      id.instance_id,
-                                id.region,     id.zone,          id.instance_type, id.hostname};
+  return to_node_identity(*found.identity);
 }
 
 }  // namespace cairn::agent

@@ -1,6 +1,7 @@
 #include "identity/sources/azure.hpp"
 
 #include "common/json.hpp"
+#include "identity/placeholders.hpp"
 #include "identity/sources/metadata.hpp"
 
 namespace cairn::identity {
@@ -26,12 +27,24 @@ SourceResult AzureSource::probe(Context& context) {
                            ? (*json)["compute"]
                            : Json::object();
   const auto vm_id = string_field(compute, "vmId");
-  // vmId is what Azure names the VM by; its DMI product_uuid is the same UUID with the first
-  // three fields byte-swapped on Gen1 VMs, so the metadata value is the reliable one.
   auto uuid = parse_identity_uuid(vm_id);
   if (!uuid) return SourceResult::failed("Azure IMDS compute.vmId: " + uuid.error().message);
+  // vmId is the DMI product_uuid on Gen2 VMs and that UUID byte-swapped on Gen1 VMs. The
+  // node UUID follows cloud_node_uuid's rule (the DMI form when there is one), so a boot
+  // where IMDS does not answer and the DMI source does gives this same id.
+  std::string relation;
+  if (const auto& dmi = context.hint().product_uuid) {
+    if (*dmi == *uuid) {
+      relation = "; vmId equals the DMI product_uuid";
+    } else if (smbios_byte_swapped(*dmi) == *uuid) {
+      relation = "; vmId is the DMI product_uuid byte-swapped (Gen1): the DMI form names the node";
+    } else {
+      relation =
+          "; vmId differs from the DMI product_uuid " + dmi->str() + ", which names the node";
+    }
+  }
   Identity id;
-  id.uuid = *uuid;
+  id.uuid = cloud_node_uuid(context, *uuid);
   id.platform = "azure";
   id.instance_id = string_field(compute, "resourceId").empty() ? vm_id : string_field(compute, "resourceId");
   id.region = string_field(compute, "location");
@@ -41,7 +54,8 @@ SourceResult AzureSource::probe(Context& context) {
                       ? compute["osProfile"]
                       : Json::object();
   id.hostname = string_field(os, "computerName").empty() ? string_field(compute, "name") : string_field(os, "computerName");
-  return SourceResult::answered(std::move(id), "Azure IMDS api-version " + std::string(kApiVersion));
+  return SourceResult::answered(std::move(id),
+                                "Azure IMDS api-version " + std::string(kApiVersion) + relation);
 }
 
 }  // namespace cairn::identity

@@ -39,6 +39,7 @@ std::optional<std::string> cmdline_value(std::string_view cmdline, std::string_v
   std::optional<std::string> value;
   for (const auto& word : tokenize_cmdline(cmdline)) {
     const std::string_view w(word);
+    if (w == "--") break;  // the rest belongs to init (kernel/params.c, parse_args)
     if (w == key) {
       value = std::string();
     } else if (w.size() > key.size() && w.starts_with(key) && w[key.size()] == '=') {

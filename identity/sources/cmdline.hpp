@@ -16,7 +16,8 @@ std::vector<std::string> tokenize_cmdline(std::string_view cmdline);
 
 // The value of the LAST key=value word. Later words win, as the kernel's own parameter
 // parsing lets a later `foo=` override an earlier one (boot loaders append, so the last
-// word is the most specific). A bare `key` is the empty value.
+// word is the most specific). A bare `key` is the empty value. Words after a lone `--` are
+// init's arguments, not the kernel's, and are never read.
 std::optional<std::string> cmdline_value(std::string_view cmdline, std::string_view key);
 
 class CmdlineSource final : public Source {

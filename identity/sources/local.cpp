@@ -1,9 +1,14 @@
 #include "identity/sources/local.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 
+#include "common/fd.hpp"
 #include "common/fs.hpp"
 #include "common/json.hpp"
 #include "common/time.hpp"
@@ -25,6 +30,52 @@ Result<Uuid> parse_identity_file(std::string_view text) {
     return fail(Errc::data, "no \"uuid\" string");
   }
   return parse_identity_uuid((*json)["uuid"].get<std::string>());
+}
+
+std::string_view file_type(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "not a regular file";
+}
+
+Error not_regular(const std::filesystem::path& path, mode_t mode) {
+  return Error{Errc::io, path.string() + " is " + std::string(file_type(mode)) +
+                             ", not a regular file: refused (never opened)",
+               "remove it; the agent then writes a new identity.json"};
+}
+
+// The file's content, nullopt when it does not exist. Anything but a regular file (FIFO,
+// directory, device, socket) is refused from its stat, before any open: a FIFO would
+// block the boot and a device read may have side effects. The open itself is
+// O_NONBLOCK and checked again with fstat, so a file swapped in between cannot block it.
+Result<std::optional<std::string>> read_identity_file(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return std::optional<std::string>{};
+    return fail(Errc::io, "stat " + path.string() + ": " + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) return fail(not_regular(path, st.st_mode));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+  if (!fd) return fail(Errc::io, "open " + path.string() + ": " + std::strerror(errno));
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return fail(not_regular(path, st.st_mode));
+  }
+  std::string out;
+  char buf[8192];
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(Errc::io, "read " + path.string() + ": " + std::strerror(errno));
+    if (n == 0) break;
+    if (out.size() + static_cast<std::size_t>(n) > kMaxBytes) {
+      return fail(Errc::data, "larger than the limit of " + std::to_string(kMaxBytes) + " bytes");
+    }
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return std::optional<std::string>(std::move(out));
 }
 
 // Renames a corrupt file to <name>.corrupt-<unix seconds>, never over an earlier one.
@@ -50,7 +101,7 @@ Result<std::filesystem::path> set_aside(const std::filesystem::path& path, const
 SourceResult LocalSource::probe(Context& context) {
   const auto path = context.config().identity_file();
   std::string corrupt_note;
-  auto content = read_file_if_exists(path, kMaxBytes);
+  auto content = read_identity_file(path);
   if (!content && content.error().code != Errc::data) {
     return SourceResult::failed(content.error());  // unreadable: never replace what we cannot read
   }
@@ -70,7 +121,7 @@ SourceResult LocalSource::probe(Context& context) {
 
   const Uuid uuid = random_uuid();
   const Json doc = {{"uuid", uuid.str()}, {"created", format_rfc3339(context.clock().now())}};
-  if (auto written = write_file_atomic(path, doc.dump(2) + "\n", 0644); !written) {
+  if (auto written = write_file_atomic(path, dump_json(doc, 2) + "\n", 0644); !written) {
     return SourceResult::failed(Error{Errc::io, corrupt_note + written.error().message,
                                       "make the persist directory writable or pass --persist DIR"});
   }

@@ -18,6 +18,10 @@ Uuid cloud_node_uuid(const Context& context, std::string_view cloud, std::string
   return cloud_instance_uuid(cloud, instance_id);
 }
 
+Uuid cloud_node_uuid(const Context& context, const Uuid& cloud_uuid) {
+  return context.hint().product_uuid ? *context.hint().product_uuid : cloud_uuid;
+}
+
 std::string string_field(const Json& j, std::string_view key) {
   if (!j.is_object()) return {};
   auto it = j.find(key);

@@ -19,11 +19,17 @@ Result<HttpResponse> fetch_ok(Context& context, HttpRequest request);
 // holds another type there (metadata fields are optional facts, never worth a failure).
 std::string string_field(const Json& j, std::string_view key);
 
-// The node UUID of a cloud machine whose metadata carries no UUID (AWS, GCP, DigitalOcean,
-// Hetzner): the DMI product_uuid when the firmware gives a real one, so the identity stays
-// the same on a boot where the metadata server does not answer and the cascade falls
-// through to the DMI source; else a name-based UUID of "<cloud>:<instance_id>", stable
-// for the life of the instance and computable by an operator from the cloud's API.
+// The one rule for a cloud machine's node UUID, so the same machine keeps the same id on
+// every boot whichever source answers: the DMI product_uuid exactly as the kernel prints
+// it, whenever the firmware gives a real one (not a placeholder). The DMI source answers
+// with that same value on a boot where the metadata server does not, so both paths agree.
+// Only without a usable DMI UUID (unreadable as non-root, or a placeholder) does the
+// cloud's own id name the node: Azure's vmId and OpenStack's uuid as they are, and for
+// clouds without a UUID (AWS, GCP, DigitalOcean, Hetzner) a name-based UUID of
+// "<cloud>:<instance_id>", stable for the life of the instance and computable by an
+// operator from the cloud's API. (On Azure the DMI UUID is the vmId on Gen2 VMs and the
+// vmId byte-swapped on Gen1; the cloud's id stays in instance_id either way.)
 Uuid cloud_node_uuid(const Context& context, std::string_view cloud, std::string_view instance_id);
+Uuid cloud_node_uuid(const Context& context, const Uuid& cloud_uuid);
 
 }  // namespace cairn::identity

@@ -23,7 +23,7 @@ SourceResult OpenStackSource::probe(Context& context) {
   auto uuid = parse_identity_uuid(string_field(*json, "uuid"));
   if (!uuid) return SourceResult::failed("OpenStack meta_data.json uuid: " + uuid.error().message);
   Identity id;
-  id.uuid = *uuid;
+  id.uuid = cloud_node_uuid(context, *uuid);  // Nova sets the DMI UUID to this one on KVM
   id.platform = "openstack";
   id.instance_id = uuid->str();
   id.zone = string_field(*json, "availability_zone");

@@ -2,6 +2,8 @@
 // rules, with the real curl client in between.
 #include <doctest/doctest.h>
 
+#include <map>
+
 #include "common/http.hpp"
 #include "identity/cascade.hpp"
 #include "identity/name_uuid.hpp"
@@ -10,6 +12,7 @@
 #include "tests/unit/identity/helpers.hpp"
 
 using cairn::identity::Outcome;
+using cairn::test::answer;
 using cairn::test::attempt_of;
 using cairn::test::contains;
 using cairn::test::FakeCloud;
@@ -110,22 +113,22 @@ TEST_CASE("AWS IMDSv2 refuses requests without a session token or a valid TTL") 
   auto http = cairn::make_http_client();
   cairn::HttpRequest get;
   get.url = fake.base_url() + "/latest/dynamic/instance-identity/document";
-  CHECK(http->send(get)->status == 401);
+  CHECK(answer(*http, get).status == 401);
   cairn::HttpRequest put;
   put.method = "PUT";
   put.url = fake.base_url() + "/latest/api/token";
-  CHECK(http->send(put)->status == 400);  // no TTL header
+  CHECK(answer(*http, put).status == 400);  // no TTL header
   put.headers = {{"X-aws-ec2-metadata-token-ttl-seconds", "21601"}};
-  CHECK(http->send(put)->status == 400);  // TTL over 6 hours
+  CHECK(answer(*http, put).status == 400);  // TTL over 6 hours
   put.headers = {{"X-aws-ec2-metadata-token-ttl-seconds", "0"}};
-  CHECK(http->send(put)->status == 400);
+  CHECK(answer(*http, put).status == 400);
   put.headers = {{"X-aws-ec2-metadata-token-ttl-seconds", "21600"}};
-  auto token = http->send(put);
-  REQUIRE(token->status == 200);
-  get.headers = {{"X-aws-ec2-metadata-token", token->body}};
-  CHECK(http->send(get)->status == 200);
+  const auto token = answer(*http, put);
+  REQUIRE(token.status == 200);
+  get.headers = {{"X-aws-ec2-metadata-token", token.body}};
+  CHECK(answer(*http, get).status == 200);
   get.headers = {{"X-aws-ec2-metadata-token", "forged"}};
-  CHECK(http->send(get)->status == 401);
+  CHECK(answer(*http, get).status == 401);
 }
 
 TEST_CASE("AWS: an expired session token is refused and the source fetches a fresh one") {
@@ -157,21 +160,21 @@ TEST_CASE("GCP and Azure answer only requests carrying their metadata header, an
   FakeCloud gcp("gcp");
   cairn::HttpRequest request;
   request.url = gcp.base_url() + "/computeMetadata/v1/instance/id";
-  CHECK(http->send(request)->status == 403);
+  CHECK(answer(*http, request).status == 403);
   request.headers = {{"Metadata-Flavor", "Google"}};
-  auto ok = http->send(request);
-  CHECK(ok->status == 200);
-  CHECK(ok->header("metadata-flavor") == "Google");
+  const auto ok = answer(*http, request);
+  CHECK(ok.status == 200);
+  CHECK(ok.header("metadata-flavor") == "Google");
 
   FakeCloud azure("azure");
   request.headers.clear();
   request.url = azure.base_url() + "/metadata/instance?api-version=2021-02-01";
-  CHECK(http->send(request)->status == 400);  // no Metadata: true
+  CHECK(answer(*http, request).status == 400);  // no Metadata: true
   request.headers = {{"Metadata", "true"}};
   request.url = azure.base_url() + "/metadata/instance";
-  CHECK(http->send(request)->status == 400);  // no api-version
+  CHECK(answer(*http, request).status == 400);  // no api-version
   request.url = azure.base_url() + "/metadata/instance?api-version=2021-02-01";
-  CHECK(http->send(request)->status == 200);
+  CHECK(answer(*http, request).status == 200);
 
   const auto refused_before_gcp = gcp.refused();
   const auto refused_before_azure = azure.refused();
@@ -200,9 +203,18 @@ TEST_CASE("GCP: an answer without Metadata-Flavor: Google is not the metadata se
 }
 
 TEST_CASE("HTTP errors, oversized and malformed answers fail each cloud with a reason") {
+  // What each cloud's source says of a captive portal's HTML page.
+  const std::map<std::string, std::string> malformed = {
+      {"aws", "EC2 instance identity document: malformed JSON"},
+      {"gcp", "GCE metadata instance/id: not a numeric id ('<html>captive portal</html>')"},
+      {"azure", "Azure IMDS instance document: malformed JSON"},
+      {"digitalocean", "DigitalOcean metadata: malformed JSON"},
+      {"hetzner", "Hetzner metadata: no numeric instance-id ('')"},
+      {"openstack", "OpenStack meta_data.json: malformed JSON"},
+  };
   struct Case {
     Misbehaviour misbehaviour;
-    const char* reason;
+    std::string reason;  // empty: the cloud's own words from `malformed`
   };
   const Case cases[] = {
       {Misbehaviour::http_500, "HTTP 500"},
@@ -220,8 +232,8 @@ TEST_CASE("HTTP errors, oversized and malformed answers fail each cloud with a r
       auto d = run_cascade(config_for(host, cloud, fake));
       const auto& a = attempt_of(d, cloud);
       CHECK(a.outcome == Outcome::failed);
-      CHECK(contains(a.reason, c.reason));
-      CHECK_FALSE(a.reason.empty());
+      const std::string expected = c.reason.empty() ? malformed.at(cloud) : c.reason;
+      CHECK(contains(a.reason, expected));
       REQUIRE(d.identity);
       CHECK(d.identity->source == "local");
     }
@@ -280,4 +292,72 @@ TEST_CASE("without a DMI hint no cloud is probed: the fake servers see zero requ
   }
   REQUIRE(d.identity);
   CHECK(d.identity->source == "local");
+}
+
+TEST_CASE("Azure: the same machine keeps the same id whether IMDS or the DMI fallback answers") {
+  // vmId is the DMI product_uuid on Gen2 VMs and that UUID byte-swapped on Gen1 VMs
+  // (the fake's vmId is 02aab8a4-74ef-476e-8182-f6d2ba4166a6).
+  struct Case {
+    const char* generation;
+    const char* dmi_uuid;
+  };
+  const Case cases[] = {
+      {"Gen1", "A4B8AA02-EF74-6E47-8182-F6D2BA4166A6"},
+      {"Gen2", "02AAB8A4-74EF-476E-8182-F6D2BA4166A6"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.generation);
+    FakeHost host;
+    host.dmi("sys_vendor", "Microsoft Corporation");
+    host.dmi("chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77");
+    host.dmi("product_uuid", c.dmi_uuid);
+    FakeCloud fake("azure");
+    auto config = host.config();
+    config.base_urls["azure"] = fake.base_url();
+    auto with_imds = run_cascade(config);
+    REQUIRE(with_imds.identity);
+    CHECK(with_imds.identity->source == "azure");
+    CHECK(with_imds.identity->region == "westeurope");
+
+    fake.misbehave(Misbehaviour::http_500);
+    auto without = run_cascade(config);
+    REQUIRE(without.identity);
+    CHECK(without.identity->source == "dmi");
+    CHECK(without.identity->uuid == with_imds.identity->uuid);
+    CHECK(with_imds.identity->uuid.str() == cairn::parse_uuid(c.dmi_uuid)->str());
+  }
+}
+
+TEST_CASE("Azure: the answer says how vmId relates to the DMI UUID") {
+  FakeHost host;
+  host.dmi("chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77");
+  host.dmi("product_uuid", "A4B8AA02-EF74-6E47-8182-F6D2BA4166A6");
+  FakeCloud fake("azure");
+  auto config = host.config();
+  config.base_urls["azure"] = fake.base_url();
+  auto d = run_cascade(config);
+  CHECK(contains(attempt_of(d, "azure").reason, "vmId is the DMI product_uuid byte-swapped (Gen1)"));
+
+  // Without a readable DMI UUID (not root, or a placeholder) vmId itself names the node.
+  FakeHost bare;
+  bare.dmi("chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77");
+  config = bare.config();
+  config.base_urls["azure"] = fake.base_url();
+  d = run_cascade(config);
+  REQUIRE(d.identity);
+  CHECK(d.identity->uuid.str() == "02aab8a4-74ef-476e-8182-f6d2ba4166a6");
+}
+
+TEST_CASE("metadata answers that are not UTF-8 are carried as valid UTF-8") {
+  auto instance = cairn::test::default_fake_instance("gcp");
+  instance.hostname = "node\xff\xfe.c.project.internal";
+  instance.zone = "europe-west1-\xc3";
+  FakeHost host;
+  FakeCloud fake("gcp", instance);
+  auto d = run_cascade(config_for(host, "gcp", fake));
+  REQUIRE(d.identity);
+  CHECK(d.identity->source == "gcp");
+  CHECK(d.identity->hostname == "node\xef\xbf\xbd\xef\xbf\xbd.c.project.internal");
+  CHECK(d.identity->zone == "europe-west1-\xef\xbf\xbd");
+  CHECK_NOTHROW((void)cairn::identity::discovery_to_json(d).dump());
 }

@@ -40,6 +40,10 @@ TEST_CASE("cairn.id= takes the last occurrence, as the kernel lets a later param
       {"cairn.id", ""},
       {"cairn.identity=a xcairn.id=b", std::nullopt},
       {"cairn.id=a=b", "a=b"},
+      // After a lone "--" the words are init's (kernel/params.c parse_args stops there).
+      {"quiet -- cairn.id=a", std::nullopt},
+      {"cairn.id=a -- cairn.id=b", "a"},
+      {"cairn.id=a --x cairn.id=b", "b"},  // only a lone "--" ends the kernel's words
   };
   for (const auto& c : cases) {
     CAPTURE(c.line);

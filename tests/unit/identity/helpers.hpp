@@ -23,6 +23,15 @@ inline const identity::Attempt& attempt_of(const identity::Discovery& d, const s
   throw;  // unreachable: FAIL ends the test
 }
 
+// The response to request; the test stops here if there was none (a transport error), so
+// no check is skipped because an answer is missing.
+inline HttpResponse answer(HttpClient& http, const HttpRequest& request) {
+  auto response = http.send(request);
+  REQUIRE_MESSAGE(response.has_value(), request.method << " " << request.url << ": "
+                                                       << response.error().message);
+  return *response;
+}
+
 inline bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }

@@ -1,9 +1,18 @@
 // The sources that read the host: kernel command line, fw-cfg, DMI, local identity.json.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
 
 #include "common/fs.hpp"
+#include "common/json.hpp"
 #include "identity/cascade.hpp"
 #include "tests/unit/identity/fake_host.hpp"
 #include "tests/unit/identity/helpers.hpp"
@@ -119,16 +128,21 @@ TEST_CASE("DMI product_uuid answers when nothing earlier does") {
   CHECK(attempt_of(d, "local").outcome == Outcome::skipped);
 }
 
-TEST_CASE("all-zero, all-FF, empty and malformed DMI UUIDs fail and fall to the local identity") {
+TEST_CASE("placeholder DMI UUIDs and strings are skipped with the reason, and the cascade moves on") {
   struct Case {
     std::string content;
     std::string reason;
   };
   const Case cases[] = {
-      {"00000000-0000-0000-0000-000000000000", "nil UUID"},
-      {"FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "all-FF"},
-      {"", "empty"},
-      {"Not Settable", "not a UUID"},
+      {"00000000-0000-0000-0000-000000000000", "every byte is 0x00"},
+      {"FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "every byte is 0xff"},
+      {"03000200-0400-0500-0006-000700080009", "sequential 16-bit words, with the first three fields byte-swapped"},
+      {"00020003-0004-0005-0006-000700080009", "sequential 16-bit words"},
+      {"12345678-1234-5678-1234-567812345678", "repeated"},
+      {"Not Settable", "is 'Not Settable', a firmware placeholder"},
+      {"Not Present\n", "is 'Not Present', a firmware placeholder"},
+      {"To be filled by O.E.M.", "is 'To be filled by O.E.M.', a firmware placeholder"},
+      {"", "is '', a firmware placeholder"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.content);
@@ -136,12 +150,39 @@ TEST_CASE("all-zero, all-FF, empty and malformed DMI UUIDs fail and fall to the 
     host.write("sys/class/dmi/id/product_uuid", c.content);
     auto d = run_cascade(host.config());
     const auto& a = attempt_of(d, "dmi");
-    CHECK(a.outcome == Outcome::failed);
-    CHECK(contains(a.reason, "DMI product_uuid: "));
+    CHECK(a.outcome == Outcome::skipped);
+    CHECK(contains(a.reason, "DMI product_uuid"));
     CHECK(contains(a.reason, c.reason));
     REQUIRE(d.identity);
     CHECK(d.identity->source == "local");
   }
+}
+
+TEST_CASE("a malformed DMI UUID fails with the reason and falls to the local identity") {
+  FakeHost host;
+  host.write("sys/class/dmi/id/product_uuid", "6f1c1b8e-3c39-4d2b-9a51-0d8f1a2b3cXX");
+  auto d = run_cascade(host.config());
+  const auto& a = attempt_of(d, "dmi");
+  CHECK(a.outcome == Outcome::failed);
+  CHECK(contains(a.reason, "DMI product_uuid: not a UUID ('6f1c1b8e-3c39-4d2b-9a51-0d8f1a2b3cXX')"));
+  REQUIRE(d.identity);
+  CHECK(d.identity->source == "local");
+}
+
+TEST_CASE("words after -- on the kernel command line belong to init and are ignored") {
+  FakeHost host;
+  host.cmdline(std::string("console=ttyS0 -- cairn.id=") + kUuidA);
+  host.fw_cfg(kUuidB);
+  auto d = run_cascade(host.config());
+  CHECK(attempt_of(d, "cmdline").outcome == Outcome::skipped);
+  REQUIRE(d.identity);
+  CHECK(d.identity->source == "fw_cfg");
+
+  host.cmdline(std::string("cairn.id=") + kUuidA + " -- cairn.id=" + kUuidB);
+  d = run_cascade(host.config());
+  REQUIRE(d.identity);
+  CHECK(d.identity->source == "cmdline");
+  CHECK(d.identity->uuid.str() == kUuidA);
 }
 
 TEST_CASE("the local identity is created once and stable across runs") {
@@ -215,4 +256,78 @@ TEST_CASE("an unwritable persist directory fails with an I/O error") {
   CHECK(d.error->code == cairn::Errc::io);
   CHECK(attempt_of(d, "local").outcome == Outcome::failed);
   CHECK(contains(d.error->hint, "persist"));
+}
+
+TEST_CASE("an identity.json that is a FIFO, a directory or a device is refused, never opened") {
+  struct Case {
+    const char* kind;
+    std::function<void(const std::filesystem::path&)> make;
+  };
+  const Case cases[] = {
+      {"a FIFO", [](const auto& p) { REQUIRE(::mkfifo(p.c_str(), 0644) == 0); }},
+      {"a directory", [](const auto& p) { std::filesystem::create_directory(p); }},
+      {"a character device", [](const auto& p) { std::filesystem::create_symlink("/dev/null", p); }},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.kind);
+    FakeHost host;
+    std::filesystem::create_directories(host.identity_file().parent_path());
+    c.make(host.identity_file());
+    // Watchdog: should the source ever open the FIFO blocking, a writer opening it after
+    // 3 s lets that open return, so the test fails on the time check below instead of
+    // hanging. It ends at once when the cascade returns first.
+    std::mutex mutex;
+    std::condition_variable done_cv;
+    bool done = false;
+    std::thread watchdog([&] {
+      std::unique_lock lock(mutex);
+      if (done_cv.wait_for(lock, std::chrono::seconds(3), [&] { return done; })) return;
+      const int fd = ::open(host.identity_file().c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd >= 0) ::close(fd);
+    });
+    const auto start = std::chrono::steady_clock::now();
+    auto d = run_cascade(host.config());
+    const auto took = std::chrono::steady_clock::now() - start;
+    {
+      std::lock_guard lock(mutex);
+      done = true;
+    }
+    done_cv.notify_all();
+    watchdog.join();
+    CHECK(took < std::chrono::seconds(2));
+    const auto& a = attempt_of(d, "local");
+    CHECK(a.outcome == Outcome::failed);
+    CHECK(contains(a.reason, "identity.json is " + std::string(c.kind) + ", not a regular file"));
+    CHECK_FALSE(d.identity);
+    REQUIRE(d.error);
+    CHECK(contains(d.error->hint, "remove it"));
+    // Nothing was renamed or replaced.
+    CHECK(std::filesystem::exists(std::filesystem::symlink_status(host.identity_file())));
+    CHECK_FALSE(std::filesystem::is_regular_file(std::filesystem::symlink_status(host.identity_file())));
+  }
+}
+
+TEST_CASE("bytes that are not UTF-8 in DMI, fw-cfg and the command line never break the JSON") {
+  FakeHost host;
+  host.dmi("sys_vendor", "Vendor\xff\xfe");
+  host.dmi("product_name", "\xc3\x28" "board");
+  host.dmi("chassis_asset_tag", "tag\x80");
+  host.cmdline("quiet cairn.id=\xff\xfe\xfd");
+  host.fw_cfg("\xc0\xaf not a uuid");
+  host.write("sys/class/dmi/id/product_uuid", "\xed\xa0\x80 placeholder?");
+  auto d = run_cascade(host.config());
+  REQUIRE(d.identity);
+  CHECK(d.identity->source == "local");
+  CHECK(attempt_of(d, "cmdline").outcome == Outcome::failed);
+  CHECK(contains(attempt_of(d, "cmdline").reason, "not a UUID"));
+  CHECK(attempt_of(d, "fw_cfg").outcome == Outcome::failed);
+  CHECK(attempt_of(d, "dmi").outcome == Outcome::failed);
+  const auto j = cairn::identity::discovery_to_json(d);
+  // nlohmann's default dump throws on invalid UTF-8: this is the check that can fail.
+  CHECK_NOTHROW((void)j.dump());
+  CHECK(j["platform_hint"]["sys_vendor"] == "Vendor\xef\xbf\xbd\xef\xbf\xbd");
+  for (const auto& a : d.attempts) {
+    CAPTURE(a.source);
+    CHECK_NOTHROW((void)cairn::Json(a.reason).dump());
+  }
 }
