@@ -7,6 +7,7 @@
 #include <chrono>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -172,6 +173,11 @@ class Node {
     REQUIRE(clock_.advance_to_next_wake());
     REQUIRE_MESSAGE(clock_.wait_for_sleeper(), "the loop did not sleep again");
   }
+  // Turns until `done` holds; false if it still does not after `max_turns`.
+  bool turn_until(const std::function<bool()>& done, int max_turns = 200) {
+    for (int i = 0; i < max_turns && !done(); ++i) turn();
+    return done();
+  }
   // How long the loop chose to sleep (it is asleep now).
   [[nodiscard]] nanoseconds sleeping_for() const { return clock_.until_next_wake(); }
   void stop() {
@@ -288,7 +294,7 @@ TEST_CASE("rotation happens at 75% of the certificate lifetime, spread by the ji
     const auto enrolled_at = node.clock_.now();
     const auto first_serial = node.installed_cert().serial_hex;
     node.start();
-    while (node.clock_.now() < enrolled_at + hours(90) && node.control_.rotations().empty()) node.turn();
+    REQUIRE(node.turn_until([&] { return !node.control_.rotations().empty(); }, 90));
     const auto rotations = node.control_.rotations();
     REQUIRE(rotations.size() == 1);
     CHECK(rotations[0] == enrolled_at + c.due);  // the first turn at or after the due time
@@ -313,7 +319,7 @@ TEST_CASE("a failed rotation is retried every turn; from the second failure in a
   const auto enrolled_at = node.clock_.now();
   const auto first_serial = node.installed_cert().serial_hex;
   node.start();
-  while (node.control_.rotations().empty()) node.turn();
+  REQUIRE(node.turn_until([&] { return !node.control_.rotations().empty(); }));
   REQUIRE(node.clock_.now() == enrolled_at + hours(75));
 
   // First failure: retried, but no alert yet.
@@ -355,7 +361,7 @@ TEST_CASE("a failed rotation is retried every turn; from the second failure in a
   // The next certificate's rotation fails twice again: a new episode, a new id.
   node.control_.set_rotation_works(false);
   const auto rotated_at = node.clock_.now();
-  while (node.control_.rotations().size() < 8) node.turn();
+  REQUIRE(node.turn_until([&] { return node.control_.rotations().size() == 8; }));
   CHECK(node.clock_.now() == rotated_at + hours(76));  // 75 h due, then one retry
   alerts = rotation_alerts(node.control_.heartbeats().back().request);
   REQUIRE(alerts.size() == 1);
@@ -372,7 +378,7 @@ TEST_CASE("a certificate control issued but the node could not store is installe
   const auto blocker = node.config_.state_dir() / "certs/.current.tmp";
   std::filesystem::create_directories(blocker / "in-the-way");
   node.start();
-  while (node.control_.rotations().empty()) node.turn();
+  REQUIRE(node.turn_until([&] { return !node.control_.rotations().empty(); }));
   const auto issued_at = node.clock_.now();
   CHECK(node.installed_cert().serial_hex == first_serial);
   CHECK(node.status().rotation_failures == 1);
@@ -397,7 +403,7 @@ TEST_CASE("a restarted service keeps the rotation failure episode and its event 
   node.control_.set_interval(seconds(3600));
   node.control_.set_rotation_works(false);
   node.start();
-  while (node.control_.rotations().size() < 2) node.turn();
+  REQUIRE(node.turn_until([&] { return node.control_.rotations().size() == 2; }));
   const auto alerts = rotation_alerts(node.control_.heartbeats().back().request);
   REQUIRE(alerts.size() == 1);
   const auto acked = node.status().heartbeats_acked;
