@@ -144,7 +144,9 @@ Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIden
   if (!installed && !options.force) return fail(installed.error());
   if (installed && *installed && !options.force) {
     const auto problem = credentials_problem(**installed, identity.node_id, clock.now());
-    if (problem.empty()) return EnrollOutcome{true, identity.node_id, (*installed)->cert};
+    if (problem.empty()) {
+      return EnrollOutcome{true, identity.node_id, (*installed)->cert, enrolled_control_url(config).value_or("")};
+    }
     log::info("enroll.again", {{"node", identity.node_id}, {"reason", problem}});
   }
   // Enrolling again (an expired certificate): the control service the node enrolled with.
@@ -176,7 +178,7 @@ Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIden
   const auto& info = checked->info;
   log::info("enroll.ok", {{"node", identity.node_id}, {"serial", info.serial_hex},
                           {"not_after", format_rfc3339(info.not_after)}});
-  return EnrollOutcome{false, identity.node_id, info};
+  return EnrollOutcome{false, identity.node_id, info, *control_url};
 }
 
 Result<IssuedCredentials> request_rotation(ControlClient& client, const std::string& node_id,

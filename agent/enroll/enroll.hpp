@@ -23,6 +23,7 @@ struct EnrollOutcome {
   bool already_enrolled = false;
   std::string node_id;
   CertInfo cert;
+  std::string control_url;  // the service enrolled with (configured, else enrollment.json)
 };
 
 // TLS options to reach the control service: the configured CA bundle or key pin, else the

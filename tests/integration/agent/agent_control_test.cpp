@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -439,10 +440,16 @@ TEST_CASE("a node off past its certificate's expiry is told to re-enroll with a 
   CHECK(slurp(node.log()).find(bound_token_command) != std::string::npos);
   CHECK(node.stop_service() == 0);
 
-  // Enrolling again with a token bound to this id replaces the expired set.
-  const auto again = node.run({"enroll", "--token", create_token(server, {"--expect-id", node.id()}), "--json"});
+  // Enrolling again with a token bound to this id replaces the expired set; the node finds
+  // control where it enrolled before (no --control needed).
+  auto argv = node.argv({"enroll", "--token", create_token(server, {"--expect-id", node.id()}), "--json"});
+  const auto control_flag = std::find(argv.begin(), argv.end(), "--control");
+  REQUIRE(control_flag != argv.end());
+  argv.erase(control_flag, control_flag + 2);
+  const auto again = run_capture(argv, server.scratch());
   REQUIRE_MESSAGE(again.exit_code == 0, again.out << again.err);
   CHECK(json_of(again)["details"]["already_enrolled"] == false);
+  CHECK(json_of(again)["details"]["control_url"] == server.url());
   CHECK(current_serial(node) != enrolled_serial);
   CHECK(certificate()["expired"] == false);
   CHECK_FALSE(certificate().contains("action"));
