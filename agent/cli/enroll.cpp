@@ -65,7 +65,7 @@ void add_enroll(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       if (!result) return out.error = result.error(), out;
       out.details = {{"node_id", result->node_id}, {"already_enrolled", result->already_enrolled},
                      {"serial", result->cert.serial_hex}, {"not_after", format_rfc3339(result->cert.not_after)},
-                     {"control_url", config->control_url}};
+                     {"control_url", result->control_url}};
       out.human = (result->already_enrolled ? "already enrolled: node " : "enrolled: node ") + result->node_id +
                   "\n  certificate " + result->cert.serial_hex + "\n  valid until " +
                   format_rfc3339(result->cert.not_after) + "\n";

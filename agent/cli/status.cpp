@@ -1,8 +1,11 @@
 // `cairn-agent status`: identity, enrollment, certificate expiry and the last heartbeat, from
 // the files on the persist volume. Read-only: runs no discovery, contacts nothing.
+#include "agent/cli/status.hpp"
+
 #include "agent/cli/commands.hpp"
 #include "agent/cli/report.hpp"
 #include "agent/enroll/credentials.hpp"
+#include "agent/enroll/enroll.hpp"
 #include "agent/runtime/status_file.hpp"
 #include "common/fs.hpp"
 #include "common/time.hpp"
@@ -23,6 +26,25 @@ std::string ago(Clock::WallTime t, Clock::WallTime now) {
 }
 
 }  // namespace
+
+CertificateReport certificate_report(const CertInfo& cert, Clock::WallTime now) {
+  CertificateReport r;
+  const bool expired = now >= cert.not_after;
+  r.details = {{"serial", cert.serial_hex}, {"subject", cert.subject_cn},
+               {"not_before", format_rfc3339(cert.not_before)}, {"not_after", format_rfc3339(cert.not_after)},
+               {"expired", expired}};
+  if (!expired) {
+    const auto left = std::chrono::duration_cast<std::chrono::hours>(cert.not_after - now).count();
+    r.human = "certificate: " + cert.serial_hex + ", valid until " + format_rfc3339(cert.not_after) + " (" +
+              std::to_string(left) + " h left)\n";
+    return r;
+  }
+  const auto hint = reenrollment_hint(cert.subject_cn);
+  r.details["action"] = hint;
+  r.human = "certificate: " + cert.serial_hex + ", EXPIRED at " + format_rfc3339(cert.not_after) +
+            ": control refuses it\n             " + hint + "\n";
+  return r;
+}
 
 void add_status(CLI::App& app, const GlobalOptions& global, int& exit_code) {
   auto* cmd = app.add_subcommand("status", "show identity, enrollment, certificate and last heartbeat");
@@ -54,13 +76,9 @@ void add_status(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       auto creds = store.load();
       if (!creds) return out.error = creds.error(), out;
       if (*creds) {
-        const auto& cert = (*creds)->cert;
-        const auto left = std::chrono::duration_cast<std::chrono::hours>(cert.not_after - now).count();
-        out.details["certificate"] = {{"serial", cert.serial_hex}, {"subject", cert.subject_cn},
-                                      {"not_before", format_rfc3339(cert.not_before)},
-                                      {"not_after", format_rfc3339(cert.not_after)}, {"expired", now >= cert.not_after}};
-        human += "certificate: " + cert.serial_hex + ", valid until " + format_rfc3339(cert.not_after) +
-                 (now >= cert.not_after ? " (EXPIRED)" : " (" + std::to_string(left) + " h left)") + "\n";
+        auto report = certificate_report((*creds)->cert, now);
+        out.details["certificate"] = std::move(report.details);
+        human += report.human;
       } else {
         out.details["certificate"] = nullptr;
       }
@@ -71,11 +89,14 @@ void add_status(CLI::App& app, const GlobalOptions& global, int& exit_code) {
         const auto& s = **status;
         out.details["service"] = to_json(s);
         human += "heartbeat:   ";
-        if (s.last_ok) human += "last ok " + ago(*s.last_ok, now);
+        if (s.last_ok) human += "last ok " + ago(*s.last_ok, now) + ", " + std::to_string(s.heartbeats_acked) + " acknowledged";
         else human += "never succeeded";
         if (!s.last_error.empty()) human += "; failing (" + std::to_string(s.consecutive_failures) + "): " + s.last_error;
         human += "\n";
-        if (s.rotation_failures > 0) human += "rotation:    failing " + std::to_string(s.rotation_failures) + " times in a row\n";
+        if (s.rotation_failures > 0) {
+          human += "rotation:    failing " + std::to_string(s.rotation_failures) + " times in a row" +
+                   (s.rotation_failing_event_id.empty() ? "" : " (event " + s.rotation_failing_event_id + ")") + "\n";
+        }
       } else {
         out.details["service"] = nullptr;
         human += "heartbeat:   the service has not run yet\n";

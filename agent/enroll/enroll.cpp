@@ -131,6 +131,12 @@ std::string credentials_problem(const InstalledCredentials& creds, std::string_v
   return {};
 }
 
+std::string reenrollment_hint(std::string_view node_id) {
+  const std::string id(node_id);
+  return "this node needs re-enrollment with a token bound to its id: on the control host run "
+         "`cairn-control token create --expect-id " + id + "`, then here `cairn-agent enroll --token-file FILE`";
+}
+
 Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIdentity& identity,
                              const EnrollOptions& options, const Clock& clock) {
   CredentialStore store(config.state_dir());
@@ -138,12 +144,14 @@ Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIden
   if (!installed && !options.force) return fail(installed.error());
   if (installed && *installed && !options.force) {
     const auto problem = credentials_problem(**installed, identity.node_id, clock.now());
-    if (problem.empty()) return EnrollOutcome{true, identity.node_id, (*installed)->cert};
+    if (problem.empty()) {
+      return EnrollOutcome{true, identity.node_id, (*installed)->cert, enrolled_control_url(config).value_or("")};
+    }
     log::info("enroll.again", {{"node", identity.node_id}, {"reason", problem}});
   }
-  if (config.control_url.empty()) {
-    return fail(Errc::config, "no control service URL", "pass --control https://HOST:PORT or set control_url in agent.json");
-  }
+  // Enrolling again (an expired certificate): the control service the node enrolled with.
+  auto control_url = enrolled_control_url(config);
+  if (!control_url) return fail(control_url.error());
   auto token = bootstrap_token(config, options);
   if (!token) return fail(token.error());
   // Enrollment authenticates the server only: the node has no certificate yet.
@@ -152,7 +160,7 @@ Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIden
 
   auto fresh = new_key_and_csr(identity.node_id);
   if (!fresh) return fail(fresh.error().with_context("enroll"));
-  ControlClient client(config.control_url, *tls);
+  ControlClient client(*control_url, *tls);
   protocol::EnrollRequest request{identity, fresh->csr_pem, config.labels};
   auto answer = client.enroll(*token, request);
   if (!answer) return fail(answer.error().with_context("enroll"));
@@ -163,26 +171,33 @@ Result<EnrollOutcome> enroll(const AgentConfig& config, const protocol::NodeIden
   if (auto ok = store.install(checked->creds); !ok) return fail(ok.error().with_context("enroll: install credentials"));
 
   const Json record = {{"node_id", identity.node_id}, {"identity", protocol::to_json(identity)},
-                       {"control_url", config.control_url}, {"enrolled_at", format_rfc3339(clock.now())}};
-  if (auto ok = write_file_atomic(config.state_dir() / "enrollment.json", record.dump(2) + "\n"); !ok) {
+                       {"control_url", *control_url}, {"enrolled_at", format_rfc3339(clock.now())}};
+  if (auto ok = write_file_atomic(config.state_dir() / "enrollment.json", dump_json(record, 2) + "\n"); !ok) {
     return fail(ok.error().with_context("enroll"));
   }
   const auto& info = checked->info;
   log::info("enroll.ok", {{"node", identity.node_id}, {"serial", info.serial_hex},
                           {"not_after", format_rfc3339(info.not_after)}});
-  return EnrollOutcome{false, identity.node_id, info};
+  return EnrollOutcome{false, identity.node_id, info, *control_url};
 }
 
-Result<CertInfo> rotate_certificate(ControlClient& client, CredentialStore& store, const std::string& node_id,
-                                    std::string_view trusted_ca_pem, const Clock& clock) {
+Result<IssuedCredentials> request_rotation(ControlClient& client, const std::string& node_id,
+                                           std::string_view trusted_ca_pem, const Clock& clock) {
   auto fresh = new_key_and_csr(node_id);
   if (!fresh) return fail(fresh.error().with_context("rotate"));
   auto answer = client.rotate(protocol::RotateRequest{fresh->csr_pem});
   if (!answer) return fail(answer.error().with_context("rotate"));
   auto checked = check_answer(*answer, fresh->key.get(), fresh->key_pem, node_id, trusted_ca_pem, clock);
   if (!checked) return fail(checked.error().with_context("rotate"));
-  if (auto ok = store.install(checked->creds); !ok) return fail(ok.error().with_context("rotate: install credentials"));
-  return checked->info;
+  return IssuedCredentials{std::move(checked->creds), checked->info};
+}
+
+Result<CertInfo> rotate_certificate(ControlClient& client, CredentialStore& store, const std::string& node_id,
+                                    std::string_view trusted_ca_pem, const Clock& clock) {
+  auto issued = request_rotation(client, node_id, trusted_ca_pem, clock);
+  if (!issued) return fail(issued.error());
+  if (auto ok = store.install(issued->creds); !ok) return fail(ok.error().with_context("rotate: install credentials"));
+  return issued->info;
 }
 
 }  // namespace cairn::agent

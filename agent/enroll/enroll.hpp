@@ -23,6 +23,7 @@ struct EnrollOutcome {
   bool already_enrolled = false;
   std::string node_id;
   CertInfo cert;
+  std::string control_url;  // the service enrolled with (configured, else enrollment.json)
 };
 
 // TLS options to reach the control service: the configured CA bundle or key pin, else the
@@ -41,9 +42,22 @@ Result<std::string> enrolled_control_url(const AgentConfig& config);
 std::string credentials_problem(const InstalledCredentials& creds, std::string_view node_id,
                                 Clock::WallTime now);
 
-// A new key and CSR, POST /v1/certificates/rotate over the current mTLS identity, the
-// answer checked (it must chain to trusted_ca_pem, the CA the node enrolled with) and
-// installed. The previous set stays in the archive.
+// What a node whose certificate expired (it was off past its expiry) must do: control keeps
+// its id, so a plain fleet token is refused; a token bound to the id re-enrolls it.
+std::string reenrollment_hint(std::string_view node_id);
+
+// A set control issued on rotation, checked, not yet installed.
+struct IssuedCredentials {
+  NewCredentials creds;
+  CertInfo info;
+};
+
+// A new key and CSR, POST /v1/certificates/rotate over the current mTLS identity, and the
+// answer checked: it must chain to trusted_ca_pem, the CA the node enrolled with.
+Result<IssuedCredentials> request_rotation(ControlClient& client, const std::string& node_id,
+                                           std::string_view trusted_ca_pem, const Clock& clock);
+
+// request_rotation, then the set installed. The previous set stays in the archive.
 Result<CertInfo> rotate_certificate(ControlClient& client, CredentialStore& store, const std::string& node_id,
                                     std::string_view trusted_ca_pem, const Clock& clock);
 

@@ -38,18 +38,24 @@ constexpr std::size_t kMaxErrorInEvent = 400;
 class Loop {
  public:
   Loop(const AgentConfig& config, const ServiceOptions& options, const Clock& clock,
-       const std::function<double()>& random01, StopSignal& stop)
-      : config_(config), options_(options), clock_(clock), random01_(random01), stop_(stop),
+       const std::function<double()>& random01, StopSignal& stop, const HttpClientFactory& make_http)
+      : config_(config), options_(options), clock_(clock), random01_(random01), stop_(stop), make_http_(make_http),
         store_(config.state_dir()), watchdog_(watchdog_period()) {}
 
   Status run() {
     if (auto ok = load_credentials(); !ok) return ok;
     log::info("service.start", {{"node", node_id_}, {"control", control_url_},
                                 {"cert_not_after", format_rfc3339(creds_->cert.not_after)}});
-    status_.node_id = node_id_;
-    while (!stop_.stopped()) {
+    if (clock_.now() >= creds_->cert.not_after) {
+      // Control will refuse every request; keep trying (this node's clock may be the one that
+      // is wrong), but say at once what the operator has to do.
+      log::critical("cert.expired", {{"node", node_id_}, {"not_after", format_rfc3339(creds_->cert.not_after)},
+                                     {"hint", reenrollment_hint(node_id_)}});
+    }
+    resume_status();
+    while (!stop_.poll()) {
       maybe_rotate();
-      if (stop_.wait(milliseconds(0))) break;  // SIGTERM during a rotation: no more requests
+      if (stop_.poll()) break;  // SIGTERM during a rotation: no more requests
       const milliseconds next = beat();
       if (!ready_sent_) {
         notify("READY=1");
@@ -79,20 +85,59 @@ class Loop {
     }
     auto tls = control_tls(config_, creds_);
     if (!tls) return fail(tls.error());
-    client_.emplace(control_url_, *tls);
+    client_.emplace(control_url_, make_http_(*tls));
     rotate_at_ = rotation_time(options_, creds_->cert.not_before, creds_->cert.not_after, random01_());
+    status_.node_id = node_id_;
+    status_.cert_serial = creds_->cert.serial_hex;
     return {};
+  }
+
+  // What a previous run of the service saw goes on: the count of acknowledged heartbeats, and
+  // a rotation failure episode about the certificate still installed (same event id).
+  void resume_status() {
+    auto previous = read_status(config_.state_dir());
+    if (!previous || !*previous || (*previous)->node_id != node_id_) return;
+    const auto& p = **previous;
+    status_.heartbeats_acked = p.heartbeats_acked;
+    if (p.cert_serial == creds_->cert.serial_hex && p.rotation_failures > 0) {
+      rotation_failures_ = p.rotation_failures;
+      status_.rotation_failures = p.rotation_failures;
+      status_.rotation_failing_event_id = p.rotation_failing_event_id;
+    }
+  }
+
+  // Control issues a certificate, then the node installs it. A set issued but not installed is
+  // kept (in memory) and its installation retried, without asking control again: control lets
+  // only the newest certificate rotate, and that one is the set waiting here.
+  Result<CertInfo> rotate() {
+    if (pending_ && clock_.now() >= pending_->info.not_after) pending_.reset();  // too late to use
+    if (!pending_) {
+      auto issued = request_rotation(*client_, node_id_, creds_->ca_pem, clock_);
+      if (!issued) return fail(issued.error());
+      pending_ = std::move(*issued);
+    }
+    if (auto ok = store_.install(pending_->creds); !ok) {
+      return fail(ok.error().with_context("rotate: install the certificate control issued (serial " +
+                                          pending_->info.serial_hex + ")"));
+    }
+    auto info = pending_->info;
+    pending_.reset();
+    return info;
   }
 
   void maybe_rotate() {
     if (clock_.now() < rotate_at_) return;
-    auto rotated = rotate_certificate(*client_, store_, node_id_, creds_->ca_pem, clock_);
+    auto rotated = rotate();
     if (!rotated) {
       // Whatever the cause (control refused, unreachable, or the new set could not be stored
       // on the persist volume) the node is still on its old certificate: it counts, and the
-      // current set stays in use until a later attempt succeeds.
+      // current set stays in use until a later turn of the loop succeeds.
       ++rotation_failures_;
       status_.rotation_failures = rotation_failures_;
+      if (rotation_failures_ >= options_.rotation_alert_after && status_.rotation_failing_event_id.empty()) {
+        // One id for the whole episode: control keeps one event, however many heartbeats carry it.
+        status_.rotation_failing_event_id = "cert.rotation_failing-" + random_hex(8);
+      }
       last_rotation_error_ = rotated.error().message;
       log::error("cert.rotate_failed", {{"node", node_id_}, {"failures", rotation_failures_},
                                         {"error", rotated.error().message},
@@ -103,6 +148,7 @@ class Loop {
                                {"serial", rotated->serial_hex}, {"not_after", format_rfc3339(rotated->not_after)}});
     rotation_failures_ = 0;
     status_.rotation_failures = 0;
+    status_.rotation_failing_event_id.clear();  // the episode is over; a new one gets a new id
     last_rotation_error_.clear();
     if (auto ok = load_credentials(); !ok) {
       log::error("cert.reload_failed", {{"error", ok.error().message}});
@@ -116,15 +162,12 @@ class Loop {
     hb.mount_state = "none";  // modules arrive with the modules issue
     hb.cert_not_after = format_rfc3339(creds_->cert.not_after);
     hb.labels = config_.labels;
-    if (rotation_failures_ >= options_.rotation_alert_after) {
-      // Sent on every heartbeat while it lasts; the id makes each report idempotent.
-      // Random part: the sequence restarts with the agent, and the store ignores repeated ids.
-      ++alert_seq_;
-      hb.events.push_back({"rotation-failing-" + random_hex(8) + "-" + std::to_string(alert_seq_),
-                           "critical", "cert.rotation_failing",
+    if (!status_.rotation_failing_event_id.empty()) {
+      // Sent on every heartbeat while it lasts, under the episode's id.
+      const std::string cause = last_rotation_error_.empty() ? "" : "; last error: " + last_rotation_error_.substr(0, kMaxErrorInEvent);
+      hb.events.push_back({status_.rotation_failing_event_id, "critical", "cert.rotation_failing",
                            "certificate rotation failed " + std::to_string(rotation_failures_) +
-                               " times in a row; certificate expires " + hb.cert_not_after +
-                               "; last error: " + last_rotation_error_.substr(0, kMaxErrorInEvent),
+                               " times in a row; certificate expires " + hb.cert_not_after + cause,
                            format_rfc3339(clock_.now())});
     }
     return hb;
@@ -140,13 +183,14 @@ class Loop {
     if (answer) {
       if (failures_ > 0) log::info("heartbeat.recovered", {{"node", node_id_}, {"after_failures", failures_}});
       failures_ = 0;
+      ++status_.heartbeats_acked;
       status_.last_ok = status_.last_attempt;
       status_.last_error.clear();
       status_.server_time = answer->server_time;
       status_.next_interval_s = std::clamp<std::int64_t>(answer->next_interval_s, 1, 3600);
       status_.consecutive_failures = 0;
       write_status(config_.state_dir(), status_);
-      log::debug("heartbeat.ok", {{"node", node_id_}, {"ms", took.count()}});
+      log::debug("heartbeat.ok", {{"node", node_id_}, {"ms", took.count()}, {"acked", status_.heartbeats_acked}});
       notify("STATUS=heartbeat ok at " + format_rfc3339(*status_.last_ok));
       return std::chrono::seconds(status_.next_interval_s);
     }
@@ -162,15 +206,15 @@ class Loop {
     return delay;
   }
 
-  // Sleeps `total`, waking for the watchdog; true when asked to stop.
+  // Sleeps `total` on the clock, waking for the watchdog; true when asked to stop.
   bool sleep(milliseconds total) {
     const auto end = clock_.monotonic() + total;
     for (;;) {
       notify("WATCHDOG=1");
-      const auto left = duration_cast<milliseconds>(end - clock_.monotonic());
-      if (left <= milliseconds(0)) return stop_.stopped();
-      const auto slice = watchdog_ ? std::min(left, *watchdog_) : left;
-      if (stop_.wait(slice)) return true;
+      const auto now = clock_.monotonic();
+      if (now >= end) return stop_.poll();
+      const auto wake = watchdog_ ? std::min<Clock::MonoTime>(end, now + *watchdog_) : end;
+      if (stop_.wait_until(clock_, wake)) return true;
     }
   }
 
@@ -179,17 +223,18 @@ class Loop {
   const Clock& clock_;
   const std::function<double()>& random01_;
   StopSignal& stop_;
+  const HttpClientFactory& make_http_;
   CredentialStore store_;
   std::optional<milliseconds> watchdog_;
   std::optional<InstalledCredentials> creds_;
   std::optional<ControlClient> client_;
+  std::optional<IssuedCredentials> pending_;
   std::string node_id_;
   std::string control_url_ = config_.control_url;
   Clock::WallTime rotate_at_{};
   int failures_ = 0;
   int rotation_failures_ = 0;
   std::string last_rotation_error_;
-  std::uint64_t alert_seq_ = 0;
   bool ready_sent_ = false;
   ServiceStatus status_;
 };
@@ -213,8 +258,8 @@ Clock::WallTime rotation_time(const ServiceOptions& options, Clock::WallTime not
 }
 
 Status run_service(const AgentConfig& config, const ServiceOptions& options, const Clock& clock,
-                   const std::function<double()>& random01, StopSignal& stop) {
-  Loop loop(config, options, clock, random01, stop);
+                   const std::function<double()>& random01, StopSignal& stop, const HttpClientFactory& make_http) {
+  Loop loop(config, options, clock, random01, stop, make_http);
   return loop.run();
 }
 

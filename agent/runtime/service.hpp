@@ -1,15 +1,19 @@
 // The long-lived loop of `cairn-agent service`: heartbeat every interval over mTLS,
 // exponential backoff with jitter while the control service is away, certificate rotation
-// at 75% of its lifetime (with jitter), a critical event on every heartbeat while rotation
-// keeps failing, sd_notify READY/WATCHDOG/STATUS, clean exit on SIGTERM.
+// at 75% of its lifetime (with jitter) retried on every turn until it succeeds, one critical
+// `cert.rotation_failing` event per failure episode (reported on every heartbeat under one
+// id while it lasts), sd_notify READY/WATCHDOG/STATUS, clean exit on SIGTERM. Every reading
+// of time and every wait goes through the injected Clock, so tests step it on a ManualClock.
 #pragma once
 
 #include <chrono>
 #include <functional>
+#include <memory>
 
 #include "agent/config.hpp"
 #include "agent/runtime/stop_signal.hpp"
 #include "common/clock.hpp"
+#include "common/http.hpp"
 #include "common/result.hpp"
 
 namespace cairn::agent {
@@ -30,8 +34,14 @@ std::chrono::milliseconds backoff_delay(const ServiceOptions& options, int failu
 Clock::WallTime rotation_time(const ServiceOptions& options, Clock::WallTime not_before,
                               Clock::WallTime not_after, double random01);
 
+// How the loop reaches the control service: libcurl in production, a fake in unit tests.
+// Called again after each rotation, with the new client certificate.
+using HttpClientFactory = std::function<std::unique_ptr<HttpClient>(TlsOptions)>;
+
 // Runs until a stop signal; the Error is why it could not start (not enrolled, no config).
+// random01 draws the jitter of backoff and rotation, uniform in [0, 1].
 Status run_service(const AgentConfig& config, const ServiceOptions& options, const Clock& clock,
-                   const std::function<double()>& random01, StopSignal& stop);
+                   const std::function<double()>& random01, StopSignal& stop,
+                   const HttpClientFactory& make_http = HttpClientFactory(make_http_client));
 
 }  // namespace cairn::agent

@@ -19,13 +19,14 @@ std::optional<Clock::WallTime> time_from(const Json& j, const char* key) {
 }  // namespace
 
 Json to_json(const ServiceStatus& s) {
-  return {{"node_id", s.node_id}, {"last_attempt", time_or_null(s.last_attempt)}, {"last_ok", time_or_null(s.last_ok)},
+  return {{"node_id", s.node_id}, {"cert_serial", s.cert_serial}, {"last_attempt", time_or_null(s.last_attempt)}, {"last_ok", time_or_null(s.last_ok)},
           {"last_error", s.last_error}, {"server_time", s.server_time}, {"next_interval_s", s.next_interval_s},
-          {"consecutive_failures", s.consecutive_failures}, {"rotation_failures", s.rotation_failures}};
+          {"consecutive_failures", s.consecutive_failures}, {"rotation_failures", s.rotation_failures},
+          {"rotation_failing_event_id", s.rotation_failing_event_id}, {"heartbeats_acked", s.heartbeats_acked}};
 }
 
 void write_status(const std::filesystem::path& state_dir, const ServiceStatus& status) {
-  if (auto ok = write_file_atomic(state_dir / "status.json", to_json(status).dump(2) + "\n"); !ok) {
+  if (auto ok = write_file_atomic(state_dir / "status.json", dump_json(to_json(status), 2) + "\n"); !ok) {
     log::warn("status.write_failed", {{"error", ok.error().message}});
   }
 }
@@ -45,6 +46,9 @@ Result<std::optional<ServiceStatus>> read_status(const std::filesystem::path& st
     s.next_interval_s = j.value("next_interval_s", std::int64_t{0});
     s.consecutive_failures = j.value("consecutive_failures", 0);
     s.rotation_failures = j.value("rotation_failures", 0);
+    s.cert_serial = j.value("cert_serial", "");
+    s.rotation_failing_event_id = j.value("rotation_failing_event_id", "");
+    s.heartbeats_acked = j.value("heartbeats_acked", std::uint64_t{0});
     return s;
   });
   if (!status) return fail(status.error());

@@ -11,7 +11,10 @@ Errc errc_for_http_status(long status) {
 }
 
 ControlClient::ControlClient(std::string base_url, TlsOptions tls, std::chrono::milliseconds timeout)
-    : base_url_(std::move(base_url)), timeout_(timeout), http_(make_http_client(std::move(tls))) {
+    : ControlClient(std::move(base_url), make_http_client(std::move(tls)), timeout) {}
+
+ControlClient::ControlClient(std::string base_url, std::unique_ptr<HttpClient> http, std::chrono::milliseconds timeout)
+    : base_url_(std::move(base_url)), timeout_(timeout), http_(std::move(http)) {
   while (!base_url_.empty() && base_url_.back() == '/') base_url_.pop_back();
 }
 
@@ -21,7 +24,7 @@ Result<std::string> ControlClient::post(std::string_view path, const Json& body,
   req.url = base_url_ + std::string(path);
   req.headers = std::move(headers);
   req.headers.emplace_back("Content-Type", "application/json");
-  req.body = body.dump();
+  req.body = dump_json(body);
   req.protocols = "https";  // tokens and node state never travel in clear
   req.connect_timeout = std::min<std::chrono::milliseconds>(timeout_, std::chrono::seconds(5));
   req.total_timeout = timeout_;

@@ -19,6 +19,9 @@ class ControlClient {
   // base_url: https://host:port. tls: CA pin, and client cert/key when enrolled.
   ControlClient(std::string base_url, TlsOptions tls,
                 std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  // The same over a given HttpClient (the service loop's factory; a fake in tests).
+  ControlClient(std::string base_url, std::unique_ptr<HttpClient> http,
+                std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   Result<protocol::CertificateResponse> enroll(std::string_view token, const protocol::EnrollRequest& request);
   Result<protocol::CertificateResponse> rotate(const protocol::RotateRequest& request);

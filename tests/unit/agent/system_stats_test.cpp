@@ -22,19 +22,26 @@ TEST_CASE("heartbeat stats are read from the /proc of the root") {
   collect_system_stats(Root(dir.path()), dir.path(), hb);
   CHECK(hb.boot_id == "0f6d2c5e-7a3b-4f0e-9b1d-2a3c4d5e6f70");
   CHECK(hb.load1 == doctest::Approx(0.5));
+  CHECK(hb.load5 == doctest::Approx(0.25));
   CHECK(hb.load15 == doctest::Approx(0.1));
   CHECK(hb.uptime_s == 12345);
   CHECK(hb.mem_total_bytes == 16384ull * 1024);
   CHECK(hb.mem_available_bytes == 8192ull * 1024);
   CHECK(hb.cpu_count == 2);
   CHECK(hb.disk_total_bytes > 0);
+  CHECK(hb.disk_free_bytes <= hb.disk_total_bytes);
 }
 
-TEST_CASE("missing /proc files leave zeros instead of failing the heartbeat") {
+TEST_CASE("missing /proc files leave zeros while the files present are still read") {
   test::TempDir dir;
+  std::filesystem::create_directories(dir.path() / "proc");
+  std::ofstream(dir.path() / "proc/uptime") << "42.5 1.0\n";
   protocol::HeartbeatRequest hb;
+  hb.cpu_count = 8;  // counted afresh: with no /proc/stat, 0 (not what was there)
   collect_system_stats(Root(dir.path()), dir.path() / "missing", hb);
+  CHECK(hb.uptime_s == 42);
   CHECK(hb.boot_id.empty());
+  CHECK(hb.cpu_count == 0);
   CHECK(hb.mem_total_bytes == 0);
   CHECK(hb.disk_total_bytes == 0);
 }
