@@ -17,7 +17,7 @@ int run_command(const std::string& command, bool json, const std::function<Comma
       j["error"] = {{"code", std::string(errc_name(out.error->code))}, {"message", out.error->message},
                     {"hint", out.error->hint}};
     }
-    std::cout << j.dump(2) << std::endl;
+    std::cout << dump_json(j, 2) << std::endl;
   } else if (out.error) {
     if (!out.human.empty()) std::cout << out.human << std::flush;
     std::cerr << "cairn-agent " << command << ": " << out.error->message << "\n";
