@@ -31,6 +31,8 @@ struct ServeOptions {
   std::string body_timeout = "30s";
   std::string idle_timeout = "60s";
   std::string port_file;
+  std::string rotation_grace = "10m";
+  std::string node_label_keys;
 };
 
 // 10k agents keep a connection each: lift the soft fd limit to the hard one.
@@ -73,6 +75,10 @@ Status serve(const ServeOptions& o) {
     return fail(Errc::usage, "--cert-lifetime and --heartbeat-interval must be at least 1s");
   }
   if (o.grace_intervals < 1) return fail(Errc::usage, "--grace-intervals must be at least 1");
+  auto rotation_grace = parse_duration(o.rotation_grace, "--rotation-grace");
+  if (!rotation_grace) return fail(rotation_grace.error());
+  auto label_keys = parse_label_keys(o.node_label_keys, "--node-label-keys");
+  if (!label_keys) return fail(label_keys.error());
 
   raise_fd_limit();
   const StatePaths state{o.state_dir};
@@ -80,6 +86,8 @@ Status serve(const ServeOptions& o) {
   service_config.cert_lifetime = std::chrono::duration_cast<std::chrono::seconds>(*lifetime);
   service_config.heartbeat_interval = std::chrono::duration_cast<std::chrono::seconds>(*interval);
   service_config.unreachable_after_intervals = o.grace_intervals;
+  service_config.rotation_grace = std::chrono::duration_cast<std::chrono::seconds>(*rotation_grace);
+  service_config.node_label_keys = std::move(*label_keys);
   auto service = open_service(state, service_config, SystemClock::instance());
   if (!service) return fail(service.error().with_context("state dir " + o.state_dir));
 
@@ -148,6 +156,12 @@ void add_serve(CLI::App& app, int& exit_code) {
   cmd->add_option("--idle-timeout", options->idle_timeout, "Keep-alive wait for the next request")
       ->capture_default_str();
   cmd->add_option("--port-file", options->port_file, "Write the bound port here (atomically) once listening");
+  cmd->add_option("--rotation-grace", options->rotation_grace,
+                  "How long a rotated-out node certificate still works (requests in flight)")
+      ->capture_default_str();
+  cmd->add_option("--node-label-keys", options->node_label_keys,
+                  "Label keys a node may set on itself at enrollment, k1,k2 (token labels always win; "
+                  "default: none)");
   cmd->callback([options, &exit_code] {
     if (auto ok = serve(*options); !ok) {
       print_error(ok.error());
