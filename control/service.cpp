@@ -84,7 +84,11 @@ class ServiceImpl final : public ControlService {
     return {};
   }
 
-  ApiResult<AuthorizedNode> authorize_node(const Peer& peer) override { return auth_.authorize_node(peer); }
+  ApiResult<AuthorizedNode> authorize_node(const Peer& peer) override {
+    auto node = auth_.authorize_node(peer);
+    if (node) rotation_.confirm_first_use(*node);  // rare: once per rotation
+    return node;
+  }
   ApiResult<AuthorizedAdmin> authorize_admin(const Peer& peer) override { return auth_.authorize_admin(peer); }
 
   ApiResult<protocol::CertificateResponse> enroll(std::string_view token,

@@ -43,13 +43,18 @@ class AuthorizedNode {
  public:
   [[nodiscard]] const std::string& node_id() const { return node_id_; }
   [[nodiscard]] const std::string& serial_hex() const { return serial_hex_; }
+  // The first use of a rotation's new certificate: the one it replaces starts retiring.
+  [[nodiscard]] bool first_use_after_rotation() const { return first_use_after_rotation_; }
 
  private:
   friend class AuthCache;
-  AuthorizedNode(std::string node_id, std::string serial_hex)
-      : node_id_(std::move(node_id)), serial_hex_(std::move(serial_hex)) {}
+  AuthorizedNode(std::string node_id, std::string serial_hex, bool first_use_after_rotation)
+      : node_id_(std::move(node_id)),
+        serial_hex_(std::move(serial_hex)),
+        first_use_after_rotation_(first_use_after_rotation) {}
   std::string node_id_;
   std::string serial_hex_;
+  bool first_use_after_rotation_ = false;
 };
 
 // An admin whose certificate authorize_admin accepted for this request.
@@ -86,7 +91,8 @@ class ControlService {
   // Per request, before any node endpoint: the cert must belong to a known, unrevoked node
   // and be one of its current certificates (not superseded, not retired by a rotation past
   // its grace, not expired). Cheap (called at >5k/s): an in-memory cache kept in step with
-  // the store, so a revocation applies to the very next request.
+  // the store, so a revocation applies to the very next request. The first request with a
+  // rotation's new certificate starts the grace of the certificate it replaces.
   virtual ApiResult<AuthorizedNode> authorize_node(const Peer& peer) = 0;
   // Per admin request: a known admin certificate whose name was not revoked.
   virtual ApiResult<AuthorizedAdmin> authorize_admin(const Peer& peer) = 0;
@@ -95,7 +101,8 @@ class ControlService {
   virtual ApiResult<protocol::CertificateResponse> enroll(std::string_view bearer_token,
                                                           const protocol::EnrollRequest& request) = 0;
 
-  // POST /v1/certificates/rotate: only with the node's newest certificate.
+  // POST /v1/certificates/rotate: only with the node's newest certificate in use (one whose
+  // replacement the node has not used yet may rotate again; that supersedes the unused one).
   virtual ApiResult<protocol::CertificateResponse> rotate(const AuthorizedNode& node,
                                                           const protocol::RotateRequest& request) = 0;
 

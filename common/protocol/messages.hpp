@@ -49,7 +49,9 @@ struct EnrollRequest {
   NodeIdentity identity;
   std::string csr_pem;  // subject CN must equal identity.node_id
   std::map<std::string, std::string> labels;
-  std::optional<EnrollProof> proof;  // "proof": {"cert_serial", "signature"}; optional
+  // "proof": {"cert_serial", "signature"}; optional (the initializer keeps {identity, csr,
+  // labels} aggregates warning-free).
+  std::optional<EnrollProof> proof = std::nullopt;
 };
 
 // Answer of /v1/enroll and /v1/certificates/rotate.

@@ -199,6 +199,7 @@ ApiResult<Json> AdminViews::show_node(std::string_view id) {
                          {"not_before", time_text(c.not_before_ms)},
                          {"not_after", time_text(c.not_after_ms)},
                          {"retire_at", opt_time(c.retire_at_ms)},
+                         {"replaced_by", c.replaced_by ? Json(*c.replaced_by) : Json(nullptr)},
                          {"fingerprint_sha256", c.fingerprint_sha256}});
   }
   out["certificates"] = std::move(cert_list);

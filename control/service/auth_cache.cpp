@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <utility>
 
 #include "common/time.hpp"
 
@@ -42,8 +43,18 @@ void AuthCache::load(const AuthSnapshot& snap) {
     auto it = nodes_.find(c.node_id);
     if (it == nodes_.end()) continue;
     it->second->serials.push_back(c.serial_hex);
-    certs_[c.serial_hex] =
-        LiveCert{c.node_id, c.status == CertStatus::revoked, c.not_after_ms, c.retire_at_ms.value_or(0)};
+    auto& live = certs_[c.serial_hex];
+    live.node_id = c.node_id;
+    live.revoked = c.status == CertStatus::revoked;
+    live.not_after_ms = c.not_after_ms;
+    live.retire_at_ms = c.retire_at_ms.value_or(0);
+  }
+  for (const auto& c : snap.certs) {
+    if (!c.replaced_by || c.retire_at_ms) continue;  // no replacement, or it was used
+    auto fresh = certs_.find(*c.replaced_by);
+    if (fresh == certs_.end()) continue;
+    fresh->second.replaces = c.serial_hex;
+    certs_[c.serial_hex].pending = *c.replaced_by;
   }
   for (const auto& a : snap.admins) {
     admins_[a.serial_hex] = LiveAdmin{a.name, a.not_after_ms, a.revoked_at_ms.has_value()};
@@ -84,7 +95,7 @@ ApiResult<AuthorizedNode> AuthCache::authorize_node(const Peer& peer) const {
                   "certificate " + peer.serial_hex + " expired at " + time_text(cert->second.not_after_ms),
                   "enroll the node again with a token bound to its id (token create --expect-id)");
   }
-  return AuthorizedNode(cert->second.node_id, peer.serial_hex);
+  return AuthorizedNode(cert->second.node_id, peer.serial_hex, !cert->second.replaces.empty());
 }
 
 ApiResult<AuthorizedAdmin> AuthCache::authorize_admin(const Peer& peer) const {
@@ -126,7 +137,7 @@ bool AuthCache::is_current(const std::string& node_id, const std::string& serial
   std::shared_lock lock(mutex_);
   auto it = certs_.find(serial);
   return it != certs_.end() && it->second.node_id == node_id && it->second.retire_at_ms == 0 &&
-         !it->second.revoked;
+         it->second.replaces.empty() && !it->second.revoked;
 }
 
 std::optional<NodeState> AuthCache::state(const std::string& node_id) const {
@@ -163,19 +174,38 @@ void AuthCache::enrolled(const std::string& node_id, const CertRecord& cert, std
   // authorize nothing from the next request on.
   for (const auto& serial : live->serials) certs_.erase(serial);
   live->serials.assign(1, cert.serial_hex);
-  certs_[cert.serial_hex] = LiveCert{node_id, false, cert.not_after_ms, 0};
+  certs_[cert.serial_hex] = LiveCert{node_id, false, cert.not_after_ms, 0, {}, {}};
   live->last_seen_ms = std::max(live->last_seen_ms.load(), now_ms);
   live->state = NodeState::enrolled;
 }
 
-void AuthCache::rotated(const std::string& node_id, const std::string& old_serial,
-                        std::int64_t retire_at_ms, const CertRecord& fresh) {
+void AuthCache::rotated(const std::string& node_id, const std::string& old_serial, const CertRecord& fresh) {
   std::unique_lock lock(mutex_);
-  if (auto old = certs_.find(old_serial); old != certs_.end()) old->second.retire_at_ms = retire_at_ms;
   auto node = nodes_.find(node_id);
   if (node == nodes_.end()) return;
-  node->second->serials.push_back(fresh.serial_hex);
-  certs_[fresh.serial_hex] = LiveCert{node_id, false, fresh.not_after_ms, 0};
+  auto& serials = node->second->serials;
+  if (auto old = certs_.find(old_serial); old != certs_.end()) {
+    if (!old->second.pending.empty()) {  // superseded in the store by this rotation
+      std::erase(serials, old->second.pending);
+      certs_.erase(old->second.pending);
+    }
+    old->second.pending = fresh.serial_hex;
+  }
+  serials.push_back(fresh.serial_hex);
+  auto& live = certs_[fresh.serial_hex];
+  live = LiveCert{node_id, false, fresh.not_after_ms, 0, {}, old_serial};
+}
+
+std::optional<std::string> AuthCache::confirm(const std::string& new_serial, std::int64_t retire_at_ms) {
+  std::unique_lock lock(mutex_);
+  auto fresh = certs_.find(new_serial);
+  if (fresh == certs_.end() || fresh->second.replaces.empty()) return std::nullopt;
+  std::string old_serial = std::exchange(fresh->second.replaces, {});
+  if (auto old = certs_.find(old_serial); old != certs_.end()) {
+    old->second.retire_at_ms = retire_at_ms;
+    old->second.pending.clear();
+  }
+  return old_serial;
 }
 
 void AuthCache::revoked(const std::string& node_id) {

@@ -37,8 +37,8 @@ class AuthCache {
   [[nodiscard]] ApiResult<AuthorizedAdmin> authorize_admin(const Peer& peer) const;
 
   [[nodiscard]] bool is_revoked(const std::string& node_id) const;
-  // Whether `serial` is the node's newest certificate (active, never rotated): the only one
-  // that may rotate.
+  // Whether `serial` may rotate: the node's newest certificate in use (not revoked, not
+  // retiring; a replacement it got but never used does not count).
   [[nodiscard]] bool is_current(const std::string& node_id, const std::string& serial) const;
   [[nodiscard]] std::optional<NodeState> state(const std::string& node_id) const;
   [[nodiscard]] NodeCounts counts() const;
@@ -46,9 +46,12 @@ class AuthCache {
 
   // An enrollment committed: `cert` replaces every earlier certificate of the node.
   void enrolled(const std::string& node_id, const CertRecord& cert, std::int64_t now_ms);
-  // A rotation committed: `old_serial` authorizes until retire_at_ms, `fresh` from now on.
-  void rotated(const std::string& node_id, const std::string& old_serial, std::int64_t retire_at_ms,
-               const CertRecord& fresh);
+  // A rotation committed: `fresh` authorizes from now on, as its replacement-to-be; an earlier
+  // unused replacement of `old_serial` is forgotten.
+  void rotated(const std::string& node_id, const std::string& old_serial, const CertRecord& fresh);
+  // The node used `new_serial` (a replacement) for the first time: the certificate it
+  // replaces retires at retire_at_ms. Returns that certificate's serial, if any.
+  std::optional<std::string> confirm(const std::string& new_serial, std::int64_t retire_at_ms);
   void revoked(const std::string& node_id);
   // A heartbeat of the node committed at at_ms: the node is Ready. True if it was
   // Unreachable until now (it came back).
@@ -75,7 +78,9 @@ class AuthCache {
     std::string node_id;
     bool revoked = false;
     std::int64_t not_after_ms = 0;
-    std::int64_t retire_at_ms = 0;  // 0: never rotated (the node's newest)
+    std::int64_t retire_at_ms = 0;  // 0: not retiring
+    std::string pending;            // its replacement, not used by the node yet
+    std::string replaces;           // while unused: the certificate this one replaces
   };
   struct LiveAdmin {
     std::string name;

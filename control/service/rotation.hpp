@@ -1,7 +1,9 @@
 // POST /v1/certificates/rotate: the node's newest certificate buys a new one for a fresh
-// CSR. The certificate it replaces authorizes requests for a short grace (those in flight),
-// then is refused, and may never rotate again: a rotated-out or stolen key cannot mint
-// certificates.
+// CSR. Once the node uses the new certificate, the one it replaces authorizes requests for a
+// short grace (those in flight), then is refused, and may never rotate again: a rotated-out
+// or stolen key cannot mint certificates. Until that first use the old certificate stays
+// current, so a node that lost the answer (network, a full or read-only disk) rotates again
+// instead of locking itself out; the unused certificate is then superseded.
 #pragma once
 
 #include "common/clock.hpp"
@@ -21,6 +23,9 @@ class Rotation {
 
   ApiResult<protocol::CertificateResponse> rotate(const AuthorizedNode& node,
                                                   const protocol::RotateRequest& request);
+  // Called on each authorized request that is the first use of a rotation's new certificate:
+  // the certificate it replaces retires after the grace.
+  void confirm_first_use(const AuthorizedNode& node);
 
  private:
   const ServiceConfig& config_;

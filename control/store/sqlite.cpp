@@ -101,10 +101,12 @@ INSERT INTO counters (name, value) VALUES ('enrollments', 0);
     // Issue 12: rotation retires the old certificate after a grace; re-enrollment rules
     // need the current key and the operator's allowance; admin credentials are tracked.
     {2, R"sql(
+ALTER TABLE certificates ADD COLUMN replaced_by TEXT;
 ALTER TABLE certificates ADD COLUMN retire_at_ms INTEGER;
 ALTER TABLE certificates ADD COLUMN public_key TEXT NOT NULL DEFAULT '';
 ALTER TABLE nodes ADD COLUMN reenroll_allowed_until_ms INTEGER;
 CREATE INDEX node_events_by_time ON node_events(received_at_ms);
+CREATE INDEX certificates_by_replacement ON certificates(replaced_by);
 CREATE TABLE admin_certificates (
   serial        TEXT PRIMARY KEY,
   name          TEXT NOT NULL,
@@ -311,11 +313,12 @@ CertRecord cert_from(const Query& q) {
   c.status = cert_status_from(q.text(7));
   c.retire_at_ms = q.opt_int64(8);
   c.public_key_pem = q.text(9);
+  if (!q.is_null(10)) c.replaced_by = q.text(10);
   return c;
 }
 constexpr const char* kCertColumns =
     "serial, node_id, fingerprint, not_before_ms, not_after_ms, issued_at_ms, reason, status, "
-    "retire_at_ms, public_key";
+    "retire_at_ms, public_key, replaced_by";
 
 AdminCertRecord admin_from(const Query& q) {
   return {q.text(0), q.text(1), q.text(2), q.int64(3), q.int64(4), q.opt_int64(5)};
@@ -486,26 +489,46 @@ class SqliteStore final : public Store {
     return *row ? q->int64(0) : 0;
   }
 
-  Result<RotationOutcome> commit_rotation(std::string_view old_serial, std::int64_t retire_at_ms,
-                                          const CertRecord& fresh) override {
+  Result<RotationOutcome> commit_rotation(std::string_view old_serial, const CertRecord& fresh) override {
     std::lock_guard lock(mutex_);
     auto tx = begin();
     if (!tx) return fail(tx.error());
+    std::optional<std::string> unused;  // a replacement the node never used
     {
-      // The conditional UPDATE is the real check: of two rotations racing with the same
-      // certificate, one retires it and the other finds it already retired.
       auto q = query(
-          "UPDATE certificates SET retire_at_ms = ?3 WHERE serial = ?1 AND node_id = ?2 AND "
-          "status = 'active' AND retire_at_ms IS NULL AND node_id IN "
-          "(SELECT id FROM nodes WHERE revoked_at_ms IS NULL)");
+          "SELECT c.replaced_by FROM certificates c JOIN nodes n ON n.id = c.node_id WHERE "
+          "c.serial = ?1 AND c.node_id = ?2 AND c.status = 'active' AND c.retire_at_ms IS NULL "
+          "AND n.revoked_at_ms IS NULL");
       if (!q) return fail(q.error());
-      q->bind(1, old_serial).bind(2, std::string_view(fresh.node_id)).bind(3, retire_at_ms);
+      q->bind(1, old_serial).bind(2, std::string_view(fresh.node_id));
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (!*row) return RotationOutcome::not_current;
+      if (!q->is_null(0)) unused = q->text(0);
+    }
+    if (unused) {
+      auto q = query("UPDATE certificates SET status = 'superseded' WHERE serial = ?1 AND status = 'active'");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(*unused));
       if (auto ok = q->run(); !ok) return fail(ok.error());
-      if (sqlite3_changes(db_.get()) == 0) return RotationOutcome::not_current;
+    }
+    {
+      auto q = query("UPDATE certificates SET replaced_by = ?2 WHERE serial = ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, old_serial).bind(2, std::string_view(fresh.serial_hex));
+      if (auto ok = q->run(); !ok) return fail(ok.error());
     }
     if (auto ok = insert_certificate_locked(fresh); !ok) return fail(ok.error());
     if (auto ok = tx->commit(); !ok) return fail(ok.error());
     return RotationOutcome::committed;
+  }
+
+  Status confirm_rotation(std::string_view new_serial, std::int64_t retire_at_ms) override {
+    std::lock_guard lock(mutex_);
+    auto q = query("UPDATE certificates SET retire_at_ms = ?2 WHERE replaced_by = ?1 AND retire_at_ms IS NULL");
+    if (!q) return fail(q.error());
+    q->bind(1, new_serial).bind(2, retire_at_ms);
+    return q->run();
   }
 
   Result<std::vector<CertRecord>> list_certificates(std::string_view node_id) override {
@@ -838,14 +861,14 @@ class SqliteStore final : public Store {
   Status insert_certificate_locked(const CertRecord& c) {
     auto q = query(
         "INSERT INTO certificates (serial, node_id, fingerprint, not_before_ms, not_after_ms, "
-        "issued_at_ms, reason, status, retire_at_ms, public_key) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+        "issued_at_ms, reason, status, retire_at_ms, public_key, replaced_by) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     if (!q) return fail(q.error());
     q->bind(1, std::string_view(c.serial_hex)).bind(2, std::string_view(c.node_id));
     q->bind(3, std::string_view(c.fingerprint_sha256)).bind(4, c.not_before_ms);
     q->bind(5, c.not_after_ms).bind(6, c.issued_at_ms).bind(7, std::string_view(c.reason));
     q->bind(8, cert_status_name(c.status)).bind(9, c.retire_at_ms);
-    q->bind(10, std::string_view(c.public_key_pem));
+    q->bind(10, std::string_view(c.public_key_pem)).bind(11, c.replaced_by);
     return q->run();
   }
 

@@ -55,8 +55,12 @@ struct CertRecord {
   std::int64_t issued_at_ms = 0;
   std::string reason;  // "enroll" or "rotate"
   CertStatus status = CertStatus::active;
-  // Set when a rotation replaced this certificate: it authorizes requests until then (the
-  // grace for requests in flight) and may never rotate again.
+  // A rotation's new certificate that the node has not used yet: until it does (its answer
+  // may have been lost, or the node could not store it), this one stays current and may
+  // rotate again, which supersedes the unused one.
+  std::optional<std::string> replaced_by;
+  // Set when the node first used its replacement: this one authorizes requests until then
+  // (the grace for requests in flight) and may never rotate again.
   std::optional<std::int64_t> retire_at_ms;
   std::string public_key_pem;  // the certificate's key (empty for certificates from schema 1)
 };
@@ -127,7 +131,7 @@ enum class EnrollmentOutcome {
 
 enum class RotationOutcome {
   committed,
-  not_current,  // the old certificate is no longer the node's newest active one
+  not_current,  // the old certificate was revoked, superseded or is retiring
 };
 
 struct EventQuery {
@@ -176,10 +180,12 @@ class Store {
   virtual Result<EnrollmentOutcome> commit_enrollment(const EnrollmentCommit& commit) = 0;
   virtual Result<std::int64_t> enrollments_total() = 0;
 
-  // certificates. Rotation: in one transaction, the old certificate (which must be the node's
-  // active, never rotated one) gets retire_at_ms and the new one is recorded.
-  virtual Result<RotationOutcome> commit_rotation(std::string_view old_serial, std::int64_t retire_at_ms,
-                                                  const CertRecord& fresh) = 0;
+  // certificates. Rotation, in one transaction: the old certificate (which must be active
+  // and not retiring) is marked replaced_by the new one, a previous unused replacement of it
+  // is superseded, and the new one is recorded.
+  virtual Result<RotationOutcome> commit_rotation(std::string_view old_serial, const CertRecord& fresh) = 0;
+  // The node used `new_serial` for the first time: the certificate it replaced retires then.
+  virtual Status confirm_rotation(std::string_view new_serial, std::int64_t retire_at_ms) = 0;
   virtual Result<std::vector<CertRecord>> list_certificates(std::string_view node_id) = 0;
 
   // nodes

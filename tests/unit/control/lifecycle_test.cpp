@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <map>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -112,7 +113,9 @@ TEST_CASE("rotation: the grace is configurable and a restart inside it keeps it"
   ControlFixture f(cfg);
   const auto node = make_node();
   const auto old_peer = f.enrolled(node);
-  REQUIRE(f.rotate(old_peer, node.csr_pem));
+  auto rotated = f.rotate(old_peer, node.csr_pem);
+  REQUIRE(rotated);
+  REQUIRE(f.service->authorize_node(peer_of(rotated->certificate_pem)));  // the node switched
   f.clock.advance(29s);
   f.reopen();
   CHECK(f.service->authorize_node(old_peer));
@@ -121,7 +124,41 @@ TEST_CASE("rotation: the grace is configurable and a restart inside it keeps it"
   CHECK(code_of(f.service->authorize_node(old_peer)) == "cert_retired");
 }
 
-TEST_CASE("rotation: two concurrent rotations with one certificate mint one certificate") {
+TEST_CASE("rotation: until the node uses its new certificate, the old one may rotate again") {
+  // The answer of a rotation can be lost (network) or the node may fail to store it (a full
+  // or read-only disk): the node must not lock itself out by rotating once.
+  control::ServiceConfig cfg;
+  cfg.rotation_grace = 1min;
+  ControlFixture f(cfg);
+  const auto node = make_node();
+  const auto old_peer = f.enrolled(node);
+  auto lost = f.rotate(old_peer, node.csr_pem);
+  REQUIRE(lost);
+  f.clock.advance(1h);  // far past the grace: the old one was never replaced in use
+  CHECK(f.service->authorize_node(old_peer));
+  auto retried = f.rotate(old_peer, node.csr_pem);
+  REQUIRE_MESSAGE(retried, code_of(retried));
+  // The unused certificate is superseded, in memory and (after a restart) in the store.
+  CHECK(code_of(f.service->authorize_node(peer_of(lost->certificate_pem))) == "cert_unknown");
+  const auto fresh = peer_of(retried->certificate_pem);
+  f.reopen();
+  CHECK(code_of(f.service->authorize_node(peer_of(lost->certificate_pem))) == "cert_unknown");
+  CHECK(f.service->authorize_node(old_peer));
+  REQUIRE(f.service->authorize_node(fresh));  // first use: the old one retires after the grace
+  CHECK(code_of(f.rotate(old_peer, node.csr_pem)) == "cert_not_current");
+  f.clock.advance(1min);
+  CHECK(code_of(f.service->authorize_node(old_peer)) == "cert_retired");
+  f.reopen();
+  CHECK(code_of(f.service->authorize_node(old_peer)) == "cert_unknown");
+  CHECK(f.service->authorize_node(fresh));
+  auto shown = f.service->admin_show_node(node.id);
+  REQUIRE(shown);
+  std::map<std::string, int> by_status;
+  for (const auto& c : (*shown)["certificates"]) ++by_status[c["status"].get<std::string>()];
+  CHECK(by_status == std::map<std::string, int>{{"active", 1}, {"superseded", 1}, {"retired", 1}});
+}
+
+TEST_CASE("rotation: concurrent rotations with one certificate leave one current replacement") {
   ControlFixture f;
   const auto node = make_node();
   const auto peer = f.enrolled(node);
@@ -133,15 +170,23 @@ TEST_CASE("rotation: two concurrent rotations with one certificate mint one cert
     threads.emplace_back([&, i] { results[i] = f.service->rotate(*authorized, {node.csr_pem}); });
   }
   for (auto& t : threads) t.join();
-  int ok = 0;
+  std::vector<std::string> current;
   for (const auto& r : results) {
-    if (r) ++ok;
-    else CHECK(r.error().body.code == "cert_not_current");
+    REQUIRE_MESSAGE(r, code_of(r));  // none used yet: each rotation supersedes the previous one
+    const auto p = peer_of(r->certificate_pem);
+    if (f.service->authorize_node(p)) current.push_back(p.serial_hex);
   }
-  CHECK(ok == 1);
+  REQUIRE(current.size() == 1);
   auto shown = f.service->admin_show_node(node.id);
   REQUIRE(shown);
-  CHECK((*shown)["certificates"].size() == 2);
+  std::vector<std::string> active;
+  for (const auto& c : (*shown)["certificates"]) {
+    if (c["status"] == "active" && c["serial"] != peer.serial_hex) active.push_back(c["serial"].get<std::string>());
+  }
+  REQUIRE(active.size() == 1);
+  CHECK(active[0] == current[0]);
+  // that one was just used: from now on the enrolled certificate may not rotate
+  CHECK(code_of(f.rotate(peer, node.csr_pem)) == "cert_not_current");
 }
 
 // --- re-enrollment ----------------------------------------------------------------------
@@ -256,7 +301,9 @@ TEST_CASE("proof of the current key lets an enrolled node re-enroll with a fleet
     CHECK(code_of(f.service->enroll(fleet, with_proof(fresh, node.key.get(), "ABCDEF"))) == "node_exists");
   }
   SUBCASE("the key of a rotated-out certificate: node_exists") {
-    REQUIRE(f.rotate(peer, fresh.csr_pem));
+    auto rotated = f.rotate(peer, fresh.csr_pem);
+    REQUIRE(rotated);
+    REQUIRE(f.service->authorize_node(peer_of(rotated->certificate_pem)));  // the node switched
     auto r = f.service->enroll(fleet, with_proof(same_id_new_key(node), node.key.get(), peer.serial_hex));
     REQUIRE(!r);
     CHECK(r.error().body.message.find("not the node's current one") != std::string::npos);
