@@ -1,6 +1,8 @@
 // Parsers of the command-line values of cairn-control.
 #include "control/cli/parse.hpp"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <charconv>
 #include <limits>
@@ -81,6 +83,10 @@ Result<ListenAddress> parse_listen(std::string_view text) {
     port_text = text.substr(colon + 1);
   }
   if (out.host.empty()) return bad("no host");
+  unsigned char addr[16];
+  if (::inet_pton(AF_INET, out.host.c_str(), addr) != 1 && ::inet_pton(AF_INET6, out.host.c_str(), addr) != 1) {
+    return bad("'" + out.host + "' is not an IP address");
+  }
   unsigned port = 0;
   auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
   if (ec != std::errc() || ptr != port_text.data() + port_text.size() || port > 65535 || port_text.empty()) {
@@ -92,7 +98,8 @@ Result<ListenAddress> parse_listen(std::string_view text) {
 
 Result<std::set<std::string, std::less<>>> parse_label_keys(std::string_view text, std::string_view what) {
   std::set<std::string, std::less<>> keys;
-  while (!text.empty()) {
+  if (text.empty()) return keys;
+  for (;;) {
     const auto comma = text.find(',');
     const auto key = text.substr(0, comma);
     const bool ok = !key.empty() && key.size() <= 63 &&
