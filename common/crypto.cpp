@@ -85,7 +85,8 @@ Status set_time(ASN1_TIME* field, std::chrono::system_clock::time_point t, const
 Status add_ext(X509* cert, X509V3_CTX* ctx, int nid, const std::string& value) {
   X509ExtensionPtr ext(X509V3_EXT_conf_nid(nullptr, ctx, nid, value.c_str()));
   if (!ext || X509_add_ext(cert, ext.get(), -1) != 1) {
-    return fail(Errc::internal, "add X.509 extension " + std::string(OBJ_nid2sn(nid)) + "=" +
+    const char* name = OBJ_nid2sn(nid);
+    return fail(Errc::internal, "add X.509 extension " + std::string(name != nullptr ? name : "?") + "=" +
                                     value + ": " + openssl_error());
   }
   return {};

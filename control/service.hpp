@@ -1,7 +1,9 @@
 // ControlService: the logic of cairn-control, behind the HTTPS server. The server turns a
 // request into one call here (after TLS, limits and routing) and the result into a reply.
 // The contract between the HTTP layer (control/server/) and the logic (control/service/,
-// store/, ca.cpp) — keep it the only thing they share. Below it, nothing includes it.
+// store/, ca.cpp) — keep it the only thing they share. Includes point one way: ca, state
+// and store never include it; the parts in control/service/ include it and the layers below;
+// control/service/assembly.cpp alone includes every part and implements open_service.
 #pragma once
 
 #include <chrono>

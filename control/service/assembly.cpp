@@ -1,6 +1,7 @@
 // ControlService assembled from one class per job (control/service/): the authorisation
 // cache, enrollment, rotation, the heartbeat writer, the liveness sweep and the admin views,
-// all on one Store and the cluster CA. This file only wires them and forwards.
+// all on one Store and the cluster CA. This file only wires them and forwards; it is the
+// one file that includes every part (the parts include only the contract and the layers below).
 #include "control/service.hpp"
 
 #include <memory>
