@@ -241,8 +241,14 @@ std::vector<AuthCache::Lapse> AuthCache::sweep(std::int64_t now_ms, std::int64_t
     if (s != NodeState::enrolled && s != NodeState::ready) continue;
     const std::int64_t seen = live->last_seen_ms.load();
     if (now_ms - seen <= grace_ms) continue;
-    // A heartbeat committed since the load above wins (the exchange fails; next sweep looks again).
-    if (live->state.compare_exchange_strong(s, NodeState::unreachable)) lapsed.push_back({id, seen});
+    if (!live->state.compare_exchange_strong(s, NodeState::unreachable)) continue;  // changed meanwhile
+    // A heartbeat committed between reading last_seen and the exchange wins: undo.
+    if (now_ms - live->last_seen_ms.load() <= grace_ms) {
+      NodeState expected = NodeState::unreachable;
+      live->state.compare_exchange_strong(expected, s);
+      continue;
+    }
+    lapsed.push_back({id, seen});
   }
   return lapsed;
 }
