@@ -2,6 +2,8 @@
 
 #include <openssl/err.h>
 
+#include <algorithm>
+
 #include "common/fs.hpp"
 #include "common/uuid.hpp"
 
@@ -25,6 +27,14 @@ CertSpec leaf_spec(std::string common_name, std::chrono::seconds lifetime, const
 }
 
 }  // namespace
+
+bool valid_admin_name(std::string_view name) {
+  if (name.empty() || name.size() > kMaxAdminNameBytes) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '@';
+  });
+}
 
 Result<CertificateAuthority> CertificateAuthority::create(std::string_view common_name,
                                                           std::chrono::seconds lifetime,
@@ -104,6 +114,10 @@ Result<X509Ptr> CertificateAuthority::issue_server_cert(const EVP_PKEY* key,
 Result<X509Ptr> CertificateAuthority::issue_admin_cert(const EVP_PKEY* key, std::string_view name,
                                                        std::chrono::seconds lifetime,
                                                        const Clock& clock) const {
+  if (!valid_admin_name(name)) {
+    return fail(Errc::usage, "admin name '" + std::string(name.substr(0, 64)) + "' is not valid",
+                "use up to " + std::to_string(kMaxAdminNameBytes) + " letters, digits, '-', '.', '_' or '@'");
+  }
   auto spec = leaf_spec(std::string(kAdminCnPrefix) + std::string(name), lifetime, clock);
   spec.client_auth = true;
   return issue_certificate(spec, key, cert_.get(), key_.get());

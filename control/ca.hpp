@@ -10,7 +10,9 @@
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 #include "common/result.hpp"
-#include "control/service.hpp"
+#include "control/api_error.hpp"
+#include "control/peer.hpp"
+#include "control/state_paths.hpp"
 
 namespace cairn::control {
 
@@ -37,7 +39,7 @@ class CertificateAuthority {
                                                   const std::vector<std::string>& ip_addresses,
                                                   std::chrono::seconds lifetime,
                                                   const Clock& clock) const;
-  // CN "admin:<name>" (kAdminCnPrefix), clientAuth.
+  // CN "admin:<name>" (kAdminCnPrefix), clientAuth. The name must pass valid_admin_name.
   [[nodiscard]] Result<X509Ptr> issue_admin_cert(const EVP_PKEY* key, std::string_view name,
                                                  std::chrono::seconds lifetime,
                                                  const Clock& clock) const;
@@ -53,6 +55,11 @@ class CertificateAuthority {
   EvpPkey key_;
   std::string cert_pem_;
 };
+
+// Admin names: 1..kMaxAdminNameBytes of letters, digits, '-', '.', '_', '@', so that
+// "admin:<name>" fits the 64-byte CN.
+inline constexpr std::size_t kMaxAdminNameBytes = 64 - kAdminCnPrefix.size();
+bool valid_admin_name(std::string_view name);
 
 // Checks a node's CSR: it parses (400 csr_invalid), its self-signature verifies (400
 // csr_signature), its key is Ed25519 or P-256 (400 csr_key_type) and its subject CN is

@@ -1,15 +1,17 @@
 // ControlService: the logic of cairn-control, behind the HTTPS server. The server turns a
 // request into one call here (after TLS, limits and routing) and the result into a reply.
-// The contract between the HTTP layer (control/server/) and the logic (service.cpp,
-// store/, ca.cpp) — keep it the only thing they share.
+// The contract between the HTTP layer (control/server/) and the logic (control/service/,
+// store/, ca.cpp) — keep it the only thing they share. Includes point one way: ca, state
+// and store never include it; the parts in control/service/ include it and the layers below;
+// control/service/assembly.cpp alone includes every part and implements open_service.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
-#include <expected>
-#include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -17,47 +19,59 @@
 #include "common/json.hpp"
 #include "common/protocol/messages.hpp"
 #include "common/result.hpp"
+#include "control/api_error.hpp"
+#include "control/peer.hpp"
+#include "control/state_paths.hpp"
 
 namespace cairn::control {
-
-// The state directory `cairn-control init --state DIR` creates and `serve` reads.
-struct StatePaths {
-  std::filesystem::path dir;
-  [[nodiscard]] std::filesystem::path ca_cert() const { return dir / "ca.crt"; }
-  [[nodiscard]] std::filesystem::path ca_key() const { return dir / "ca.key"; }          // 0600
-  [[nodiscard]] std::filesystem::path server_cert() const { return dir / "server.crt"; } // + CA chain
-  [[nodiscard]] std::filesystem::path server_key() const { return dir / "server.key"; }  // 0600
-  [[nodiscard]] std::filesystem::path admin_cert() const { return dir / "admin.crt"; }
-  [[nodiscard]] std::filesystem::path admin_key() const { return dir / "admin.key"; }    // 0600
-  [[nodiscard]] std::filesystem::path database() const { return dir / "control.db"; }    // SQLite (WAL)
-};
-
-// Admin certificates carry this CN prefix ("admin:alice"); node certificates carry the node
-// UUID as CN, so the CA can never issue one that passes for the other.
-inline constexpr std::string_view kAdminCnPrefix = "admin:";
 
 struct ServiceConfig {
   std::chrono::seconds cert_lifetime{std::chrono::hours(24 * 90)};
   std::chrono::seconds heartbeat_interval{30};
   int unreachable_after_intervals = 3;  // Ready -> Unreachable after this many missed intervals
+  // After a rotation the previous certificate still authorizes requests this long (those in
+  // flight while the agent switches over), then it is refused.
+  std::chrono::seconds rotation_grace{std::chrono::minutes(10)};
+  // Label keys a node may set on itself at enrollment; the token's labels always win and
+  // every other key the node asks for is dropped, so a node cannot place itself.
+  std::set<std::string, std::less<>> node_label_keys;
+  // How often the liveness sweep runs (real time; it reads the injected Clock).
+  std::chrono::milliseconds liveness_sweep_period{1000};
 };
 
-// Who is on the other end of the TLS connection: the server fills it in from the client
-// certificate it has already verified against the cluster CA.
-struct Peer {
-  bool has_cert = false;
-  std::string subject_cn;  // node UUID, or "admin:<name>"
-  std::string serial_hex;  // as CertInfo::serial_hex
-  [[nodiscard]] bool is_admin() const { return has_cert && subject_cn.starts_with(kAdminCnPrefix); }
+// A node whose certificate authorize_node accepted for this request. Only the service makes
+// one, so a call that takes it cannot be reached without the check (made once per request).
+class AuthorizedNode {
+ public:
+  [[nodiscard]] const std::string& node_id() const { return node_id_; }
+  [[nodiscard]] const std::string& serial_hex() const { return serial_hex_; }
+  // The first use of a rotation's new certificate: the one it replaces starts retiring.
+  [[nodiscard]] bool first_use_after_rotation() const { return first_use_after_rotation_; }
+
+ private:
+  friend class AuthCache;
+  AuthorizedNode(std::string node_id, std::string serial_hex, bool first_use_after_rotation)
+      : node_id_(std::move(node_id)),
+        serial_hex_(std::move(serial_hex)),
+        first_use_after_rotation_(first_use_after_rotation) {}
+  std::string node_id_;
+  std::string serial_hex_;
+  bool first_use_after_rotation_ = false;
 };
 
-// An error for the wire: HTTP status + {"error": {code, message, hint}}.
-struct ApiError {
-  int http_status = 500;
-  protocol::ErrorBody body;
+// An admin whose certificate authorize_admin accepted for this request.
+class AuthorizedAdmin {
+ public:
+  [[nodiscard]] const std::string& name() const { return name_; }
+  [[nodiscard]] const std::string& serial_hex() const { return serial_hex_; }
+
+ private:
+  friend class AuthCache;
+  AuthorizedAdmin(std::string name, std::string serial_hex)
+      : name_(std::move(name)), serial_hex_(std::move(serial_hex)) {}
+  std::string name_;
+  std::string serial_hex_;
 };
-template <class T>
-using ApiResult = std::expected<T, ApiError>;
 
 struct NodeCounts {
   std::int64_t enrolled = 0;  // enrolled, no heartbeat yet
@@ -66,46 +80,73 @@ struct NodeCounts {
   std::int64_t revoked = 0;
 };
 
+struct EventFilter {
+  std::optional<std::string> node_id;
+  std::int64_t since_ms = 0;  // Unix ms, received at or after
+  std::int64_t limit = 1000;
+};
+
 class ControlService {
  public:
   virtual ~ControlService() = default;
+
+  // Per request, before any node endpoint: the cert must belong to a known, unrevoked node
+  // and be one of its current certificates (not superseded, not retired by a rotation past
+  // its grace, not expired). Cheap (called at >5k/s): an in-memory cache kept in step with
+  // the store, so a revocation applies to the very next request. The first request with a
+  // rotation's new certificate starts the grace of the certificate it replaces.
+  virtual ApiResult<AuthorizedNode> authorize_node(const Peer& peer) = 0;
+  // Per admin request: a known admin certificate whose name was not revoked.
+  virtual ApiResult<AuthorizedAdmin> authorize_admin(const Peer& peer) = 0;
 
   // POST /v1/enroll. bearer_token is the raw token from "Authorization: Bearer ...".
   virtual ApiResult<protocol::CertificateResponse> enroll(std::string_view bearer_token,
                                                           const protocol::EnrollRequest& request) = 0;
 
-  // Per request, before any node endpoint: the cert must belong to a known, unrevoked node
-  // and be one of its issued, unrevoked certificates. Must be cheap (called at >5k/s).
-  virtual ApiResult<void> authorize_node(const Peer& peer) = 0;
-
-  // POST /v1/certificates/rotate
-  virtual ApiResult<protocol::CertificateResponse> rotate(const Peer& peer,
+  // POST /v1/certificates/rotate: only with the node's newest certificate in use (one whose
+  // replacement the node has not used yet may rotate again; that supersedes the unused one).
+  virtual ApiResult<protocol::CertificateResponse> rotate(const AuthorizedNode& node,
                                                           const protocol::RotateRequest& request) = 0;
 
   // POST /v1/heartbeat. Answers through `done` once the heartbeat is durably stored (group
   // commit); `done` may run on another thread, exactly once.
   using HeartbeatDone = std::function<void(ApiResult<protocol::HeartbeatResponse>)>;
-  virtual void heartbeat(const Peer& peer, protocol::HeartbeatRequest request, HeartbeatDone done) = 0;
+  virtual void heartbeat(const AuthorizedNode& node, protocol::HeartbeatRequest request,
+                         HeartbeatDone done) = 0;
 
-  // /v1/admin/... (peer.is_admin() already checked by the server). Bodies and answers JSON:
+  // /v1/admin/... (authorize_admin already passed). Bodies and answers JSON:
   //   POST /v1/admin/tokens          {"ttl_s", "uses", "labels": {}, "expect_id"} -> {"id", "token", "expires_at", ...}
   //   GET  /v1/admin/tokens          -> {"tokens": [{"id", "created_at", "expires_at", "uses", "max_uses", "labels", "expect_id", "revoked"}]}
   //   POST /v1/admin/tokens/{id}/revoke -> {"id", "revoked": true}
   //   GET  /v1/admin/nodes           -> {"nodes": [{"id", "state", "last_heartbeat", "cert_not_after", "platform", ...}]}
-  //   GET  /v1/admin/nodes/{id}      -> one node with its last heartbeat and certificates
+  //   GET  /v1/admin/nodes/{id}      -> one node with its last heartbeat, certificates, events
   //   POST /v1/admin/nodes/{id}/revoke -> {"id", "revoked": true}
+  //   POST /v1/admin/nodes/{id}/allow-reenroll -> {"id", "reenroll_allowed_until"}
+  //   GET  /v1/admin/events?node=ID&since_ms=N&limit=N -> {"events": [{"node", "id", "severity", "kind", "message", "time", "received_at"}]}
+  //   POST /v1/admin/admins          {"name", "csr"} -> {"name", "certificate", "serial", "not_after"}
+  //   GET  /v1/admin/admins          -> {"admins": [{"name", "serial", "issued_at", "not_after", "revoked_at"}]}
+  //   POST /v1/admin/admins/{name}/revoke -> {"name", "revoked": N}
   virtual ApiResult<Json> admin_create_token(const Json& body) = 0;
   virtual ApiResult<Json> admin_list_tokens() = 0;
   virtual ApiResult<Json> admin_revoke_token(std::string_view id) = 0;
   virtual ApiResult<Json> admin_list_nodes() = 0;
   virtual ApiResult<Json> admin_show_node(std::string_view id) = 0;
   virtual ApiResult<Json> admin_revoke_node(std::string_view id) = 0;
+  virtual ApiResult<Json> admin_allow_reenroll(std::string_view id) = 0;
+  virtual ApiResult<Json> admin_list_events(const EventFilter& filter) = 0;
+  virtual ApiResult<Json> admin_create_admin(const Json& body) = 0;
+  virtual ApiResult<Json> admin_list_admins() = 0;
+  virtual ApiResult<Json> admin_revoke_admin(const AuthorizedAdmin& by, std::string_view name) = 0;
 
+  // Read only: the states the liveness sweep last set.
   virtual NodeCounts node_counts() = 0;
   virtual std::int64_t enrollments_total() = 0;
+  // One pass of the liveness sweep now (its thread runs the same every sweep period).
+  virtual void sweep_liveness() = 0;
 };
 
-// Opens the state dir (CA, database), runs schema migrations, starts the heartbeat writer.
+// Opens the state dir (CA, database), runs schema migrations, registers the state dir's
+// admin.crt as a known admin credential, starts the heartbeat writer and liveness sweep.
 Result<std::unique_ptr<ControlService>> open_service(const StatePaths& state, ServiceConfig config,
                                                      const Clock& clock);
 

@@ -32,14 +32,6 @@ bool valid_ip(const std::string& ip) {
   return ::inet_pton(AF_INET, ip.c_str(), buf) == 1 || ::inet_pton(AF_INET6, ip.c_str(), buf) == 1;
 }
 
-bool valid_admin_name(const std::string& name) {
-  if (name.empty() || name.size() > 64) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '@';
-  });
-}
-
 Result<CertificateAuthority> obtain_ca(const InitOptions& options, const Clock& clock) {
   if (options.ca_cert_file.empty() != options.ca_key_file.empty()) {
     return fail(Errc::usage, "--ca-cert and --ca-key go together",
@@ -83,22 +75,29 @@ Result<InitReport> init_state(const StatePaths& state, const InitOptions& option
   }
   if (!valid_admin_name(options.admin_name)) {
     return fail(Errc::usage, "--admin '" + options.admin_name + "': not a valid admin name",
-                "use up to 64 letters, digits, '-', '.', '_' or '@'");
+                "use up to " + std::to_string(kMaxAdminNameBytes) + " letters, digits, '-', '.', '_' or '@'");
   }
 
   const std::vector<std::filesystem::path> files = {state.ca_cert(),     state.ca_key(),
                                                     state.server_cert(), state.server_key(),
                                                     state.admin_cert(),  state.admin_key()};
-  if (!options.force) {
-    for (const auto& f : files) {
-      std::error_code ec;
-      if (std::filesystem::exists(f, ec)) {
-        return fail(Errc::config, "state dir " + state.dir.string() + " is already initialized (" +
-                                      f.filename().string() + " exists)",
-                    "use it with 'cairn-control serve', or pass --force to replace its credentials "
-                    "(nodes enrolled under the old CA must then enroll again)");
-      }
+  for (const auto& f : files) {
+    std::error_code ec;
+    if (!std::filesystem::exists(f, ec)) continue;
+    if (!options.force) {
+      return fail(Errc::config, "state dir " + state.dir.string() + " is already initialized (" +
+                                    f.filename().string() + " exists)",
+                  "use it with 'cairn-control serve', or pass --force --yes-replace-ca to replace its "
+                  "credentials (nodes enrolled under the old CA must then enroll again)");
     }
+    if (!options.yes_replace_ca) {
+      return fail(Errc::config,
+                  "--force on the initialized state dir " + state.dir.string() +
+                      " would replace its CA and orphan every enrolled node (their certificates "
+                      "no longer verify, they must all enroll again)",
+                  "if that is what you want, pass --yes-replace-ca as well");
+    }
+    break;
   }
   // The state dir holds private keys: only its owner may list it.
   if (auto ok = make_dirs(state.dir, 0700); !ok) return fail(ok.error());

@@ -9,7 +9,7 @@
 
 #include "common/clock.hpp"
 #include "common/result.hpp"
-#include "control/service.hpp"
+#include "control/state_paths.hpp"
 
 namespace cairn::control {
 
@@ -23,10 +23,14 @@ struct InitOptions {
   std::filesystem::path ca_cert_file;
   std::filesystem::path ca_key_file;
   std::chrono::seconds ca_lifetime{std::chrono::hours(24 * 365 * 10)};
-  std::chrono::seconds server_lifetime{std::chrono::hours(24 * 825)};
+  // Under the 825-day cap TLS clients and scanners (testssl) hold server certificates to,
+  // counting the backdate of issue_certificate.
+  std::chrono::seconds server_lifetime{std::chrono::hours(24 * 824)};
   std::chrono::seconds admin_lifetime{std::chrono::hours(24 * 365)};
-  // Replace the credentials of an existing state dir (the database is kept).
+  // Replace the credentials of an existing state dir (the database is kept). Needs
+  // yes_replace_ca too: a new CA orphans every enrolled node.
   bool force = false;
+  bool yes_replace_ca = false;
 };
 
 struct InitReport {
@@ -40,7 +44,8 @@ struct InitReport {
 };
 
 // Writes ca.crt, ca.key, server.crt (leaf then CA), server.key, admin.crt, admin.key with
-// write_file_atomic, keys 0600. Refuses (Errc::config) when any of them exists unless force.
+// write_file_atomic, keys 0600. Refuses (Errc::config) when any of them exists unless
+// force and yes_replace_ca are both set.
 Result<InitReport> init_state(const StatePaths& state, const InitOptions& options, const Clock& clock);
 
 }  // namespace cairn::control

@@ -1,5 +1,9 @@
 #include "common/protocol/messages.hpp"
 
+#include <cctype>
+
+#include "common/crypto.hpp"
+
 namespace cairn::protocol {
 namespace {
 
@@ -51,8 +55,23 @@ Json to_json(const NodeIdentity& v) {
           {"instance_type", v.instance_type}, {"hostname", v.hostname}};
 }
 
+std::string enroll_proof_message(std::string_view node_id, std::string_view csr_pem) {
+  std::string id(node_id);
+  for (auto& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return "cairn-enroll-proof-v1\n" + id + "\n" + sha256_hex(csr_pem);
+}
+
+Result<EnrollProof> make_enroll_proof(const EVP_PKEY* current_key, std::string_view cert_serial,
+                                      std::string_view node_id, std::string_view csr_pem) {
+  auto sig = sign_hex(current_key, enroll_proof_message(node_id, csr_pem));
+  if (!sig) return fail(sig.error().with_context("enroll proof"));
+  return EnrollProof{std::string(cert_serial), std::move(*sig)};
+}
+
 Json to_json(const EnrollRequest& v) {
-  return {{"identity", to_json(v.identity)}, {"csr", v.csr_pem}, {"labels", v.labels}};
+  Json j = {{"identity", to_json(v.identity)}, {"csr", v.csr_pem}, {"labels", v.labels}};
+  if (v.proof) j["proof"] = {{"cert_serial", v.proof->cert_serial}, {"signature", v.proof->signature_hex}};
+  return j;
 }
 
 Json to_json(const CertificateResponse& v) {
@@ -104,6 +123,9 @@ Result<EnrollRequest> decode_enroll_request(std::string_view body) {
     v.identity = identity_from(j.at("identity"));
     v.csr_pem = j.at("csr").get<std::string>();
     get_opt(j, "labels", v.labels);
+    if (auto it = j.find("proof"); it != j.end() && !it->is_null()) {
+      v.proof = EnrollProof{it->at("cert_serial").get<std::string>(), it->at("signature").get<std::string>()};
+    }
     return v;
   });
 }

@@ -4,12 +4,14 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/json.hpp"
 #include "common/result.hpp"
+#include "common/ssl.hpp"
 
 namespace cairn::protocol {
 
@@ -27,11 +29,29 @@ struct NodeIdentity {
   std::string hostname;
 };
 
+// Proof that the enrolling machine holds the key of the node's current certificate: lets a
+// node that is already enrolled enroll again with a plain fleet token (e.g. with a new key)
+// where a second machine presenting the same id (a cloned disk) is refused. No nonce is
+// needed: the signature covers the new CSR, so a replay can only obtain a certificate for a
+// key the replayer does not hold.
+struct EnrollProof {
+  std::string cert_serial;    // serial (CertInfo::serial_hex) of the certificate whose key signs
+  std::string signature_hex;  // sign_hex(current key, enroll_proof_message(node_id, csr_pem))
+};
+// "cairn-enroll-proof-v1\n<node id, lower case>\n<sha256 hex of the CSR PEM>"
+std::string enroll_proof_message(std::string_view node_id, std::string_view csr_pem);
+// The proof the agent attaches, signed with the key of its current certificate.
+Result<EnrollProof> make_enroll_proof(const EVP_PKEY* current_key, std::string_view cert_serial,
+                                      std::string_view node_id, std::string_view csr_pem);
+
 // POST /v1/enroll (bootstrap token in "Authorization: Bearer <token>")
 struct EnrollRequest {
   NodeIdentity identity;
   std::string csr_pem;  // subject CN must equal identity.node_id
   std::map<std::string, std::string> labels;
+  // "proof": {"cert_serial", "signature"}; optional (the initializer keeps {identity, csr,
+  // labels} aggregates warning-free).
+  std::optional<EnrollProof> proof = std::nullopt;
 };
 
 // Answer of /v1/enroll and /v1/certificates/rotate.

@@ -6,7 +6,7 @@
 
 #include "common/http.hpp"
 #include "common/protocol/messages.hpp"
-#include "control/service.hpp"
+#include "control/state_paths.hpp"
 
 namespace cairn::control::cli {
 
@@ -39,7 +39,7 @@ Result<Json> admin_call(const AdminOptions& o, std::string_view method, std::str
   request.headers.emplace_back("Accept", "application/json");
   if (body != nullptr) {
     request.headers.emplace_back("Content-Type", "application/json");
-    request.body = body->dump();
+    request.body = dump_json(*body);
   }
   request.max_response_bytes = 64 << 20;  // a node list of a large fleet
   auto response = client->send(request);
@@ -73,7 +73,7 @@ void print_error(std::string_view command, const Error& error, bool json) {
     Json out = {{"command", command},
                 {"ok", false},
                 {"error", {{"code", errc_name(error.code)}, {"message", error.message}, {"hint", error.hint}}}};
-    std::cout << out.dump(2, ' ', false, Json::error_handler_t::replace) << "\n";
+    std::cout << dump_json(out, 2) << "\n";
     return;
   }
   std::cerr << "cairn-control " << command << ": " << error.message << "\n";
@@ -109,11 +109,11 @@ std::string cell(const Json& object, std::string_view key) {
     std::string out;
     for (const auto& [k, v] : it->items()) {
       if (!out.empty()) out += ",";
-      out += k + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
+      out += k + "=" + (v.is_string() ? v.get<std::string>() : dump_json(v));
     }
     return out.empty() ? "-" : out;
   }
-  return it->dump(-1, ' ', false, Json::error_handler_t::replace);
+  return dump_json(*it);
 }
 
 }  // namespace cairn::control::cli

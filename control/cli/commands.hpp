@@ -9,6 +9,8 @@ namespace cairn::control::cli {
 void add_init(CLI::App& app, int& exit_code);   // init.cpp
 void add_serve(CLI::App& app, int& exit_code);  // serve.cpp
 void add_token(CLI::App& app, int& exit_code);  // token.cpp: token create/list/revoke
-void add_node(CLI::App& app, int& exit_code);   // node.cpp: node list/show/revoke
+void add_node(CLI::App& app, int& exit_code);   // node.cpp: node list/show/revoke/allow-reenroll
+void add_events(CLI::App& app, int& exit_code); // events.cpp: events [--node] [--since]
+void add_admin(CLI::App& app, int& exit_code);  // admin.cpp: admin create/list/revoke
 
 }  // namespace cairn::control::cli

@@ -20,6 +20,7 @@ struct InitArgs {
   std::string ca_cert;
   std::string ca_key;
   bool force = false;
+  bool yes_replace_ca = false;
 };
 
 int run_init(const InitArgs& args) {
@@ -30,6 +31,7 @@ int run_init(const InitArgs& args) {
   options.ca_cert_file = args.ca_cert;
   options.ca_key_file = args.ca_key;
   options.force = args.force;
+  options.yes_replace_ca = args.yes_replace_ca;
   const StatePaths state{args.state};
   auto report = init_state(state, options, SystemClock::instance());
   if (!report) {
@@ -69,8 +71,10 @@ void add_init(CLI::App& app, int& exit_code) {
   ca_cert->needs(ca_key);
   ca_key->needs(ca_cert);
   cmd->add_flag("--force", args->force,
-                "replace the credentials of an existing state dir (enrolled nodes must enroll again "
-                "unless the same CA is imported)");
+                "replace the credentials of an existing state dir (needs --yes-replace-ca: every "
+                "enrolled node must enroll again unless the same CA is imported)");
+  cmd->add_flag("--yes-replace-ca", args->yes_replace_ca,
+                "confirm that --force may replace the CA of an initialized state dir");
   cmd->callback([args, &exit_code] { exit_code = run_init(*args); });
 }
 

@@ -12,7 +12,7 @@ Status list(const AdminOptions& admin) {
   auto answer = admin_call(admin, "GET", "/v1/admin/nodes");
   if (!answer) return fail(answer.error());
   if (admin.json) {
-    std::cout << answer->dump(2) << "\n";
+    std::cout << dump_json(*answer, 2) << "\n";
     return {};
   }
   std::vector<std::vector<std::string>> rows;
@@ -30,7 +30,7 @@ Status show(const AdminOptions& admin, const std::string& id) {
   auto answer = admin_call(admin, "GET", "/v1/admin/nodes/" + id);
   if (!answer) return fail(answer.error());
   if (admin.json || !answer->is_object()) {
-    std::cout << answer->dump(2) << "\n";
+    std::cout << dump_json(*answer, 2) << "\n";
     return {};
   }
   // Scalars as "key: value", nested objects and lists indented JSON below their key.
@@ -43,7 +43,7 @@ Status show(const AdminOptions& admin, const std::string& id) {
   for (const auto& [k, v] : answer->items()) {
     if (!v.is_structured() || (v.is_object() && k == "labels")) continue;
     std::cout << k << ":\n";
-    std::string text = v.dump(2, ' ', false, Json::error_handler_t::replace);
+    std::string text = dump_json(v, 2);
     std::string indented = "  ";
     for (char c : text) {
       indented += c;
@@ -57,8 +57,20 @@ Status show(const AdminOptions& admin, const std::string& id) {
 Status revoke(const AdminOptions& admin, const std::string& id) {
   auto answer = admin_call(admin, "POST", "/v1/admin/nodes/" + id + "/revoke");
   if (!answer) return fail(answer.error());
-  if (admin.json) std::cout << answer->dump(2) << "\n";
+  if (admin.json) std::cout << dump_json(*answer, 2) << "\n";
   else std::cout << "node " << id << " revoked: its certificates are refused from now on\n";
+  return {};
+}
+
+Status allow_reenroll(const AdminOptions& admin, const std::string& id) {
+  auto answer = admin_call(admin, "POST", "/v1/admin/nodes/" + id + "/allow-reenroll");
+  if (!answer) return fail(answer.error());
+  if (admin.json) {
+    std::cout << dump_json(*answer, 2) << "\n";
+  } else {
+    std::cout << "node " << id << " may enroll again once, with any valid token, until "
+              << cell(*answer, "reenroll_allowed_until") << "\n";
+  }
   return {};
 }
 
@@ -98,6 +110,19 @@ void add_node(CLI::App& app, int& exit_code) {
   revoke_cmd->callback([admin_revoke, revoke_id, &exit_code] {
     if (auto ok = revoke(*admin_revoke, *revoke_id); !ok) {
       print_error("node revoke", ok.error(), admin_revoke->json);
+      exit_code = static_cast<int>(ok.error().code);
+    }
+  });
+
+  auto admin_allow = std::make_shared<AdminOptions>();
+  auto allow_id = std::make_shared<std::string>();
+  auto* allow_cmd = node->add_subcommand(
+      "allow-reenroll", "Let an enrolled node enroll again (once, within an hour) with a fleet token");
+  add_admin_options(*allow_cmd, *admin_allow);
+  allow_cmd->add_option("ID", *allow_id, "Node UUID")->required();
+  allow_cmd->callback([admin_allow, allow_id, &exit_code] {
+    if (auto ok = allow_reenroll(*admin_allow, *allow_id); !ok) {
+      print_error("node allow-reenroll", ok.error(), admin_allow->json);
       exit_code = static_cast<int>(ok.error().code);
     }
   });

@@ -1,8 +1,13 @@
 // Parsers of the command-line values of cairn-control.
 #include "control/cli/parse.hpp"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <charconv>
 #include <limits>
+
+#include "common/time.hpp"
 
 namespace cairn::control::cli {
 namespace {
@@ -78,6 +83,10 @@ Result<ListenAddress> parse_listen(std::string_view text) {
     port_text = text.substr(colon + 1);
   }
   if (out.host.empty()) return bad("no host");
+  unsigned char addr[16];
+  if (::inet_pton(AF_INET, out.host.c_str(), addr) != 1 && ::inet_pton(AF_INET6, out.host.c_str(), addr) != 1) {
+    return bad("'" + out.host + "' is not an IP address");
+  }
   unsigned port = 0;
   auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
   if (ec != std::errc() || ptr != port_text.data() + port_text.size() || port > 65535 || port_text.empty()) {
@@ -85,6 +94,36 @@ Result<ListenAddress> parse_listen(std::string_view text) {
   }
   out.port = static_cast<std::uint16_t>(port);
   return out;
+}
+
+Result<std::set<std::string, std::less<>>> parse_label_keys(std::string_view text, std::string_view what) {
+  std::set<std::string, std::less<>> keys;
+  if (text.empty()) return keys;
+  for (;;) {
+    const auto comma = text.find(',');
+    const auto key = text.substr(0, comma);
+    const bool ok = !key.empty() && key.size() <= 63 &&
+                    std::all_of(key.begin(), key.end(), [](char c) {
+                      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                             c == '.' || c == '_' || c == '-' || c == '/';
+                    });
+    if (!ok) {
+      return fail(Errc::usage, std::string(what) + ": '" + std::string(key.substr(0, 80)) + "' is not a label key",
+                  "write keys of 1-63 letters, digits, '.', '_', '-', '/', separated by commas: zone,rack");
+    }
+    keys.emplace(key);
+    if (comma == std::string_view::npos) break;
+    text.remove_prefix(comma + 1);
+  }
+  return keys;
+}
+
+Result<std::int64_t> parse_since(std::string_view text, std::chrono::system_clock::time_point now,
+                                 std::string_view what) {
+  if (auto t = parse_rfc3339(text)) return to_unix_ms(*t);
+  if (auto d = parse_duration(text, what)) return to_unix_ms(now) - d->count();
+  return fail(Errc::usage, std::string(what) + ": '" + std::string(text.substr(0, 80)) + "' is neither a time nor a duration",
+              "write an RFC 3339 time (2030-01-01T00:00:00Z) or how long ago (15m, 2h, 7d)");
 }
 
 }  // namespace cairn::control::cli

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -24,5 +26,12 @@ struct ListenAddress {
 };
 // "HOST:PORT" or "[V6]:PORT"; the host must be an IP literal.
 Result<ListenAddress> parse_listen(std::string_view text);
+
+// "k1,k2" -> {"k1", "k2"}; empty text -> none. Keys are 1-63 of [A-Za-z0-9._/-].
+Result<std::set<std::string, std::less<>>> parse_label_keys(std::string_view text, std::string_view what);
+
+// An RFC 3339 time, or a duration meaning that long before `now` ("15m", "2d"): Unix ms.
+Result<std::int64_t> parse_since(std::string_view text, std::chrono::system_clock::time_point now,
+                                 std::string_view what);
 
 }  // namespace cairn::control::cli

@@ -36,6 +36,8 @@ struct ServeOptions {
   std::string metrics_listen;
   double enroll_rate = 100;
   double enroll_burst = 200;
+  std::string rotation_grace = "10m";
+  std::string node_label_keys;
 };
 
 // 10k agents keep a connection each: lift the soft fd limit to the hard one.
@@ -91,6 +93,10 @@ Status serve(const ServeOptions& o) {
     if (!m) return fail(m.error().with_context("--metrics-listen"));
     metrics_listen = *m;
   }
+  auto rotation_grace = parse_duration(o.rotation_grace, "--rotation-grace");
+  if (!rotation_grace) return fail(rotation_grace.error());
+  auto label_keys = parse_label_keys(o.node_label_keys, "--node-label-keys");
+  if (!label_keys) return fail(label_keys.error());
 
   raise_fd_limit();
   const StatePaths state{o.state_dir};
@@ -98,6 +104,8 @@ Status serve(const ServeOptions& o) {
   service_config.cert_lifetime = std::chrono::duration_cast<std::chrono::seconds>(*lifetime);
   service_config.heartbeat_interval = std::chrono::duration_cast<std::chrono::seconds>(*interval);
   service_config.unreachable_after_intervals = o.grace_intervals;
+  service_config.rotation_grace = std::chrono::duration_cast<std::chrono::seconds>(*rotation_grace);
+  service_config.node_label_keys = std::move(*label_keys);
   auto service = open_service(state, service_config, SystemClock::instance());
   if (!service) return fail(service.error().with_context("state dir " + o.state_dir));
 
@@ -184,6 +192,12 @@ void add_serve(CLI::App& app, int& exit_code) {
   cmd->add_option("--enroll-burst", options->enroll_burst, "Enrollments accepted at once above the rate")
       ->capture_default_str();
   cmd->add_option("--port-file", options->port_file, "Write the bound port here (atomically) once listening");
+  cmd->add_option("--rotation-grace", options->rotation_grace,
+                  "How long a rotated-out node certificate still works (requests in flight)")
+      ->capture_default_str();
+  cmd->add_option("--node-label-keys", options->node_label_keys,
+                  "Label keys a node may set on itself at enrollment, k1,k2 (token labels always win; "
+                  "default: none)");
   cmd->callback([options, &exit_code] {
     if (auto ok = serve(*options); !ok) {
       print_error(ok.error());

@@ -47,7 +47,7 @@ Status create(const AdminOptions& admin, const CreateOptions& o) {
   auto answer = admin_call(admin, "POST", "/v1/admin/tokens", &body);
   if (!answer) return fail(answer.error());
   if (admin.json) {
-    std::cout << answer->dump(2) << "\n";
+    std::cout << dump_json(*answer, 2) << "\n";
   } else {
     // The token alone on stdout, so `TOKEN=$(cairn-control token create ...)` works.
     std::cout << cell(*answer, "token") << "\n";
@@ -60,7 +60,7 @@ Status list(const AdminOptions& admin) {
   auto answer = admin_call(admin, "GET", "/v1/admin/tokens");
   if (!answer) return fail(answer.error());
   if (admin.json) {
-    std::cout << answer->dump(2) << "\n";
+    std::cout << dump_json(*answer, 2) << "\n";
     return {};
   }
   std::vector<std::vector<std::string>> rows;
@@ -78,7 +78,7 @@ Status list(const AdminOptions& admin) {
 Status revoke(const AdminOptions& admin, const std::string& id) {
   auto answer = admin_call(admin, "POST", "/v1/admin/tokens/" + id + "/revoke");
   if (!answer) return fail(answer.error());
-  if (admin.json) std::cout << answer->dump(2) << "\n";
+  if (admin.json) std::cout << dump_json(*answer, 2) << "\n";
   else std::cout << "token " << id << " revoked\n";
   return {};
 }

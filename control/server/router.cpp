@@ -11,10 +11,7 @@ constexpr std::string_view kNodeHint =
 constexpr std::string_view kAdminHint =
     "use the admin certificate of the state dir (admin.crt/admin.key), e.g. 'cairn-control token list --state DIR'";
 
-std::string dump(const Json& j) {
-  // Never throws on invalid UTF-8 in stored labels: replace it.
-  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
+std::string dump(const Json& j) { return dump_json(j); }
 
 Reply json_reply(int status, const Json& j) { return Reply{status, dump(j), "application/json", false}; }
 
@@ -44,41 +41,12 @@ Reply bad_body(const Error& e) {
                      e.hint.empty() ? "send a JSON body as described in DESIGN.md (Protocol)" : e.hint);
 }
 
-// The client's certificate, if any, for node endpoints: nullopt means authorized.
-std::optional<Reply> check_node_cert(const RouteRequest& r) {
-  if (!r.peer_cert_error.empty()) {
-    return error_reply(401, "client_cert_untrusted",
-                       "client certificate not issued by this cluster's CA: " + std::string(r.peer_cert_error),
-                       std::string(kNodeHint));
-  }
-  if (!r.peer.has_cert) {
-    return error_reply(401, "client_cert_required", "no client certificate presented",
-                       std::string(kNodeHint));
-  }
-  if (r.peer.is_admin()) {
-    return error_reply(403, "admin_cert_not_a_node",
-                       "certificate '" + r.peer.subject_cn + "' is an admin certificate, not a node's",
-                       std::string(kNodeHint));
-  }
-  return std::nullopt;
-}
-
-std::optional<Reply> check_admin_cert(const RouteRequest& r) {
-  if (!r.peer_cert_error.empty()) {
-    return error_reply(401, "client_cert_untrusted",
-                       "client certificate not issued by this cluster's CA: " + std::string(r.peer_cert_error),
-                       std::string(kAdminHint));
-  }
-  if (!r.peer.has_cert) {
-    return error_reply(401, "client_cert_required", "the admin API needs an admin client certificate",
-                       std::string(kAdminHint));
-  }
-  if (!r.peer.is_admin()) {
-    return error_reply(403, "not_admin",
-                       "certificate '" + r.peer.subject_cn + "' is not an admin certificate",
-                       std::string(kAdminHint));
-  }
-  return std::nullopt;
+// A certificate was presented but did not verify against the cluster CA.
+std::optional<Reply> untrusted_cert(const RouteRequest& r, std::string_view hint) {
+  if (r.peer_cert_error.empty()) return std::nullopt;
+  return error_reply(401, "client_cert_untrusted",
+                     "client certificate not issued by this cluster's CA: " + std::string(r.peer_cert_error),
+                     std::string(hint));
 }
 
 // "/v1/admin/tokens/ID/revoke" with prefix "/v1/admin/tokens/" -> {"ID", "/revoke"}.
@@ -88,28 +56,107 @@ std::pair<std::string_view, std::string_view> split_id(std::string_view rest) {
   return {rest.substr(0, slash), rest.substr(slash)};
 }
 
+// A JSON object body (empty: {}); `what` names it in the error.
+std::optional<Json> object_body(const RouteRequest& r, std::string_view what, std::string_view fields,
+                                Reply& refused) {
+  Json body = Json::object();
+  if (!r.body.empty()) {
+    auto parsed = parse_json(r.body, what);
+    if (!parsed) {
+      refused = bad_body(parsed.error());
+      return std::nullopt;
+    }
+    body = std::move(*parsed);
+  }
+  if (!body.is_object()) {
+    refused = error_reply(400, "bad_request", std::string(what) + ": expected a JSON object",
+                          "send " + std::string(fields));
+    return std::nullopt;
+  }
+  return body;
+}
+
+// "node=ID&since_ms=123&limit=5" of GET /v1/admin/events. Values are UUIDs and integers, so
+// no percent-decoding is needed; anything else is refused.
+std::optional<Reply> parse_event_filter(std::string_view target, EventFilter& filter) {
+  const auto q = target.find('?');
+  if (q == std::string_view::npos) return std::nullopt;
+  std::string_view rest = target.substr(q + 1);
+  auto bad = [](std::string_view what) {
+    return error_reply(400, "bad_request", "events query: " + std::string(what.substr(0, 80)),
+                       "use ?node=UUID&since_ms=UNIX_MS&limit=N");
+  };
+  auto number = [](std::string_view v, std::int64_t& out) {
+    if (v.empty() || v.size() > 18) return false;
+    std::int64_t n = 0;
+    for (char c : v) {
+      if (c < '0' || c > '9') return false;
+      n = n * 10 + (c - '0');
+    }
+    out = n;
+    return true;
+  };
+  while (!rest.empty()) {
+    const auto amp = rest.find('&');
+    const auto item = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+    if (item.empty()) continue;
+    const auto eq = item.find('=');
+    if (eq == std::string_view::npos) return bad("'" + std::string(item) + "' is not key=value");
+    const auto key = item.substr(0, eq);
+    const auto value = item.substr(eq + 1);
+    if (key == "node") {
+      filter.node_id = std::string(value);
+    } else if (key == "since_ms") {
+      if (!number(value, filter.since_ms)) return bad("since_ms: not a whole number of milliseconds");
+    } else if (key == "limit") {
+      if (!number(value, filter.limit)) return bad("limit: not a whole number");
+    } else {
+      return bad("unknown parameter '" + std::string(key) + "'");
+    }
+  }
+  return std::nullopt;
+}
+
 Reply route_admin(ControlService& service, const RouteRequest& r, std::string_view path) {
-  if (auto refused = check_admin_cert(r)) return std::move(*refused);
+  if (auto refused = untrusted_cert(r, kAdminHint)) return std::move(*refused);
+  auto admin = service.authorize_admin(r.peer);
+  if (!admin) return from_api_error(admin.error());
   const bool get = r.method == "GET";
   const bool post = r.method == "POST";
   constexpr std::string_view kTokens = "/v1/admin/tokens";
   constexpr std::string_view kNodes = "/v1/admin/nodes";
+  constexpr std::string_view kAdmins = "/v1/admin/admins";
   auto identity = [](const Json& j) { return j; };
 
   if (path == kTokens) {
     if (get) return from_result(service.admin_list_tokens(), identity);
     if (!post) return method_not_allowed(r.method, path, "GET or POST");
-    Json body = Json::object();
-    if (!r.body.empty()) {
-      auto parsed = parse_json(r.body, "token create body");
-      if (!parsed) return bad_body(parsed.error());
-      body = std::move(*parsed);
+    Reply refused;
+    auto body = object_body(r, "token create body", "{\"ttl_s\", \"uses\", \"labels\", \"expect_id\"}", refused);
+    if (!body) return refused;
+    return from_result(service.admin_create_token(*body), identity);
+  }
+  if (path == "/v1/admin/events") {
+    if (!get) return method_not_allowed(r.method, path, "GET");
+    EventFilter filter;
+    if (auto refused = parse_event_filter(r.target, filter)) return std::move(*refused);
+    return from_result(service.admin_list_events(filter), identity);
+  }
+  if (path == kAdmins) {
+    if (get) return from_result(service.admin_list_admins(), identity);
+    if (!post) return method_not_allowed(r.method, path, "GET or POST");
+    Reply refused;
+    auto body = object_body(r, "admin create body", "{\"name\", \"csr\"}", refused);
+    if (!body) return refused;
+    return from_result(service.admin_create_admin(*body), identity);
+  }
+  if (path.starts_with(std::string(kAdmins) + "/")) {
+    auto [name, tail] = split_id(path.substr(kAdmins.size() + 1));
+    if (!name.empty() && tail == "/revoke") {
+      if (!post) return method_not_allowed(r.method, path, "POST");
+      return from_result(service.admin_revoke_admin(*admin, name), identity);
     }
-    if (!body.is_object()) {
-      return error_reply(400, "bad_request", "token create body: expected a JSON object",
-                         "send {\"ttl_s\", \"uses\", \"labels\", \"expect_id\"}");
-    }
-    return from_result(service.admin_create_token(body), identity);
   }
   if (path.starts_with(std::string(kTokens) + "/")) {
     auto [id, tail] = split_id(path.substr(kTokens.size() + 1));
@@ -131,6 +178,10 @@ Reply route_admin(ControlService& service, const RouteRequest& r, std::string_vi
     if (!id.empty() && tail == "/revoke") {
       if (!post) return method_not_allowed(r.method, path, "POST");
       return from_result(service.admin_revoke_node(id), identity);
+    }
+    if (!id.empty() && tail == "/allow-reenroll") {
+      if (!post) return method_not_allowed(r.method, path, "POST");
+      return from_result(service.admin_allow_reenroll(id), identity);
     }
   }
   return error_reply(404, "not_found", "no admin endpoint " + std::string(path),
@@ -175,11 +226,12 @@ void route(ControlService& service, const Metrics& metrics, const RouteRequest& 
 
   if (path == "/v1/heartbeat") {
     if (r.method != "POST") return done(method_not_allowed(r.method, path, "POST"));
-    if (auto refused = check_node_cert(r)) return done(std::move(*refused));
-    if (auto auth = service.authorize_node(r.peer); !auth) return done(from_api_error(auth.error()));
+    if (auto refused = untrusted_cert(r, kNodeHint)) return done(std::move(*refused));
+    auto node = service.authorize_node(r.peer);  // decided once, here, for the whole request
+    if (!node) return done(from_api_error(node.error()));
     auto request = protocol::decode_heartbeat_request(r.body);
     if (!request) return done(bad_body(request.error()));
-    service.heartbeat(r.peer, std::move(*request),
+    service.heartbeat(*node, std::move(*request),
                       [done = std::move(done)](ApiResult<protocol::HeartbeatResponse> result) {
                         done(from_result(result, [](const auto& v) { return protocol::to_json(v); }));
                       });
@@ -198,11 +250,12 @@ void route(ControlService& service, const Metrics& metrics, const RouteRequest& 
   }
   if (path == "/v1/certificates/rotate") {
     if (r.method != "POST") return done(method_not_allowed(r.method, path, "POST"));
-    if (auto refused = check_node_cert(r)) return done(std::move(*refused));
-    if (auto auth = service.authorize_node(r.peer); !auth) return done(from_api_error(auth.error()));
+    if (auto refused = untrusted_cert(r, kNodeHint)) return done(std::move(*refused));
+    auto node = service.authorize_node(r.peer);
+    if (!node) return done(from_api_error(node.error()));
     auto request = protocol::decode_rotate_request(r.body);
     if (!request) return done(bad_body(request.error()));
-    return done(from_result(service.rotate(r.peer, *request), [](const auto& v) { return protocol::to_json(v); }));
+    return done(from_result(service.rotate(*node, *request), [](const auto& v) { return protocol::to_json(v); }));
   }
   if (path == "/healthz") {
     if (r.method != "GET") return done(method_not_allowed(r.method, path, "GET"));

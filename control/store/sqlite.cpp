@@ -98,6 +98,25 @@ CREATE TABLE counters (
 );
 INSERT INTO counters (name, value) VALUES ('enrollments', 0);
 )sql"},
+    // Issue 12: rotation retires the old certificate after a grace; re-enrollment rules
+    // need the current key and the operator's allowance; admin credentials are tracked.
+    {2, R"sql(
+ALTER TABLE certificates ADD COLUMN replaced_by TEXT;
+ALTER TABLE certificates ADD COLUMN retire_at_ms INTEGER;
+ALTER TABLE certificates ADD COLUMN public_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE nodes ADD COLUMN reenroll_allowed_until_ms INTEGER;
+CREATE INDEX node_events_by_time ON node_events(received_at_ms);
+CREATE INDEX certificates_by_replacement ON certificates(replaced_by);
+CREATE TABLE admin_certificates (
+  serial        TEXT PRIMARY KEY,
+  name          TEXT NOT NULL,
+  fingerprint   TEXT NOT NULL,
+  issued_at_ms  INTEGER NOT NULL,
+  not_after_ms  INTEGER NOT NULL,
+  revoked_at_ms INTEGER
+);
+CREATE INDEX admin_certificates_by_name ON admin_certificates(name);
+)sql"},
 };
 
 std::string labels_text(const Labels& labels) { return Json(labels).dump(); }
@@ -223,7 +242,8 @@ constexpr const char* kNodeColumns = R"sql(
   (SELECT MAX(c.not_after_ms) FROM certificates c WHERE c.node_id = n.id AND c.status = 'active'),
   s.last_seen_ms, s.boot_id, s.agent_version, s.mount_state, s.load1, s.load5, s.load15,
   s.cpu_count, s.mem_total_bytes, s.mem_available_bytes, s.disk_total_bytes, s.disk_free_bytes,
-  s.uptime_s, s.cert_not_after, s.modules, s.labels, s.heartbeats, s.critical_events_total
+  s.uptime_s, s.cert_not_after, s.modules, s.labels, s.heartbeats, s.critical_events_total,
+  n.reenroll_allowed_until_ms
 FROM nodes n LEFT JOIN node_status s ON s.node_id = n.id)sql";
 
 NodeRecord node_from(const Query& q) {
@@ -238,6 +258,7 @@ NodeRecord node_from(const Query& q) {
   n.enroll_count = q.int64(5);
   n.revoked_at_ms = q.opt_int64(6);
   n.cert_not_after_ms = q.opt_int64(7);
+  n.reenroll_allowed_until_ms = q.opt_int64(26);
   if (!q.is_null(8)) {
     NodeStatusRecord s;
     s.last_seen_ms = q.int64(8);
@@ -290,10 +311,26 @@ CertRecord cert_from(const Query& q) {
   c.issued_at_ms = q.int64(5);
   c.reason = q.text(6);
   c.status = cert_status_from(q.text(7));
+  c.retire_at_ms = q.opt_int64(8);
+  c.public_key_pem = q.text(9);
+  if (!q.is_null(10)) c.replaced_by = q.text(10);
   return c;
 }
 constexpr const char* kCertColumns =
-    "serial, node_id, fingerprint, not_before_ms, not_after_ms, issued_at_ms, reason, status";
+    "serial, node_id, fingerprint, not_before_ms, not_after_ms, issued_at_ms, reason, status, "
+    "retire_at_ms, public_key, replaced_by";
+
+AdminCertRecord admin_from(const Query& q) {
+  return {q.text(0), q.text(1), q.text(2), q.int64(3), q.int64(4), q.opt_int64(5)};
+}
+constexpr const char* kAdminColumns =
+    "serial, name, fingerprint, issued_at_ms, not_after_ms, revoked_at_ms";
+
+constexpr const char* kEventColumns =
+    "node_id, event_id, severity, kind, message, time, received_at_ms";
+NodeEventRecord event_from(const Query& q) {
+  return {q.text(0), q.text(1), q.text(2), q.text(3), q.text(4), q.text(5), q.int64(6)};
+}
 
 class SqliteStore final : public Store {
  public:
@@ -393,12 +430,23 @@ class SqliteStore final : public Store {
       if (sqlite3_changes(db_.get()) == 0) return EnrollmentOutcome::token_unavailable;
     }
     {
-      auto q = query("SELECT revoked_at_ms FROM nodes WHERE id = ?1");
+      // Read inside the write transaction: the rules see what this commit replaces.
+      auto q = query("SELECT revoked_at_ms, reenroll_allowed_until_ms FROM nodes WHERE id = ?1");
       if (!q) return fail(q.error());
       q->bind(1, std::string_view(c.node.id));
       auto row = q->step();
       if (!row) return fail(row.error());
-      if (*row && !q->is_null(0)) return EnrollmentOutcome::node_revoked;
+      if (*row) {
+        if (!q->is_null(0)) return EnrollmentOutcome::node_revoked;
+        const auto allowed_until = q->opt_int64(1);
+        switch (c.existing) {
+          case ExistingNode::replace: break;
+          case ExistingNode::refuse: return EnrollmentOutcome::node_exists;
+          case ExistingNode::replace_if_allowed:
+            if (!allowed_until || *allowed_until <= c.now_ms) return EnrollmentOutcome::node_exists;
+            break;
+        }
+      }
     }
     {
       auto q = query(
@@ -406,7 +454,7 @@ class SqliteStore final : public Store {
           "enroll_count, token_id) VALUES (?1, ?2, ?3, ?4, ?4, 1, ?5) "
           "ON CONFLICT (id) DO UPDATE SET identity = excluded.identity, labels = excluded.labels, "
           "enrolled_at_ms = excluded.enrolled_at_ms, enroll_count = enroll_count + 1, "
-          "token_id = excluded.token_id");
+          "token_id = excluded.token_id, reenroll_allowed_until_ms = NULL");
       if (!q) return fail(q.error());
       q->bind(1, std::string_view(c.node.id))
           .bind(2, std::string_view(protocol::to_json(c.node.identity).dump()))
@@ -441,9 +489,46 @@ class SqliteStore final : public Store {
     return *row ? q->int64(0) : 0;
   }
 
-  Status insert_certificate(const CertRecord& cert) override {
+  Result<RotationOutcome> commit_rotation(std::string_view old_serial, const CertRecord& fresh) override {
     std::lock_guard lock(mutex_);
-    return insert_certificate_locked(cert);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    std::optional<std::string> unused;  // a replacement the node never used
+    {
+      auto q = query(
+          "SELECT c.replaced_by FROM certificates c JOIN nodes n ON n.id = c.node_id WHERE "
+          "c.serial = ?1 AND c.node_id = ?2 AND c.status = 'active' AND c.retire_at_ms IS NULL "
+          "AND n.revoked_at_ms IS NULL");
+      if (!q) return fail(q.error());
+      q->bind(1, old_serial).bind(2, std::string_view(fresh.node_id));
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (!*row) return RotationOutcome::not_current;
+      if (!q->is_null(0)) unused = q->text(0);
+    }
+    if (unused) {
+      auto q = query("UPDATE certificates SET status = 'superseded' WHERE serial = ?1 AND status = 'active'");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(*unused));
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    {
+      auto q = query("UPDATE certificates SET replaced_by = ?2 WHERE serial = ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, old_serial).bind(2, std::string_view(fresh.serial_hex));
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    if (auto ok = insert_certificate_locked(fresh); !ok) return fail(ok.error());
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return RotationOutcome::committed;
+  }
+
+  Status confirm_rotation(std::string_view new_serial, std::int64_t retire_at_ms) override {
+    std::lock_guard lock(mutex_);
+    auto q = query("UPDATE certificates SET retire_at_ms = ?2 WHERE replaced_by = ?1 AND retire_at_ms IS NULL");
+    if (!q) return fail(q.error());
+    q->bind(1, new_serial).bind(2, retire_at_ms);
+    return q->run();
   }
 
   Result<std::vector<CertRecord>> list_certificates(std::string_view node_id) override {
@@ -515,21 +600,78 @@ class SqliteStore final : public Store {
     return true;
   }
 
-  Result<std::vector<NodeEventRecord>> recent_events(std::string_view node_id) override {
+  Result<bool> allow_reenroll(std::string_view id, std::int64_t until_ms) override {
     std::lock_guard lock(mutex_);
     auto q = query(
-        "SELECT event_id, severity, kind, message, time, received_at_ms FROM node_events "
-        "WHERE node_id = ?1 ORDER BY rowid DESC");
+        "UPDATE nodes SET reenroll_allowed_until_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL");
+    if (!q) return fail(q.error());
+    q->bind(1, id).bind(2, until_ms);
+    if (auto ok = q->run(); !ok) return fail(ok.error());
+    return sqlite3_changes(db_.get()) > 0;
+  }
+
+  Result<std::vector<NodeEventRecord>> recent_events(std::string_view node_id) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kEventColumns +
+                   " FROM node_events WHERE node_id = ?1 ORDER BY rowid DESC");
     if (!q) return fail(q.error());
     q->bind(1, node_id);
-    std::vector<NodeEventRecord> out;
-    for (;;) {
-      auto row = q->step();
-      if (!row) return fail(row.error());
-      if (!*row) break;
-      out.push_back({q->text(0), q->text(1), q->text(2), q->text(3), q->text(4), q->int64(5)});
+    return collect(*q, event_from);
+  }
+
+  Result<std::vector<NodeEventRecord>> list_events(const EventQuery& query_spec) override {
+    std::lock_guard lock(mutex_);
+    // The newest `limit` matching events, returned oldest first.
+    auto q = query(std::string("SELECT ") + kEventColumns + " FROM (SELECT rowid AS r, " + kEventColumns +
+                   " FROM node_events WHERE (?1 IS NULL OR node_id = ?1) AND received_at_ms >= ?2 "
+                   "ORDER BY received_at_ms DESC, rowid DESC LIMIT ?3) ORDER BY received_at_ms, r");
+    if (!q) return fail(q.error());
+    q->bind(1, query_spec.node_id).bind(2, query_spec.since_ms).bind(3, query_spec.limit);
+    return collect(*q, event_from);
+  }
+
+  Status insert_events(std::span<const NodeEventRecord> events) override {
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    for (const auto& e : events) {
+      auto inserted = insert_event_locked(e);
+      if (!inserted) return fail(inserted.error());
+      if (*inserted) {
+        if (auto ok = prune_events_locked(e.node_id); !ok) return ok;
+      }
     }
-    return out;
+    return tx->commit();
+  }
+
+  Status insert_admin_cert(const AdminCertRecord& a) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(
+        "INSERT OR IGNORE INTO admin_certificates (serial, name, fingerprint, issued_at_ms, "
+        "not_after_ms, revoked_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+    if (!q) return fail(q.error());
+    q->bind(1, std::string_view(a.serial_hex)).bind(2, std::string_view(a.name));
+    q->bind(3, std::string_view(a.fingerprint_sha256)).bind(4, a.issued_at_ms);
+    q->bind(5, a.not_after_ms).bind(6, a.revoked_at_ms);
+    return q->run();
+  }
+
+  Result<std::vector<AdminCertRecord>> list_admin_certs() override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kAdminColumns +
+                   " FROM admin_certificates ORDER BY name, issued_at_ms, serial");
+    if (!q) return fail(q.error());
+    return collect(*q, admin_from);
+  }
+
+  Result<std::int64_t> revoke_admin(std::string_view name, std::int64_t now_ms) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(
+        "UPDATE admin_certificates SET revoked_at_ms = ?2 WHERE name = ?1 AND revoked_at_ms IS NULL");
+    if (!q) return fail(q.error());
+    q->bind(1, name).bind(2, now_ms);
+    if (auto ok = q->run(); !ok) return fail(ok.error());
+    return static_cast<std::int64_t>(sqlite3_changes(db_.get()));
   }
 
   Result<std::vector<Status>> write_heartbeats(std::span<const HeartbeatRecord> batch) override {
@@ -560,15 +702,20 @@ class SqliteStore final : public Store {
     }
     {
       auto q = query(std::string("SELECT ") + kCertColumns +
-                     " FROM certificates WHERE status != 'superseded' AND not_after_ms > ?1");
+                     " FROM certificates WHERE status != 'superseded' AND not_after_ms > ?1 "
+                     "AND (retire_at_ms IS NULL OR retire_at_ms > ?1)");
       if (!q) return fail(q.error());
       q->bind(1, now_ms);
-      for (;;) {
-        auto row = q->step();
-        if (!row) return fail(row.error());
-        if (!*row) break;
-        snap.certs.push_back(cert_from(*q));
-      }
+      auto certs = collect(*q, cert_from);
+      if (!certs) return fail(certs.error());
+      snap.certs = std::move(*certs);
+    }
+    {
+      auto q = query(std::string("SELECT ") + kAdminColumns + " FROM admin_certificates");
+      if (!q) return fail(q.error());
+      auto admins = collect(*q, admin_from);
+      if (!admins) return fail(admins.error());
+      snap.admins = std::move(*admins);
     }
     return snap;
   }
@@ -595,6 +742,41 @@ class SqliteStore final : public Store {
    private:
     SqliteStore* store_;
   };
+
+  template <class Fn>
+  static auto collect(Query& q, Fn&& from) -> Result<std::vector<decltype(from(q))>> {
+    std::vector<decltype(from(q))> out;
+    for (;;) {
+      auto row = q.step();
+      if (!row) return fail(row.error());
+      if (!*row) break;
+      out.push_back(from(q));
+    }
+    return out;
+  }
+
+  // true: stored; false: the node already has an event with this id (dropped).
+  Result<bool> insert_event_locked(const NodeEventRecord& e) {
+    auto q = query(
+        "INSERT OR IGNORE INTO node_events (node_id, event_id, severity, kind, message, time, "
+        "received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (!q) return fail(q.error());
+    q->bind(1, std::string_view(e.node_id)).bind(2, std::string_view(e.event_id));
+    q->bind(3, std::string_view(e.severity)).bind(4, std::string_view(e.kind));
+    q->bind(5, std::string_view(e.message)).bind(6, std::string_view(e.time));
+    q->bind(7, e.received_at_ms);
+    if (auto ok = q->run(); !ok) return fail(ok.error());
+    return sqlite3_changes(db_.get()) > 0;
+  }
+
+  Status prune_events_locked(std::string_view node_id) {
+    auto q = query(
+        "DELETE FROM node_events WHERE node_id = ?1 AND rowid NOT IN (SELECT rowid FROM "
+        "node_events WHERE node_id = ?1 ORDER BY rowid DESC LIMIT ?2)");
+    if (!q) return fail(q.error());
+    q->bind(1, node_id).bind(2, std::int64_t{kEventsKeptPerNode});
+    return q->run();
+  }
 
   Result<Transaction> begin() {
     if (auto ok = exec("BEGIN IMMEDIATE"); !ok) return fail(ok.error());
@@ -679,12 +861,14 @@ class SqliteStore final : public Store {
   Status insert_certificate_locked(const CertRecord& c) {
     auto q = query(
         "INSERT INTO certificates (serial, node_id, fingerprint, not_before_ms, not_after_ms, "
-        "issued_at_ms, reason, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+        "issued_at_ms, reason, status, retire_at_ms, public_key, replaced_by) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     if (!q) return fail(q.error());
     q->bind(1, std::string_view(c.serial_hex)).bind(2, std::string_view(c.node_id));
     q->bind(3, std::string_view(c.fingerprint_sha256)).bind(4, c.not_before_ms);
     q->bind(5, c.not_after_ms).bind(6, c.issued_at_ms).bind(7, std::string_view(c.reason));
-    q->bind(8, cert_status_name(c.status));
+    q->bind(8, cert_status_name(c.status)).bind(9, c.retire_at_ms);
+    q->bind(10, std::string_view(c.public_key_pem)).bind(11, c.replaced_by);
     return q->run();
   }
 
@@ -693,32 +877,23 @@ class SqliteStore final : public Store {
   Status write_one_heartbeat(const HeartbeatRecord& r) {
     const auto& hb = r.request;
     std::int64_t new_critical = 0;
+    bool stored_any = false;
     int index = 0;
     for (const auto& e : hb.events) {
       ++index;
-      if (e.severity != "critical") continue;
-      auto q = query(
-          "INSERT OR IGNORE INTO node_events (node_id, event_id, severity, kind, message, time, "
-          "received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-      if (!q) return fail(q.error());
       // An event without an idempotency id cannot be deduplicated; give it a unique one.
       const std::string id = e.id.empty() ? "anon-" + std::to_string(r.received_at_ms) + "-" +
                                                 std::to_string(index)
                                           : e.id;
-      q->bind(1, std::string_view(r.node_id)).bind(2, std::string_view(id));
-      q->bind(3, std::string_view(e.severity)).bind(4, std::string_view(e.kind));
-      q->bind(5, std::string_view(e.message)).bind(6, std::string_view(e.time));
-      q->bind(7, r.received_at_ms);
-      if (auto ok = q->run(); !ok) return ok;
-      new_critical += sqlite3_changes(db_.get());
+      auto inserted = insert_event_locked(
+          {r.node_id, id, e.severity, e.kind, e.message, e.time, r.received_at_ms});
+      if (!inserted) return fail(inserted.error());
+      if (!*inserted) continue;  // a duplicate of an id already stored: dropped
+      stored_any = true;
+      if (e.severity == "critical") ++new_critical;
     }
-    if (new_critical > 0) {
-      auto q = query(
-          "DELETE FROM node_events WHERE node_id = ?1 AND rowid NOT IN (SELECT rowid FROM "
-          "node_events WHERE node_id = ?1 ORDER BY rowid DESC LIMIT ?2)");
-      if (!q) return fail(q.error());
-      q->bind(1, std::string_view(r.node_id)).bind(2, std::int64_t{kEventsKeptPerNode});
-      if (auto ok = q->run(); !ok) return ok;
+    if (stored_any) {
+      if (auto ok = prune_events_locked(r.node_id); !ok) return ok;
     }
     auto q = query(R"sql(
 INSERT INTO node_status (node_id, last_seen_ms, boot_id, agent_version, mount_state, load1, load5,

@@ -55,6 +55,14 @@ struct CertRecord {
   std::int64_t issued_at_ms = 0;
   std::string reason;  // "enroll" or "rotate"
   CertStatus status = CertStatus::active;
+  // A rotation's new certificate that the node has not used yet: until it does (its answer
+  // may have been lost, or the node could not store it), this one stays current and may
+  // rotate again, which supersedes the unused one.
+  std::optional<std::string> replaced_by;
+  // Set when the node first used its replacement: this one authorizes requests until then
+  // (the grace for requests in flight) and may never rotate again.
+  std::optional<std::int64_t> retire_at_ms;
+  std::string public_key_pem;  // the certificate's key (empty for certificates from schema 1)
 };
 
 // The last heartbeat of a node (events are kept apart, see NodeEventRecord).
@@ -67,6 +75,9 @@ struct NodeStatusRecord {
 
 struct NodeRecord {
   std::string id;  // UUID, lower case
+  // `cairn-control node allow-reenroll`: the next enrollment of this id with any valid token
+  // is accepted until then (once).
+  std::optional<std::int64_t> reenroll_allowed_until_ms;
   protocol::NodeIdentity identity;
   Labels labels;  // token labels merged with the labels the node asked for at enrollment
   std::int64_t first_enrolled_at_ms = 0;
@@ -77,7 +88,11 @@ struct NodeRecord {
   std::optional<NodeStatusRecord> status;         // none before the first heartbeat (read only)
 };
 
+// An event of a node: sent by its agent (its idempotency id kept) or recorded by control
+// ("node.unreachable", "enroll.node_exists", ...). One row per (node, id): a duplicate id is
+// dropped, so an agent's stable id makes one event per episode.
 struct NodeEventRecord {
+  std::string node_id;
   std::string event_id;
   std::string severity;
   std::string kind;
@@ -92,17 +107,47 @@ struct HeartbeatRecord {
   protocol::HeartbeatRequest request;
 };
 
+// Whether an enrollment may replace an existing (unrevoked) node of the same id.
+enum class ExistingNode {
+  refuse,                  // a plain fleet token: new ids only
+  replace,                 // a token bound to the id, or proof of the node's current key
+  replace_if_allowed,      // only under a pending `node allow-reenroll`, which it consumes
+};
+
 // Everything enrollment changes, committed together or not at all.
 struct EnrollmentCommit {
   std::string token_id;
   std::int64_t now_ms = 0;  // the token must still be unexpired at this time
   NodeRecord node;          // id, identity, labels
   CertRecord cert;
+  ExistingNode existing = ExistingNode::refuse;
 };
 enum class EnrollmentOutcome {
   committed,
   token_unavailable,  // revoked, expired or used up between lookup and commit
   node_revoked,
+  node_exists,  // the id is enrolled and `existing` did not allow replacing it
+};
+
+enum class RotationOutcome {
+  committed,
+  not_current,  // the old certificate was revoked, superseded or is retiring
+};
+
+struct EventQuery {
+  std::optional<std::string> node_id;
+  std::int64_t since_ms = 0;  // received at or after
+  std::int64_t limit = 1000;
+};
+
+// An admin credential (CN admin:<name>): known certificates only authorize admin calls.
+struct AdminCertRecord {
+  std::string serial_hex;
+  std::string name;
+  std::string fingerprint_sha256;
+  std::int64_t issued_at_ms = 0;
+  std::int64_t not_after_ms = 0;
+  std::optional<std::int64_t> revoked_at_ms;
 };
 
 // What authorize_node needs in memory, loaded once at start.
@@ -114,7 +159,8 @@ struct AuthSnapshot {
     std::int64_t last_seen_ms = 0;  // 0: never heartbeated
   };
   std::vector<Node> nodes;
-  std::vector<CertRecord> certs;  // every certificate not superseded and not yet expired
+  std::vector<CertRecord> certs;  // every certificate not superseded, not expired, not retired
+  std::vector<AdminCertRecord> admins;  // every admin certificate (revoked ones too)
 };
 
 class Store {
@@ -134,8 +180,12 @@ class Store {
   virtual Result<EnrollmentOutcome> commit_enrollment(const EnrollmentCommit& commit) = 0;
   virtual Result<std::int64_t> enrollments_total() = 0;
 
-  // certificates
-  virtual Status insert_certificate(const CertRecord& cert) = 0;  // rotation
+  // certificates. Rotation, in one transaction: the old certificate (which must be active
+  // and not retiring) is marked replaced_by the new one, a previous unused replacement of it
+  // is superseded, and the new one is recorded.
+  virtual Result<RotationOutcome> commit_rotation(std::string_view old_serial, const CertRecord& fresh) = 0;
+  // The node used `new_serial` for the first time: the certificate it replaced retires then.
+  virtual Status confirm_rotation(std::string_view new_serial, std::int64_t retire_at_ms) = 0;
   virtual Result<std::vector<CertRecord>> list_certificates(std::string_view node_id) = 0;
 
   // nodes
@@ -143,7 +193,21 @@ class Store {
   virtual Result<std::vector<NodeRecord>> list_nodes() = 0;
   // Marks the node and all its certificates revoked; false: no such node.
   virtual Result<bool> revoke_node(std::string_view id, std::int64_t now_ms) = 0;
+  // Until until_ms, the next enrollment of this existing id needs no bound token; false: no
+  // such node (or revoked).
+  virtual Result<bool> allow_reenroll(std::string_view id, std::int64_t until_ms) = 0;
+
+  // events: newest first for one node; oldest first (received_at, then arrival) for a query.
+  // insert_events drops ids already stored and prunes the node to kEventsKeptPerNode.
   virtual Result<std::vector<NodeEventRecord>> recent_events(std::string_view node_id) = 0;
+  virtual Result<std::vector<NodeEventRecord>> list_events(const EventQuery& query) = 0;
+  virtual Status insert_events(std::span<const NodeEventRecord> events) = 0;
+
+  // admin credentials
+  virtual Status insert_admin_cert(const AdminCertRecord& admin) = 0;  // a known serial: no-op
+  virtual Result<std::vector<AdminCertRecord>> list_admin_certs() = 0;
+  // Revokes every certificate of that admin name; the number revoked (0: none active).
+  virtual Result<std::int64_t> revoke_admin(std::string_view name, std::int64_t now_ms) = 0;
 
   // heartbeats: the whole batch in one transaction. The outer error means nothing was
   // committed; otherwise one Status per record (a record can fail alone, e.g. unknown node).
@@ -152,7 +216,8 @@ class Store {
   virtual Result<AuthSnapshot> load_auth_snapshot(std::int64_t now_ms) = 0;
 };
 
-// How many critical events are kept per node (the count of all of them is kept too).
-inline constexpr int kEventsKeptPerNode = 50;
+// How many events (of any severity) are kept per node, newest first; the count of critical
+// ones ever received is kept too.
+inline constexpr int kEventsKeptPerNode = 100;
 
 }  // namespace cairn::control

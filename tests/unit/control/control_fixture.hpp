@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/crypto.hpp"
+#include "common/fs.hpp"
 #include "common/log.hpp"
 #include "common/uuid.hpp"
 #include "control/service.hpp"
@@ -73,6 +74,26 @@ inline protocol::HeartbeatRequest sample_heartbeat(const std::string& boot_id = 
   return hb;
 }
 
+// "ok", or the refusal's code: a check on it fails visibly whichever way the call went.
+template <class T>
+std::string code_of(const control::ApiResult<T>& r) {
+  return r ? "ok" : r.error().body.code;
+}
+template <class T>
+int status_of(const control::ApiResult<T>& r) {
+  return r ? 200 : r.error().http_status;
+}
+
+// A node key that is not the one in its enrolled certificate, with a CSR for the same id.
+inline TestNode same_id_new_key(const TestNode& n) {
+  TestNode other = make_node();
+  other.id = n.id;
+  auto csr = make_csr_pem(other.key.get(), n.id);
+  REQUIRE(csr);
+  other.csr_pem = *csr;
+  return other;
+}
+
 struct ControlFixture {
   TempDir dir;
   ManualClock clock;
@@ -80,7 +101,10 @@ struct ControlFixture {
   control::ServiceConfig config;
   std::unique_ptr<control::ControlService> service;
 
-  explicit ControlFixture(control::ServiceConfig cfg = {}) : config(cfg) {
+  // The liveness sweep's thread is parked (1 h period) unless a test asks for it: tests call
+  // sweep_liveness() to run a pass at a point they choose.
+  explicit ControlFixture(control::ServiceConfig cfg = {}, bool sweep_thread = false) : config(std::move(cfg)) {
+    if (!sweep_thread) config.liveness_sweep_period = std::chrono::hours(1);
     log::set_min_level(log::Level::warning);  // enroll.ok etc. would drown the test report
     auto init = control::init_state(state, {}, clock);
     REQUIRE_MESSAGE(init, (init ? "" : init.error().message));
@@ -115,15 +139,31 @@ struct ControlFixture {
     return peer_of(r->certificate_pem);
   }
 
+  // As the router does: authorized once, then the call.
   control::ApiResult<protocol::HeartbeatResponse> beat(const control::Peer& peer,
                                                        protocol::HeartbeatRequest hb = sample_heartbeat()) {
+    auto node = service->authorize_node(peer);
+    if (!node) return std::unexpected(node.error());
     std::promise<control::ApiResult<protocol::HeartbeatResponse>> promise;
     auto future = promise.get_future();
-    service->heartbeat(peer, std::move(hb),
+    service->heartbeat(*node, std::move(hb),
                        [&promise](control::ApiResult<protocol::HeartbeatResponse> r) {
                          promise.set_value(std::move(r));
                        });
     return future.get();
+  }
+
+  control::ApiResult<protocol::CertificateResponse> rotate(const control::Peer& peer, const std::string& csr_pem) {
+    auto node = service->authorize_node(peer);
+    if (!node) return std::unexpected(node.error());
+    return service->rotate(*node, {csr_pem});
+  }
+
+  // The peer of the state dir's admin.crt (made by init, registered at start).
+  control::Peer state_admin() {
+    auto pem = read_file(state.admin_cert(), 1 << 20);
+    REQUIRE(pem);
+    return peer_of(*pem);
   }
 
   std::string state_of(const std::string& node_id) {

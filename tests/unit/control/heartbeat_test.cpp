@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -59,9 +60,14 @@ TEST_CASE("a node turns Unreachable after the grace period and Ready on the next
   REQUIRE(f.beat(peer));
   CHECK(f.state_of(node.id) == "Ready");
   f.clock.advance(90s);
+  f.service->sweep_liveness();
   CHECK(f.state_of(node.id) == "Ready");  // exactly at the grace period: still Ready
   CHECK(f.service->node_counts().ready == 1);
   f.clock.advance(1s);
+  // Readers do not move the state: only the sweep does.
+  CHECK(f.state_of(node.id) == "Ready");
+  CHECK(f.service->node_counts().ready == 1);
+  f.service->sweep_liveness();
   CHECK(f.state_of(node.id) == "Unreachable");
   auto counts = f.service->node_counts();
   CHECK(counts.ready == 0);
@@ -90,6 +96,7 @@ TEST_CASE("a freshly enrolled node is Enrolled until its first heartbeat, Unreac
   CHECK(f.service->node_counts().enrolled == 1);
   CHECK(f.service->node_counts().ready == 0);
   f.clock.advance(91s);
+  f.service->sweep_liveness();
   CHECK(f.state_of(node.id) == "Unreachable");
   REQUIRE(f.beat(peer));
   CHECK(f.state_of(node.id) == "Ready");
@@ -106,24 +113,34 @@ TEST_CASE("a heartbeat with an unknown certificate is refused without being stor
   CHECK(r.error().body.code == "cert_unknown");
 }
 
-TEST_CASE("critical events are kept per node and counted") {
+TEST_CASE("events of every severity are kept per node, duplicates of an id dropped, critical ones counted") {
   ControlFixture f;
   const auto node = make_node();
   const auto peer = f.enrolled(node);
   auto hb = sample_heartbeat();
   hb.events = {{"e1", "critical", "cert.rotation_failing", "rotation failed", "2030-01-01T00:00:00.000Z"},
-               {"e2", "info", "note", "not kept", "2030-01-01T00:00:00.000Z"}};
+               {"e2", "info", "note", "kept too", "2030-01-01T00:00:00.000Z"}};
   REQUIRE(f.beat(peer, hb));
-  REQUIRE(f.beat(peer, hb));  // the same idempotency id again: not counted twice
+  REQUIRE(f.beat(peer, hb));  // the same idempotency ids again: stored and counted once
+  auto first = f.service->admin_show_node(node.id);
+  REQUIRE(first);
+  REQUIRE((*first)["events"].size() == 2);
+  CHECK((*first)["events"][0]["id"] == "e2");  // newest first
+  CHECK((*first)["events"][0]["severity"] == "info");
+  CHECK((*first)["events"][1]["kind"] == "cert.rotation_failing");
+  CHECK((*first)["critical_events_total"] == 1);
+
   for (int i = 0; i < control::kEventsKeptPerNode + 5; ++i) {
     auto more = sample_heartbeat();
-    more.events = {{"x" + std::to_string(i), "critical", "k", "m", "2030-01-01T00:00:00.000Z"}};
+    more.events = {{"x" + std::to_string(i), i % 2 == 0 ? "critical" : "warning", "k", "m",
+                    "2030-01-01T00:00:00.000Z"}};
     REQUIRE(f.beat(peer, more));
   }
   auto shown = f.service->admin_show_node(node.id);
   REQUIRE(shown);
-  CHECK((*shown)["critical_events_total"] == control::kEventsKeptPerNode + 6);
-  CHECK((*shown)["events"].size() == control::kEventsKeptPerNode);
+  // x0..x(N+4): (N+5+1)/2 of them critical, plus e1
+  CHECK((*shown)["critical_events_total"] == 1 + (control::kEventsKeptPerNode + 6) / 2);
+  CHECK((*shown)["events"].size() == control::kEventsKeptPerNode);  // pruned to the cap, oldest out
   CHECK((*shown)["events"][0]["id"] == "x" + std::to_string(control::kEventsKeptPerNode + 4));
   CHECK((*shown)["heartbeat"]["heartbeats"] == control::kEventsKeptPerNode + 7);
 }
@@ -140,6 +157,12 @@ TEST_CASE("group commit: 2000 heartbeats from several threads all complete and a
     REQUIRE(r);
     peers.push_back(peer_of(r->certificate_pem));
   }
+  std::vector<control::AuthorizedNode> nodes_auth;
+  for (const auto& p : peers) {
+    auto a = f.service->authorize_node(p);
+    REQUIRE(a);
+    nodes_auth.push_back(*a);
+  }
   std::mutex mutex;
   std::condition_variable cv;
   int done = 0;
@@ -150,7 +173,7 @@ TEST_CASE("group commit: 2000 heartbeats from several threads all complete and a
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
         const int n = (t * kPerThread + i) % kNodes;
-        f.service->heartbeat(peers[static_cast<std::size_t>(n)], sample_heartbeat(),
+        f.service->heartbeat(nodes_auth[static_cast<std::size_t>(n)], sample_heartbeat(),
                              [&](control::ApiResult<protocol::HeartbeatResponse> r) {
                                if (r) ok.fetch_add(1);
                                std::lock_guard lock(mutex);
@@ -169,16 +192,20 @@ TEST_CASE("group commit: 2000 heartbeats from several threads all complete and a
   }
   CHECK(ok.load() == kThreads * kPerThread);
 
-  // Each heartbeat is in the database: every node's counter adds up.
+  // Each heartbeat is in the database: every node's counter is what was sent to it.
   f.service.reset();
   auto store = control::open_sqlite_store(f.state.database());
   REQUIRE(store);
   auto nodes = (*store)->list_nodes();
   REQUIRE(nodes);
   REQUIRE(nodes->size() == kNodes);
+  std::map<std::string, int> sent;
+  for (int i = 0; i < kNodes; ++i) sent[peers[static_cast<std::size_t>(i)].subject_cn] = per_node[static_cast<std::size_t>(i)];
   std::int64_t total = 0;
   for (const auto& n : *nodes) {
     REQUIRE(n.status);
+    CAPTURE(n.id);
+    CHECK(n.status->heartbeats == sent.at(n.id));
     total += n.status->heartbeats;
   }
   CHECK(total == kThreads * kPerThread);
@@ -187,9 +214,11 @@ TEST_CASE("group commit: 2000 heartbeats from several threads all complete and a
 TEST_CASE("heartbeats waiting when the service closes are written and answered") {
   ControlFixture f;
   const auto peer = f.enrolled(make_node());
+  auto node = f.service->authorize_node(peer);
+  REQUIRE(node);
   std::atomic<int> answered{0};
   for (int i = 0; i < 300; ++i) {
-    f.service->heartbeat(peer, sample_heartbeat(), [&](auto r) {
+    f.service->heartbeat(*node, sample_heartbeat(), [&](auto r) {
       if (r) answered.fetch_add(1);
     });
   }

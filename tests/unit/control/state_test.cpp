@@ -5,6 +5,7 @@
 #include "common/crypto.hpp"
 #include "common/fs.hpp"
 #include "control/ca.hpp"
+#include "control/service.hpp"
 #include "control/state.hpp"
 #include "tests/support/manual_clock.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -71,7 +72,7 @@ TEST_CASE("init writes the CA, server and admin credentials with 0600 keys") {
   CHECK(control::CertificateAuthority::load(state));
 }
 
-TEST_CASE("init refuses to overwrite an existing state dir unless forced") {
+TEST_CASE("init refuses to overwrite an existing state dir unless forced and the CA replacement confirmed") {
   TempDir dir;
   ManualClock clock;
   const control::StatePaths state{dir.path()};
@@ -83,8 +84,17 @@ TEST_CASE("init refuses to overwrite an existing state dir unless forced") {
   CHECK(again.error().hint.find("--force") != std::string::npos);
   CHECK(read(state.ca_cert()) == ca_before);
 
+  // --force alone refuses: a new CA orphans every enrolled node.
   control::InitOptions force;
   force.force = true;
+  auto forced = control::init_state(state, force, clock);
+  REQUIRE(!forced);
+  CHECK(forced.error().code == Errc::config);
+  CHECK(forced.error().message.find("orphan") != std::string::npos);
+  CHECK(forced.error().hint.find("--yes-replace-ca") != std::string::npos);
+  CHECK(read(state.ca_cert()) == ca_before);
+
+  force.yes_replace_ca = true;
   REQUIRE(control::init_state(state, force, clock));
   CHECK(read(state.ca_cert()) != ca_before);
 }
@@ -132,6 +142,7 @@ TEST_CASE("init refuses SANs and admin names that are not what they claim") {
       {{}, {"not-an-ip"}, "admin"},
       {{}, {}, "bad name"},
       {{}, {}, ""},
+      {{}, {}, std::string(control::kMaxAdminNameBytes + 1, 'a')},  // "admin:" + it > 64-byte CN
   };
   for (const auto& c : cases) {
     control::InitOptions o;
@@ -143,6 +154,12 @@ TEST_CASE("init refuses SANs and admin names that are not what they claim") {
     CHECK(r.error().code == Errc::usage);
   }
   CHECK(!std::filesystem::exists(state.ca_cert()));
+
+  control::InitOptions longest;
+  longest.admin_name = std::string(control::kMaxAdminNameBytes, 'a');
+  auto ok = control::init_state(state, longest, clock);
+  REQUIRE_MESSAGE(ok, (ok ? "" : ok.error().message));
+  CHECK(ok->admin_cn.size() == kMaxCommonNameBytes);
 }
 
 TEST_CASE("serve cannot open a state dir that was never initialized") {

@@ -1,0 +1,119 @@
+#include "control/service/heartbeat_writer.hpp"
+
+#include <algorithm>
+#include <iterator>
+#include <optional>
+
+#include "common/log.hpp"
+#include "common/time.hpp"
+
+namespace cairn::control {
+namespace {
+
+constexpr std::size_t kMaxEventIdBytes = 128;
+constexpr std::size_t kMaxEventFieldBytes = 128;
+constexpr std::size_t kMaxEventMessageBytes = 4096;
+
+void cap_events(std::vector<protocol::Event>& events) {
+  if (events.size() > HeartbeatWriter::kMaxEventsPerHeartbeat) events.resize(HeartbeatWriter::kMaxEventsPerHeartbeat);
+  for (auto& e : events) {
+    if (e.id.size() > kMaxEventIdBytes) e.id.resize(kMaxEventIdBytes);
+    if (e.severity.size() > kMaxEventFieldBytes) e.severity.resize(kMaxEventFieldBytes);
+    if (e.kind.size() > kMaxEventFieldBytes) e.kind.resize(kMaxEventFieldBytes);
+    if (e.time.size() > kMaxEventFieldBytes) e.time.resize(kMaxEventFieldBytes);
+    if (e.message.size() > kMaxEventMessageBytes) e.message.resize(kMaxEventMessageBytes);
+  }
+}
+
+}  // namespace
+
+void HeartbeatWriter::start() { thread_ = std::thread([this] { run(); }); }
+
+void HeartbeatWriter::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();  // the writer drains what is pending first
+}
+
+void HeartbeatWriter::submit(const AuthorizedNode& node, protocol::HeartbeatRequest request,
+                             ControlService::HeartbeatDone done) {
+  cap_events(request.events);
+  std::optional<ApiError> refused;
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) {
+      refused = api_error(503, "shutting_down", "the control service is stopping",
+                          "retry against the restarted service");
+    } else if (pending_.size() >= kMaxPending) {
+      refused = api_error(503, "busy", "too many heartbeats waiting to be stored", "retry after a backoff");
+    } else {
+      pending_.push_back(
+          {HeartbeatRecord{node.node_id(), to_unix_ms(clock_.now()), std::move(request)}, std::move(done)});
+    }
+  }
+  if (refused) {
+    done(std::unexpected(std::move(*refused)));
+    return;
+  }
+  cv_.notify_one();
+}
+
+void HeartbeatWriter::run() {
+  std::vector<Pending> batch;
+  batch.reserve(kMaxBatch);
+  for (;;) {
+    {
+      std::unique_lock lock(mutex_);
+      cv_.wait(lock, [&] { return stopping_ || !pending_.empty(); });
+      if (pending_.empty()) return;  // stopping, and everything is written
+      const std::size_t n = std::min(pending_.size(), kMaxBatch);
+      std::move(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(n), std::back_inserter(batch));
+      pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(n));
+    }
+    commit(batch);
+    batch.clear();
+  }
+}
+
+void HeartbeatWriter::commit(std::vector<Pending>& batch) {
+  std::vector<HeartbeatRecord> records;
+  records.reserve(batch.size());
+  for (auto& p : batch) records.push_back(std::move(p.record));
+  auto results = store_.write_heartbeats(records);
+
+  if (results) {
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      if (!(*results)[i]) continue;
+      const auto& r = records[i];
+      if (auth_.heard(r.node_id, r.received_at_ms)) {
+        log::info("node.ready", {{"node", r.node_id}});
+        events_.record(r.node_id, "control.node.ready." + std::to_string(r.received_at_ms), "info", "node.ready",
+                       "heartbeats arrive again: the node is Ready");
+      }
+    }
+  } else {
+    log::error("heartbeat.commit_failed", {{"count", records.size()}, {"message", results.error().message}});
+  }
+
+  protocol::HeartbeatResponse reply;
+  reply.server_time = format_rfc3339(clock_.now());
+  reply.next_interval_s = config_.heartbeat_interval.count();
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    ApiResult<protocol::HeartbeatResponse> answer = reply;
+    if (!results) {
+      answer = std::unexpected(api_error(503, "store_error", results.error().message, "retry after a backoff"));
+    } else if (!(*results)[i]) {
+      answer = std::unexpected(api_error(500, "store_error", (*results)[i].error().message));
+    }
+    try {
+      batch[i].done(std::move(answer));
+    } catch (const std::exception& e) {
+      log::error("heartbeat.done_threw", {{"message", e.what()}});
+    }
+  }
+}
+
+}  // namespace cairn::control
