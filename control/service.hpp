@@ -37,6 +37,9 @@ struct ServiceConfig {
   std::set<std::string, std::less<>> node_label_keys;
   // How often the liveness sweep runs (real time; it reads the injected Clock).
   std::chrono::milliseconds liveness_sweep_period{1000};
+  // Beyond this many heartbeats waiting for the disk, new ones are refused (503 busy, with
+  // Retry-After) rather than queued without bound; the agent retries with backoff.
+  std::size_t max_pending_heartbeats = 50'000;
 };
 
 // A node whose certificate authorize_node accepted for this request. Only the service makes

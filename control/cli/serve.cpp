@@ -36,6 +36,7 @@ struct ServeOptions {
   std::string metrics_listen;
   double enroll_rate = 100;
   double enroll_burst = 200;
+  std::size_t max_pending_heartbeats = 50'000;
   std::string rotation_grace = "10m";
   std::string node_label_keys;
 };
@@ -84,6 +85,7 @@ Status serve(const ServeOptions& o) {
     return fail(Errc::usage, "--tls-min '" + o.tls_min + "': not a TLS version this server offers",
                 "use 1.2 (TLS 1.2 and 1.3) or 1.3 (TLS 1.3 only)");
   }
+  if (o.max_pending_heartbeats < 1) return fail(Errc::usage, "--max-pending-heartbeats must be at least 1");
   if (o.enroll_rate < 0 || o.enroll_burst < 1) {
     return fail(Errc::usage, "--enroll-rate must be >= 0 (0 = unlimited) and --enroll-burst >= 1");
   }
@@ -106,6 +108,7 @@ Status serve(const ServeOptions& o) {
   service_config.unreachable_after_intervals = o.grace_intervals;
   service_config.rotation_grace = std::chrono::duration_cast<std::chrono::seconds>(*rotation_grace);
   service_config.node_label_keys = std::move(*label_keys);
+  service_config.max_pending_heartbeats = o.max_pending_heartbeats;
   auto service = open_service(state, service_config, SystemClock::instance());
   if (!service) return fail(service.error().with_context("state dir " + o.state_dir));
 
@@ -190,6 +193,9 @@ void add_serve(CLI::App& app, int& exit_code) {
                   "Enrollments per second accepted on average; more get 429 (0 = unlimited)")
       ->capture_default_str();
   cmd->add_option("--enroll-burst", options->enroll_burst, "Enrollments accepted at once above the rate")
+      ->capture_default_str();
+  cmd->add_option("--max-pending-heartbeats", options->max_pending_heartbeats,
+                  "Heartbeats waiting for the disk at most; more get 503 busy")
       ->capture_default_str();
   cmd->add_option("--port-file", options->port_file, "Write the bound port here (atomically) once listening");
   cmd->add_option("--rotation-grace", options->rotation_grace,

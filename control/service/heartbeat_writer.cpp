@@ -47,7 +47,7 @@ void HeartbeatWriter::submit(const AuthorizedNode& node, protocol::HeartbeatRequ
     if (stopping_) {
       refused = api_error(503, "shutting_down", "the control service is stopping",
                           "retry against the restarted service");
-    } else if (pending_.size() >= kMaxPending) {
+    } else if (pending_.size() >= config_.max_pending_heartbeats) {
       refused = api_error(503, "busy", "too many heartbeats waiting to be stored", "retry after a backoff");
     } else {
       pending_.push_back(

@@ -22,9 +22,6 @@ namespace cairn::control {
 class HeartbeatWriter {
  public:
   static constexpr std::size_t kMaxBatch = 1000;
-  // Beyond this many heartbeats waiting for the disk, new ones are refused (503) rather than
-  // queued without bound; the agent retries with backoff.
-  static constexpr std::size_t kMaxPending = 50'000;
   // Events a heartbeat may carry; more are dropped (the agent keeps them for the next one).
   static constexpr std::size_t kMaxEventsPerHeartbeat = 100;
 

@@ -119,7 +119,7 @@ CREATE INDEX admin_certificates_by_name ON admin_certificates(name);
 )sql"},
 };
 
-std::string labels_text(const Labels& labels) { return Json(labels).dump(); }
+std::string labels_text(const Labels& labels) { return dump_json(Json(labels)); }
 
 Labels labels_from(const std::string& text) {
   auto j = parse_json(text, "stored labels");
@@ -136,7 +136,7 @@ std::string modules_text(const std::vector<protocol::ModuleRef>& modules) {
   for (const auto& m : modules) {
     out.push_back({{"name", m.name}, {"digest", m.digest}, {"mounted", m.mounted}});
   }
-  return out.dump();
+  return dump_json(out);
 }
 
 std::vector<protocol::ModuleRef> modules_from(const std::string& text) {
@@ -457,7 +457,7 @@ class SqliteStore final : public Store {
           "token_id = excluded.token_id, reenroll_allowed_until_ms = NULL");
       if (!q) return fail(q.error());
       q->bind(1, std::string_view(c.node.id))
-          .bind(2, std::string_view(protocol::to_json(c.node.identity).dump()))
+          .bind(2, std::string_view(dump_json(protocol::to_json(c.node.identity))))
           .bind(3, std::string_view(labels_text(c.node.labels)))
           .bind(4, c.now_ms)
           .bind(5, std::string_view(c.token_id));

@@ -5,8 +5,14 @@
 
 #include <openssl/err.h>
 
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "tests/integration/control/server_helpers.hpp"
 #include "tests/support/control_server.hpp"
@@ -386,6 +392,62 @@ TEST_CASE("--metrics-listen moves /metrics to a plain-HTTP address; the HTTPS li
   auto health = send(server.anonymous(), "GET", server.url("/healthz"));
   REQUIRE(health);
   CHECK(health->status == 200);
+}
+
+TEST_CASE("heartbeats beyond the writer's queue get 503 busy with Retry-After, and the queued ones are stored") {
+  REQUIRE_CONTROL();
+  ControlServer server({"--max-pending-heartbeats", "2"});
+  const auto node = enroll_node(server);
+  // The test holds the database's write lock, so the writer's commit waits (busy_timeout) and
+  // the heartbeats behind it pile up in its queue.
+  sqlite3* raw = nullptr;
+  REQUIRE(sqlite3_open((server.state() / "control.db").c_str(), &raw) == SQLITE_OK);
+  std::unique_ptr<sqlite3, decltype(&sqlite3_close)> db(raw, &sqlite3_close);
+  REQUIRE(sqlite3_exec(db.get(), "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+
+  constexpr int kClients = 12;
+  std::vector<int> statuses(kClients, 0);
+  std::vector<std::string> codes(kClients);
+  std::vector<std::string> retry_after(kClients);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      auto hb = send(as_node(server, node), "POST", server.url("/v1/heartbeat"), heartbeat_body(),
+                     {{"Content-Type", "application/json"}});
+      if (hb) {
+        statuses[static_cast<std::size_t>(i)] = hb->status;
+        codes[static_cast<std::size_t>(i)] = hb->status == 200 ? "" : error_code_of(*hb);
+        retry_after[static_cast<std::size_t>(i)] = hb->header("retry-after").value_or("");
+      }
+    });
+  }
+  // The refusals come at once, while the lock is still held; then the queue drains.
+  const bool refused_early = wait_for([&] {
+    return std::count(statuses.begin(), statuses.end(), 503) >= kClients / 2;
+  }, 4s);
+  REQUIRE(sqlite3_exec(db.get(), "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+  for (auto& t : clients) t.join();
+  CHECK(refused_early);
+  int ok = 0;
+  for (int i = 0; i < kClients; ++i) {
+    CAPTURE(i);
+    const auto k = static_cast<std::size_t>(i);
+    if (statuses[k] == 200) {
+      ++ok;
+    } else {
+      CHECK(statuses[k] == 503);
+      CHECK(codes[k] == "busy");
+      CHECK(retry_after[k] == "1");
+    }
+  }
+  // What the writer had taken and the two queued behind it were stored once the lock went.
+  CHECK(ok >= 1);
+  CHECK(ok <= kClients / 2);
+  REQUIRE(server.process().running());
+  auto after = send(as_node(server, node), "POST", server.url("/v1/heartbeat"), heartbeat_body(),
+                    {{"Content-Type", "application/json"}});
+  REQUIRE(after);
+  CHECK(after->status == 200);
 }
 
 }  // namespace cairn::test
