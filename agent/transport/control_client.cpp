@@ -3,7 +3,9 @@
 namespace cairn::agent {
 
 Errc errc_for_http_status(long status) {
-  if (status == 401 || status == 403) return Errc::refused;
+  // 409: the request conflicts with what control knows (node_exists: an id enrolled by
+  // another machine, admin_self_revoke): a policy refusal, not a bug on either side.
+  if (status == 401 || status == 403 || status == 409) return Errc::refused;
   if (status == 429 || status == 503) return Errc::temporary;
   if (status >= 500) return Errc::unavailable;
   if (status == 400 || status == 413 || status == 422) return Errc::data;

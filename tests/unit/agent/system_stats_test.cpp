@@ -49,6 +49,8 @@ TEST_CASE("missing /proc files leave zeros while the files present are still rea
 TEST_CASE("HTTP statuses map to the exit codes scripts branch on") {
   CHECK(errc_for_http_status(401) == Errc::refused);
   CHECK(errc_for_http_status(403) == Errc::refused);
+  CHECK(errc_for_http_status(409) == Errc::refused);  // node_exists
+  CHECK(errc_for_http_status(429) == Errc::temporary);  // enroll_rate_limited
   CHECK(errc_for_http_status(400) == Errc::data);
   CHECK(errc_for_http_status(413) == Errc::data);
   CHECK(errc_for_http_status(503) == Errc::temporary);
