@@ -127,7 +127,17 @@ class BeastServer final : public Server {
       backoff_timer_.cancel();
       signals_.cancel(ignored);
       grace_deadline_ = SteadyClock::now() + shared_->config.shutdown_grace;
-      wait_in_flight();
+      // Idle keep-alive connections close now, with close_notify; those with a request in
+      // flight finish it (keep-alive is off while stopping) within the grace.
+      for (auto& w : workers_) {
+        asio::post(w->ioc, [worker = w.get()] {
+          const auto sessions = worker->sessions;  // closing edits the list
+          for (const auto& session : sessions) session->close_if_idle();
+        });
+      }
+      // First look after one tick, so every worker has run its closes before it stops.
+      grace_timer_.expires_after(std::chrono::milliseconds(20));
+      grace_timer_.async_wait([this](beast::error_code) { wait_in_flight(); });
     });
   }
 

@@ -55,6 +55,10 @@ void Session::start() {
   turn();
 }
 
+void Session::close_if_idle() {
+  if (!closed_ && phase_ == Phase::reading && !parser_ && in_pos_ >= in_.size()) close_now();
+}
+
 void Session::expire_if_due(SteadyClock::time_point now) {
   if (closed_ || now < deadline_) return;
   log::debug("control.connection_timeout", {{"requests", requests_}, {"phase", static_cast<int>(phase_)}});
@@ -79,7 +83,12 @@ void Session::turn() {
         return;
       case Phase::reading:
         if (parse()) {
-          if (++handled >= shared_.config.requests_per_turn) return yield();
+          if (++handled >= shared_.config.requests_per_turn) {
+            // A request still with the handler resumes the turn with its answer; posting
+            // another turn as well would arm a second readiness wait.
+            if (phase_ != Phase::handling) yield();
+            return;
+          }
           continue;
         }
         if (++reads > kReadsPerTurn) return yield();
@@ -134,8 +143,12 @@ Session::Io Session::tls_result(int rc) {
   if (err == SSL_ERROR_ZERO_RETURN) return Io::closed;  // the peer's close_notify
   tls_failed_ = true;
   const int saved_errno = errno;
-  std::string why = openssl_error();
-  if (why.empty()) why = saved_errno != 0 ? std::string(std::strerror(saved_errno)) : "connection closed";
+  std::string why;
+  if (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+    why = saved_errno != 0 ? std::string(std::strerror(saved_errno)) : "connection closed without close_notify";
+  } else {
+    why = openssl_error();
+  }
   log::debug("control.tls_failed", {{"phase", static_cast<int>(phase_)}, {"error", why}});
   return Io::failed;
 }
@@ -208,6 +221,15 @@ bool Session::parse() {
     in_pos_ += n;
     if (ec == http::error::need_more) {
       ec = {};
+      // Beast bounds the header but not a chunk line or the trailer (Boost 1.74): what it
+      // cannot consume yet is capped here, or a client could grow in_ without end.
+      if (in_.size() - in_pos_ > shared_.config.max_header_bytes) {
+        refuse(error_reply(431, "headers_too_large",
+                           "a request line, header, chunk line or trailer over the limit of " +
+                               std::to_string(shared_.config.max_header_bytes) + " bytes",
+                           "send fewer or shorter headers and chunk extensions"));
+        return true;
+      }
       break;
     }
     if (ec) {
@@ -290,13 +312,16 @@ void Session::dispatch() {
   if (auto it = req.find(http::field::authorization); it != req.end()) route_request.authorization = to_sv(it->value());
   // An answer computed inside the handler is taken after it returns (the request it reads
   // lives in parser_); heartbeat answers come from the writer thread after the commit.
-  auto done = [self = shared_from_this()](Reply reply) {
-    if (self->in_route_ && self->worker_.ioc.get_executor().running_in_this_thread()) {
+  const std::uint64_t request = ++request_seq_;
+  auto done = [self = shared_from_this(), request](Reply reply) {
+    if (self->worker_.ioc.get_executor().running_in_this_thread() && self->in_route_) {
       self->sync_reply_ = std::move(reply);
       return;
     }
-    asio::post(self->worker_.ioc, [self, reply = std::move(reply)]() mutable {
-      if (self->closed_ || self->phase_ != Phase::handling) return;
+    asio::post(self->worker_.ioc, [self, request, reply = std::move(reply)]() mutable {
+      // A late answer to an earlier request (its handler threw after handing `done` on) must
+      // not answer the one being handled now.
+      if (self->closed_ || self->phase_ != Phase::handling || self->request_seq_ != request) return;
       self->answer(std::move(reply));
       self->turn();
     });
@@ -322,6 +347,7 @@ void Session::answer(Reply reply) {
   ++requests_;
   const bool have_header = parser_ && parser_->is_header_done();
   const unsigned version = have_header ? parser_->get().version() : 11;
+  head_request_ = have_header && parser_->get().method() == http::verb::head;
   const auto& cfg = shared_.config;
   keep_alive_ = have_header && parser_->get().keep_alive() && !reply.close &&
                 !shared_.stopping.load(std::memory_order_relaxed) &&
@@ -352,7 +378,10 @@ std::string Session::serialize(const Reply& reply, unsigned version) const {
   }
   if (!keep_alive_) out.append("\r\nConnection: close");
   else if (version < 11) out.append("\r\nConnection: keep-alive");
-  out.append("\r\n\r\n").append(reply.body);
+  out.append("\r\n\r\n");
+  // HEAD: the headers a GET would get, no body (RFC 9110 9.3.2); a body here would be read
+  // as the start of the next answer on a keep-alive connection.
+  if (!head_request_) out.append(reply.body);
   return out;
 }
 

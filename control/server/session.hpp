@@ -69,6 +69,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // On the worker's thread: registers with the worker and starts the handshake.
   void start();
+  // On stop: a keep-alive connection waiting for its next request is closed (close_notify).
+  void close_if_idle();
   // Closes the connection if its current phase ran past its deadline.
   void expire_if_due(SteadyClock::time_point now);
 
@@ -117,6 +119,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool in_route_ = false;
   bool header_seen_ = false;
   bool keep_alive_ = false;
+  bool head_request_ = false;
+  std::uint64_t request_seq_ = 0;  // which request a handler's answer belongs to
   std::string in_;  // decrypted bytes; [in_pos_, size) not parsed yet
   std::size_t in_pos_ = 0;
   std::string out_;  // the answer being written; [out_pos_, size) not taken by OpenSSL yet

@@ -450,4 +450,70 @@ TEST_CASE("heartbeats beyond the writer's queue get 503 busy with Retry-After, a
   CHECK(after->status == 200);
 }
 
+TEST_CASE("an endless chunk line or trailer is refused at the header limit, not buffered") {
+  REQUIRE_CONTROL();
+  ControlServer server;
+  for (const auto* start : {"1;ext=", "0\r\nX-Trailer: "}) {
+    CAPTURE(start);
+    auto client = raw_connect(server, {});
+    REQUIRE_MESSAGE(client.connected(), client.error);
+    const std::string head =
+        std::string("POST /v1/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n") + start;
+    REQUIRE(SSL_write(client.ssl.get(), head.data(), static_cast<int>(head.size())) == static_cast<int>(head.size()));
+    // 256 KiB of one chunk line with no end: over the 16 KiB header limit many times.
+    const std::string filler(16 << 10, 'a');
+    std::string answer;
+    char buf[4096];
+    for (int i = 0; i < 16 && answer.empty(); ++i) {
+      if (SSL_write(client.ssl.get(), filler.data(), static_cast<int>(filler.size())) <= 0) break;
+      pollfd p{client.fd.get(), POLLIN, 0};
+      if (::poll(&p, 1, 0) > 0) {
+        const int n = SSL_read(client.ssl.get(), buf, sizeof buf);
+        if (n > 0) answer.assign(buf, static_cast<std::size_t>(n));
+      }
+    }
+    if (answer.empty()) {
+      const int n = SSL_read(client.ssl.get(), buf, sizeof buf);
+      if (n > 0) answer.assign(buf, static_cast<std::size_t>(n));
+    }
+    CHECK(answer.starts_with("HTTP/1.1 431 "));
+    CHECK(answer.find("headers_too_large") != std::string::npos);
+  }
+  REQUIRE(server.process().running());
+}
+
+TEST_CASE("a HEAD answer has no body, so the next answer on the connection reads right") {
+  REQUIRE_CONTROL();
+  ControlServer server;
+  auto client = raw_connect(server, {});
+  REQUIRE_MESSAGE(client.connected(), client.error);
+  const std::string both = "HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + get("/healthz");
+  REQUIRE(SSL_write(client.ssl.get(), both.data(), static_cast<int>(both.size())) == static_cast<int>(both.size()));
+  std::string in;
+  char buf[4096];
+  while (!(in.ends_with("\r\n\r\nok") && in.find("HTTP/1.1 ", 1) != std::string::npos)) {
+    const int n = SSL_read(client.ssl.get(), buf, sizeof buf);
+    REQUIRE(n > 0);
+    in.append(buf, static_cast<std::size_t>(n));
+  }
+  const auto first_end = in.find("\r\n\r\n");
+  REQUIRE(first_end != std::string::npos);
+  // The second answer starts right after the first one's headers.
+  CHECK(in.compare(first_end + 4, 9, "HTTP/1.1 ") == 0);
+  CHECK(in.substr(first_end + 4).starts_with("HTTP/1.1 200 "));
+}
+
+TEST_CASE("on SIGTERM an idle keep-alive connection is closed with a close_notify") {
+  REQUIRE_CONTROL();
+  ControlServer server;
+  auto client = raw_connect(server, {});
+  REQUIRE_MESSAGE(client.connected(), client.error);
+  REQUIRE(round_trip(client, get("/healthz")).starts_with("HTTP/1.1 200 "));
+  server.process().kill(SIGTERM);
+  CHECK(wait_for_close(client, 10s) == "close_notify");
+  const auto code = server.process().wait_exit(15s);
+  REQUIRE(code.has_value());
+  CHECK(*code == 0);
+}
+
 }  // namespace cairn::test
