@@ -97,12 +97,15 @@ Json to_json(const HeartbeatRequest& v) {
           {"uptime_s", v.uptime_s},
           {"cert_not_after", v.cert_not_after},
           {"labels", v.labels},
-          {"events", events}};
+          {"events", events},
+          {"capabilities", v.capabilities},
+          {"running_tasks", v.running_tasks}};
 }
 
 Json to_json(const HeartbeatResponse& v) {
   return {{"desired_modules", modules_json(v.desired_modules)}, {"server_time", v.server_time},
-          {"next_interval_s", v.next_interval_s}};
+          {"next_interval_s", v.next_interval_s}, {"work_waiting", v.work_waiting},
+          {"cancel_tasks", v.cancel_tasks}};
 }
 
 Json to_json(const ErrorBody& v) {
@@ -184,6 +187,8 @@ Result<HeartbeatRequest> decode_heartbeat_request(std::string_view body) {
         v.events.push_back(std::move(ev));
       }
     }
+    get_opt(j, "capabilities", v.capabilities);
+    get_opt(j, "running_tasks", v.running_tasks);
     return v;
   });
 }
@@ -194,6 +199,8 @@ Result<HeartbeatResponse> decode_heartbeat_response(std::string_view body) {
     v.desired_modules = modules_from(j, "desired_modules");
     get_opt(j, "server_time", v.server_time);
     get_opt(j, "next_interval_s", v.next_interval_s);
+    get_opt(j, "work_waiting", v.work_waiting);
+    get_opt(j, "cancel_tasks", v.cancel_tasks);
     return v;
   });
 }

@@ -96,12 +96,18 @@ struct HeartbeatRequest {
   std::string cert_not_after;  // RFC 3339, so the operator sees expiring nodes
   std::map<std::string, std::string> labels;
   std::vector<Event> events;
+  // What the node can do beyond its labels ("systemd", "kvm", ...): matched by task selectors.
+  std::vector<std::string> capabilities;
+  // Ids of the tasks the node is running: the reply lists those an operator cancelled.
+  std::vector<std::string> running_tasks;
 };
 
 struct HeartbeatResponse {
   std::vector<ModuleRef> desired_modules;
   std::string server_time;  // RFC 3339
   std::int64_t next_interval_s = 30;
+  bool work_waiting = false;               // tasks this node may lease are queued: lease now
+  std::vector<std::string> cancel_tasks;   // of running_tasks: cancelled, stop them
 };
 
 // Every non-2xx answer: {"error": {"code", "message", "hint"}}.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -14,10 +15,9 @@
 
 #include "common/protocol/messages.hpp"
 #include "common/result.hpp"
+#include "control/store/task_records.hpp"
 
 namespace cairn::control {
-
-using Labels = std::map<std::string, std::string>;
 
 // Times are Unix milliseconds (UTC): one integer type for every backend.
 struct TokenRecord {
@@ -214,6 +214,56 @@ class Store {
   virtual Result<std::vector<Status>> write_heartbeats(std::span<const HeartbeatRecord> batch) = 0;
 
   virtual Result<AuthSnapshot> load_auth_snapshot(std::int64_t now_ms) = 0;
+
+  // tasks (issue 13). Every method is one transaction; on PostgreSQL several replicas call
+  // them concurrently on one database and each task is leased by one node at a time.
+  // Inserts the task (seq assigned), or, when its idempotency key is already stored, returns
+  // that task unchanged with created=false.
+  virtual Result<SubmitOutcome> submit_task(const TaskRecord& task) = 0;
+  virtual Result<std::optional<TaskRecord>> find_task(std::string_view id) = 0;  // with output
+  virtual Result<std::vector<TaskRecord>> list_tasks(const TaskQuery& query) = 0;  // newest first, no output
+  virtual Result<std::vector<TaskAttemptRecord>> list_task_attempts(std::string_view task_id) = 0;
+  // Leases up to max_tasks queued tasks this node may run, in submission order: addressed to
+  // it or matching selector and capabilities; not_before passed; the oldest unfinished task
+  // of its serial key; reservations (with those it holds) within the budget. Each leased
+  // task: state leased, leased_by, fence + 1, attempts + 1, lease expiry now + lease_ms, and
+  // an attempt row. Returns the leased tasks (with their new fence).
+  virtual Result<std::vector<TaskRecord>> lease_tasks(const LeaseQuery& query) = 0;
+  // Whether lease_tasks would find work for this node now (read only; max_tasks ignored).
+  virtual Result<bool> has_work(const LeaseQuery& query) = 0;
+  // Only the leaseholder with the current fence, before expiry: moves the lease expiry to
+  // now + lease_ms (and leased -> running when `running`).
+  virtual Result<ExtendOutcome> extend_lease(std::string_view task_id, std::string_view node_id,
+                                             std::int64_t fence, std::int64_t lease_ms, std::int64_t now_ms,
+                                             bool running) = 0;
+  // Only the leaseholder with the current fence. Idempotent: the same fence completing again
+  // with the same outcome answers ok with the stored state.
+  virtual Result<CompleteOutcome> complete_task(const TaskCompletion& completion) = 0;
+  // Leases past their expiry: the attempt ends as lease_lost; the task goes back to queued
+  // with not_before = now + backoff_ms(attempts), or ends dead when attempts reached
+  // max_attempts. Returns the tasks changed (their new state).
+  virtual Result<std::vector<TaskRecord>> expire_leases(std::int64_t now_ms,
+                                                        const std::function<std::int64_t(std::int64_t)>& backoff_ms) = 0;
+  // queued -> cancelled at once; leased/running -> cancel_requested (the node is told).
+  virtual Result<CancelOutcome> cancel_task(std::string_view task_id, std::int64_t now_ms) = 0;
+  // Of these task ids held by the node, those with cancel_requested.
+  virtual Result<std::vector<std::string>> cancelled_among(std::string_view node_id,
+                                                           std::span<const std::string> task_ids) = 0;
+  // Deletes final tasks (and their attempts) finished before older_than_ms, and beyond the
+  // newest keep_per_node final tasks of each node. Returns how many were deleted.
+  virtual Result<std::int64_t> prune_tasks(std::int64_t older_than_ms, std::int64_t keep_per_node) = 0;
+
+  // module catalog and assignments (issue 14)
+  virtual Status upsert_module(const ModuleRecord& module) = 0;  // key: (name, version)
+  virtual Result<std::vector<ModuleRecord>> list_modules() = 0;
+  virtual Status insert_assignment(const AssignmentRecord& assignment) = 0;
+  virtual Result<std::vector<AssignmentRecord>> list_assignments() = 0;
+  virtual Result<bool> delete_assignment(std::string_view id) = 0;  // false: no such id
+
+  // escrowed volume keys (issue 15): opaque (already encrypted by the service). Stores `key`
+  // for the node unless one is stored; returns the stored one either way.
+  virtual Result<std::string> put_escrow_key_if_absent(std::string_view node_id, std::string_view key) = 0;
+  virtual Result<std::optional<std::string>> find_escrow_key(std::string_view node_id) = 0;
 };
 
 // How many events (of any severity) are kept per node, newest first; the count of critical

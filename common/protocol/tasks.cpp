@@ -1,0 +1,233 @@
+#include "common/protocol/tasks.hpp"
+
+#include <array>
+#include <utility>
+
+namespace cairn::protocol {
+namespace {
+
+template <class T>
+void get_opt(const Json& j, const char* key, T& out) {
+  if (auto it = j.find(key); it != j.end() && !it->is_null()) out = it->get<T>();
+}
+
+constexpr std::array kStates = {
+    std::pair{TaskState::queued, std::string_view("queued")},
+    std::pair{TaskState::leased, std::string_view("leased")},
+    std::pair{TaskState::running, std::string_view("running")},
+    std::pair{TaskState::succeeded, std::string_view("succeeded")},
+    std::pair{TaskState::failed, std::string_view("failed")},
+    std::pair{TaskState::dead, std::string_view("dead")},
+    std::pair{TaskState::cancelled, std::string_view("cancelled")},
+};
+
+constexpr std::array kReasons = {
+    std::pair{FailureReason::timeout, std::string_view("timeout")},
+    std::pair{FailureReason::exit_nonzero, std::string_view("exit_nonzero")},
+    std::pair{FailureReason::killed, std::string_view("killed")},
+    std::pair{FailureReason::lease_lost, std::string_view("lease_lost")},
+    std::pair{FailureReason::invalid_args, std::string_view("invalid_args")},
+    std::pair{FailureReason::node_unavailable, std::string_view("node_unavailable")},
+    std::pair{FailureReason::internal, std::string_view("internal")},
+};
+
+template <class E, std::size_t N>
+std::string_view name_of(const std::array<std::pair<E, std::string_view>, N>& table, E value) {
+  for (const auto& [v, name] : table) {
+    if (v == value) return name;
+  }
+  return "unknown";
+}
+
+template <class E, std::size_t N>
+std::optional<E> value_of(const std::array<std::pair<E, std::string_view>, N>& table, std::string_view name) {
+  for (const auto& [v, n] : table) {
+    if (n == name) return v;
+  }
+  return std::nullopt;
+}
+
+Event event_from(const Json& e) {
+  Event ev;
+  ev.id = e.at("id").get<std::string>();
+  get_opt(e, "severity", ev.severity);
+  get_opt(e, "kind", ev.kind);
+  get_opt(e, "message", ev.message);
+  get_opt(e, "time", ev.time);
+  return ev;
+}
+
+}  // namespace
+
+std::string_view task_state_name(TaskState state) { return name_of(kStates, state); }
+std::optional<TaskState> task_state_from(std::string_view name) { return value_of(kStates, name); }
+bool task_state_final(TaskState state) {
+  return state == TaskState::succeeded || state == TaskState::failed || state == TaskState::dead ||
+         state == TaskState::cancelled;
+}
+
+std::string_view failure_reason_name(FailureReason reason) { return name_of(kReasons, reason); }
+std::optional<FailureReason> failure_reason_from(std::string_view name) { return value_of(kReasons, name); }
+bool failure_transient(FailureReason reason) {
+  return reason != FailureReason::exit_nonzero && reason != FailureReason::invalid_args;
+}
+
+Json to_json(const LeasedTask& v) {
+  return {{"id", v.id}, {"kind", v.kind}, {"args", v.args}, {"fence", v.fence},
+          {"attempt", v.attempt}, {"timeout_s", v.timeout_s}, {"lease_s", v.lease_s}};
+}
+
+Json to_json(const LeaseRequest& v) {
+  return {{"max_tasks", v.max_tasks}, {"lease_s", v.lease_s}, {"running", v.running}};
+}
+
+Json to_json(const LeaseResponse& v) {
+  Json tasks = Json::array();
+  for (const auto& t : v.tasks) tasks.push_back(to_json(t));
+  return {{"tasks", tasks}, {"cancel", v.cancel}};
+}
+
+Json to_json(const ExtendRequest& v) {
+  return {{"fence", v.fence}, {"lease_s", v.lease_s}, {"running", v.running}};
+}
+
+Json to_json(const ExtendResponse& v) { return {{"lease_s", v.lease_s}, {"cancel", v.cancel}}; }
+
+Json to_json(const CompleteRequest& v) {
+  Json j = {{"fence", v.fence},
+            {"outcome", v.outcome},
+            {"error", v.error},
+            {"output", v.output},
+            {"output_truncated", v.output_truncated},
+            {"output_bytes", v.output_bytes},
+            {"duration_ms", v.duration_ms}};
+  j["reason"] = v.reason ? Json(std::string(failure_reason_name(*v.reason))) : Json();
+  j["exit_code"] = v.exit_code ? Json(*v.exit_code) : Json();
+  return j;
+}
+
+Json to_json(const CompleteResponse& v) { return {{"state", v.state}}; }
+
+Json to_json(const Event& v) {
+  return {{"id", v.id}, {"severity", v.severity}, {"kind", v.kind}, {"message", v.message}, {"time", v.time}};
+}
+
+Json to_json(const EventBatch& v) {
+  Json events = Json::array();
+  for (const auto& e : v.events) events.push_back(to_json(e));
+  return {{"events", events}};
+}
+
+Json to_json(const EventBatchResponse& v) { return {{"accepted", v.accepted}, {"duplicates", v.duplicates}}; }
+
+Result<LeaseRequest> decode_lease_request(std::string_view body) {
+  return decode_json<LeaseRequest>(body, "lease request", [](const Json& j) {
+    LeaseRequest v;
+    get_opt(j, "max_tasks", v.max_tasks);
+    get_opt(j, "lease_s", v.lease_s);
+    get_opt(j, "running", v.running);
+    return v;
+  });
+}
+
+Result<LeaseResponse> decode_lease_response(std::string_view body) {
+  return decode_json<LeaseResponse>(body, "lease response", [](const Json& j) {
+    LeaseResponse v;
+    for (const auto& t : j.at("tasks")) {
+      LeasedTask task;
+      task.id = t.at("id").get<std::string>();
+      task.kind = t.at("kind").get<std::string>();
+      get_opt(t, "args", task.args);
+      task.fence = t.at("fence").get<std::int64_t>();
+      get_opt(t, "attempt", task.attempt);
+      get_opt(t, "timeout_s", task.timeout_s);
+      get_opt(t, "lease_s", task.lease_s);
+      v.tasks.push_back(std::move(task));
+    }
+    get_opt(j, "cancel", v.cancel);
+    return v;
+  });
+}
+
+Result<ExtendRequest> decode_extend_request(std::string_view body) {
+  return decode_json<ExtendRequest>(body, "extend request", [](const Json& j) {
+    ExtendRequest v;
+    v.fence = j.at("fence").get<std::int64_t>();
+    get_opt(j, "lease_s", v.lease_s);
+    get_opt(j, "running", v.running);
+    return v;
+  });
+}
+
+Result<ExtendResponse> decode_extend_response(std::string_view body) {
+  return decode_json<ExtendResponse>(body, "extend response", [](const Json& j) {
+    ExtendResponse v;
+    get_opt(j, "lease_s", v.lease_s);
+    get_opt(j, "cancel", v.cancel);
+    return v;
+  });
+}
+
+Result<CompleteRequest> decode_complete_request(std::string_view body) {
+  auto decoded = decode_json<std::pair<CompleteRequest, std::string>>(body, "complete request", [](const Json& j) {
+    CompleteRequest v;
+    std::string reason;
+    v.fence = j.at("fence").get<std::int64_t>();
+    v.outcome = j.at("outcome").get<std::string>();
+    get_opt(j, "reason", reason);
+    if (auto it = j.find("exit_code"); it != j.end() && !it->is_null()) v.exit_code = it->get<int>();
+    get_opt(j, "error", v.error);
+    get_opt(j, "output", v.output);
+    get_opt(j, "output_truncated", v.output_truncated);
+    get_opt(j, "output_bytes", v.output_bytes);
+    get_opt(j, "duration_ms", v.duration_ms);
+    return std::pair{std::move(v), std::move(reason)};
+  });
+  if (!decoded) return fail(decoded.error());
+  auto& [v, reason] = *decoded;
+  if (v.outcome != "succeeded" && v.outcome != "failed" && v.outcome != "cancelled") {
+    return fail(Errc::data, "complete request: outcome '" + v.outcome + "' is not succeeded, failed or cancelled");
+  }
+  if (!reason.empty()) {
+    v.reason = failure_reason_from(reason);
+    if (!v.reason) return fail(Errc::data, "complete request: unknown failure reason '" + reason + "'");
+  }
+  if (v.outcome == "failed" && !v.reason) {
+    return fail(Errc::data, "complete request: a failed outcome needs a reason");
+  }
+  if (v.output.size() > kMaxTaskOutputBytes) {
+    return fail(Errc::data, "complete request: output of " + std::to_string(v.output.size()) +
+                                " bytes is over the cap of " + std::to_string(kMaxTaskOutputBytes));
+  }
+  return std::move(v);
+}
+
+Result<CompleteResponse> decode_complete_response(std::string_view body) {
+  return decode_json<CompleteResponse>(body, "complete response", [](const Json& j) {
+    return CompleteResponse{j.at("state").get<std::string>()};
+  });
+}
+
+Result<EventBatch> decode_event_batch(std::string_view body) {
+  auto batch = decode_json<EventBatch>(body, "event batch", [](const Json& j) {
+    EventBatch v;
+    for (const auto& e : j.at("events")) v.events.push_back(event_from(e));
+    return v;
+  });
+  if (batch && batch->events.size() > kMaxEventsPerBatch) {
+    return fail(Errc::data, "event batch: " + std::to_string(batch->events.size()) + " events, over the cap of " +
+                                std::to_string(kMaxEventsPerBatch), "send smaller batches");
+  }
+  return batch;
+}
+
+Result<EventBatchResponse> decode_event_batch_response(std::string_view body) {
+  return decode_json<EventBatchResponse>(body, "event batch response", [](const Json& j) {
+    EventBatchResponse v;
+    get_opt(j, "accepted", v.accepted);
+    get_opt(j, "duplicates", v.duplicates);
+    return v;
+  });
+}
+
+}  // namespace cairn::protocol
