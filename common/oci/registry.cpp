@@ -586,7 +586,9 @@ Status Registry::fetch_blob(const std::string& repo, const Descriptor& d, const 
     HttpRequest req;
     req.url = url("/v2/" + repo + "/blobs/" + d.digest);
     if (have > 0) req.headers.emplace_back("Range", "bytes=" + std::to_string(have) + "-");
-    req.max_response_bytes = static_cast<std::size_t>(d.size - have) + 1;
+    // A registry ignoring the Range sends the whole blob again (200): that is allowed here, and
+    // the sink refuses anything past the descriptor's size.
+    req.max_response_bytes = static_cast<std::size_t>(d.size) + 1;
     req.total_timeout = std::chrono::hours(6);
     req.stall_timeout = options_.stall_timeout;
     req.protocols = options_.scheme;
