@@ -105,6 +105,7 @@ class RegistryProxy {
 
   Hook before;
   AfterHook after;
+  std::atomic<bool> forward_range{true};  // false: act as a server that ignores Range (200, whole body)
   [[nodiscard]] std::string host() const { return "127.0.0.1:" + std::to_string(server_.port()); }
   [[nodiscard]] std::size_t requests() const { return server_.requests(); }
 
@@ -118,7 +119,8 @@ class RegistryProxy {
     req.url = upstream_ + r.target;
     req.body = r.body;
     req.max_response_bytes = 64 << 20;
-    for (const char* h : {"content-type", "content-range", "range", "accept"}) {
+    for (const std::string h : {"content-type", "content-range", "range", "accept"}) {
+      if (h == "range" && !forward_range) continue;
       if (r.has_header(h)) req.headers.emplace_back(h, r.header(h));
     }
     HttpServer::Response out;

@@ -248,6 +248,22 @@ TEST_CASE("a dropped blob download resumes with Range; a truncated or altered bl
     REQUIRE(d.has_value());
     CHECK(d->sha256 == m.manifest.sha256);
   }
+  SUBCASE("a server that ignores Range sends the whole blob again, and the download starts over") {
+    proxy.forward_range = false;
+    std::atomic<int> image_gets{0};
+    proxy.after = [&](const test::HttpServer::Request& r, test::HttpServer::Response& out) {
+      if (is_blob_get(r) && r.path.find(resolved->image.digest) != std::string::npos && image_gets++ == 0) {
+        out.body.resize(out.body.size() / 3);
+      }
+    };
+    const auto dest = dir.path() / "restarted.erofs";
+    REQUIRE(oci::fetch_image(registry, *ref, *resolved, dest).has_value());
+    CHECK(image_gets.load() == 2);
+    auto d = module::digest_file(dest);
+    REQUIRE(d.has_value());
+    CHECK(d->sha256 == m.manifest.sha256);
+    CHECK(d->size == m.manifest.size);
+  }
   SUBCASE("a blob the registry always serves short is refused as truncated") {
     proxy.after = [&](const test::HttpServer::Request& r, test::HttpServer::Response& out) {
       if (is_blob_get(r) && r.path.find(resolved->image.digest) != std::string::npos) out.body.resize(out.body.size() / 2);
