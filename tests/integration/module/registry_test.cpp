@@ -397,6 +397,43 @@ TEST_CASE("a bearer-token registry: the client follows the realm challenge with 
   CHECK(refused.error().code == Errc::refused);
 }
 
+TEST_CASE("a basic-auth registry gets the user name and password, and a wrong one is refused") {
+  test::RegistryProcess reg;
+  if (!reg.error().empty()) CAIRN_SKIP(reg.error());
+  test::TempDir dir;
+  const Module m = make_module(dir.path(), 3000);
+  test::RegistryProxy proxy(reg.base_url());
+  proxy.before = [&](const test::HttpServer::Request& r) -> std::optional<test::HttpServer::Response> {
+    if (r.header("authorization") == "Basic Ym9iOmh1bnRlcjI=") return std::nullopt;  // bob:hunter2
+    test::HttpServer::Response out;
+    out.status = 401;
+    out.headers.emplace_back("WWW-Authenticate", "Basic realm=\"registry\"");
+    return out;
+  };
+  auto ref = oci::parse_reference(proxy.host() + "/cairn/basic:1");
+  REQUIRE(ref.has_value());
+  auto http = make_http_client();
+  auto options = plain();
+  options.username = "bob";
+  options.password = "hunter2";
+  oci::Registry registry(*http, proxy.host(), options);
+  auto pushed = oci::push_module(registry, *ref, m.image, m.manifest_text, m.signature_text);
+  REQUIRE_MESSAGE(pushed.has_value(), pushed.error().message);
+  CHECK(oci::resolve_module(registry, *ref).has_value());
+
+  oci::Registry anonymous(*http, proxy.host(), plain());
+  auto no_credentials = oci::resolve_module(anonymous, *ref);
+  REQUIRE_FALSE(no_credentials.has_value());
+  CHECK(no_credentials.error().code == Errc::refused);
+  CHECK(no_credentials.error().hint.find("--username") != std::string::npos);
+
+  options.password = "wrong";
+  oci::Registry wrong(*http, proxy.host(), options);
+  auto refused = oci::resolve_module(wrong, *ref);
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == Errc::refused);
+}
+
 TEST_CASE("registry references parse strictly") {
   auto ok = oci::parse_reference("127.0.0.1:5000/cairn/tools:1.0");
   REQUIRE(ok.has_value());
