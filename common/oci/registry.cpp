@@ -528,7 +528,7 @@ Result<std::string> Registry::get_blob_bytes(const std::string& repo, const Desc
   }
   HttpRequest req;
   req.url = url("/v2/" + repo + "/blobs/" + d.digest);
-  req.max_response_bytes = static_cast<std::size_t>(d.size);
+  req.max_response_bytes = std::max<std::size_t>(static_cast<std::size_t>(d.size), 64 * 1024);  // room for an error body
   auto r = send(req, repo);
   if (!r) return fail(r.error().with_context(what));
   if (r->status != 200) {
