@@ -40,6 +40,10 @@ struct ServiceConfig {
   // Beyond this many heartbeats waiting for the disk, new ones are refused (503 busy, with
   // Retry-After) rather than queued without bound; the agent retries with backoff.
   std::size_t max_pending_heartbeats = 50'000;
+  // --database (issue 13): empty = SQLite in the state dir; a postgresql:// URL = a database
+  // several replicas share (each then refreshes its authorisation cache from it).
+  std::string database;
+  std::chrono::milliseconds auth_refresh_period{250};
 };
 
 // A node whose certificate authorize_node accepted for this request. Only the service makes

@@ -39,6 +39,7 @@ struct ServeOptions {
   std::size_t max_pending_heartbeats = 50'000;
   std::string rotation_grace = "10m";
   std::string node_label_keys;
+  std::string database;  // issue 13: empty = SQLite in the state dir
 };
 
 // 10k agents keep a connection each: lift the soft fd limit to the hard one.
@@ -109,6 +110,7 @@ Status serve(const ServeOptions& o) {
   service_config.rotation_grace = std::chrono::duration_cast<std::chrono::seconds>(*rotation_grace);
   service_config.node_label_keys = std::move(*label_keys);
   service_config.max_pending_heartbeats = o.max_pending_heartbeats;
+  service_config.database = o.database;
   auto service = open_service(state, service_config, SystemClock::instance());
   if (!service) return fail(service.error().with_context("state dir " + o.state_dir));
 
@@ -204,6 +206,9 @@ void add_serve(CLI::App& app, int& exit_code) {
   cmd->add_option("--node-label-keys", options->node_label_keys,
                   "Label keys a node may set on itself at enrollment, k1,k2 (token labels always win; "
                   "default: none)");
+  cmd->add_option("--database", options->database,
+                  "postgresql://user@host:port/db: a PostgreSQL database several serve replicas share "
+                  "(each with the same state dir's CA); default: SQLite in the state dir");
   cmd->callback([options, &exit_code] {
     if (auto ok = serve(*options); !ok) {
       print_error(ok.error());

@@ -20,7 +20,7 @@
 #include "control/service/id_locks.hpp"
 #include "control/service/liveness.hpp"
 #include "control/service/rotation.hpp"
-#include "control/store/sqlite.hpp"
+#include "control/store/open_store.hpp"
 #include "control/store/store.hpp"
 
 namespace cairn::control {
@@ -76,6 +76,7 @@ class ServiceImpl final : public ControlService {
     auto total = store_->enrollments_total();
     if (!total) return fail(total.error());
     enrollment_.set_total(*total);
+    if (is_postgres_url(config_.database)) auth_.start_refresh(*store_, config_.auth_refresh_period);
     heartbeats_.start();
     liveness_.start();
     log::info("control.store_open", {{"nodes", snap->nodes.size()},
@@ -152,7 +153,7 @@ Result<std::unique_ptr<ControlService>> open_service(const StatePaths& state, Se
   }
   auto ca = CertificateAuthority::load(state);
   if (!ca) return fail(ca.error());
-  auto store = open_sqlite_store(state.database());
+  auto store = open_store(state, config.database);
   if (!store) return fail(store.error());
   auto service = std::make_unique<ServiceImpl>(std::move(config), clock, std::move(*ca), std::move(*store));
   if (auto ok = service->start(state); !ok) return fail(ok.error().with_context("open control service"));
