@@ -240,6 +240,8 @@ class Pool {
       return fail(Errc::unavailable, "connect to database " + shown_ + ": " + why,
                   "check that PostgreSQL is running there and the URL's user, password and database are right");
     }
+    // Notices ("relation already exists, skipping") are not errors: not printed.
+    PQsetNoticeProcessor(conn->pg.get(), [](void*, const char*) {}, nullptr);
     return conn;
   }
 
@@ -408,8 +410,10 @@ CREATE TABLE admin_certificates (
 );
 CREATE INDEX admin_certificates_by_name ON admin_certificates(name);
 )sql"},
-    // Issues 13-15: tasks and their attempts, the module catalog and assignments, escrowed keys.
+    // Issues 13-15: tasks and their attempts, the capabilities a heartbeat reports, the module
+    // catalog and assignments, escrowed keys.
     {2, R"sql(
+ALTER TABLE node_status ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[]';
 CREATE TABLE tasks (
   id               TEXT PRIMARY KEY,
   seq              BIGSERIAL NOT NULL UNIQUE,
@@ -501,7 +505,7 @@ constexpr const char* kNodeColumns = R"sql(
   s.last_seen_ms, s.boot_id, s.agent_version, s.mount_state, s.load1, s.load5, s.load15,
   s.cpu_count, s.mem_total_bytes, s.mem_available_bytes, s.disk_total_bytes, s.disk_free_bytes,
   s.uptime_s, s.cert_not_after, s.modules, s.labels, s.heartbeats, s.critical_events_total,
-  n.reenroll_allowed_until_ms
+  n.reenroll_allowed_until_ms, s.capabilities
 FROM nodes n LEFT JOIN node_status s ON s.node_id = n.id)sql";
 
 NodeRecord node_from(const Rows& q, int r) {
@@ -538,6 +542,7 @@ NodeRecord node_from(const Rows& q, int r) {
     hb.labels = labels_from(q.text(r, 23));
     s.heartbeats = q.int64(r, 24);
     s.critical_events_total = q.int64(r, 25);
+    hb.capabilities = strings_from(q.text(r, 27));
     n.status = std::move(s);
   }
   return n;
@@ -583,10 +588,24 @@ AdminCertRecord admin_from(const Rows& q, int r) {
   return {q.text(r, 0), q.text(r, 1), q.text(r, 2), q.int64(r, 3), q.int64(r, 4), q.opt_int64(r, 5)};
 }
 
-constexpr const char* kEventColumns = "node_id, event_id, severity, kind, message, time, received_at_ms";
+constexpr const char* kEventColumns = "node_id, event_id, severity, kind, message, time, received_at_ms, seq";
 NodeEventRecord event_from(const Rows& q, int r) {
-  return {q.text(r, 0), q.text(r, 1), q.text(r, 2), q.text(r, 3), q.text(r, 4), q.text(r, 5), q.int64(r, 6)};
+  NodeEventRecord e;
+  e.node_id = q.text(r, 0);
+  e.event_id = q.text(r, 1);
+  e.severity = q.text(r, 2);
+  e.kind = q.text(r, 3);
+  e.message = q.text(r, 4);
+  e.time = q.text(r, 5);
+  e.received_at_ms = q.int64(r, 6);
+  e.seq = q.int64(r, 7);
+  return e;
 }
+
+// Any numbers: advisory lock keys. Migrations run one replica at a time; event inserts too,
+// so event seq (a sequence) grows in commit order and a follower's cursor never skips an
+// event that commits late.
+constexpr std::int64_t kEventLockKey = 0x6361'6972'6e00'0002;
 
 // Every task column but the output (list_tasks leaves it out; find_task adds it last).
 constexpr const char* kTaskColumns =
@@ -665,7 +684,7 @@ constexpr const char* kHeldSql = R"sql(
 held AS (
   SELECT COALESCE(SUM(min_cpu), 0) AS cpu, COALESCE(SUM(min_mem), 0) AS mem,
          COALESCE(SUM(min_disk), 0) AS disk
-  FROM tasks WHERE leased_by = $1::text AND state IN ('leased', 'running'))sql";
+  FROM tasks WHERE leased_by = $1::text AND state IN ('leased', 'running')))sql";
 constexpr const char* kCandidateWhere = R"sql(
   t.state = 'queued' AND t.not_before_ms <= $4::bigint
   AND (t.node_id = $1::text
@@ -873,8 +892,17 @@ class PostgresStore final : public Store {
   }
 
   Result<std::vector<NodeEventRecord>> list_events(const EventQuery& query) override {
+    if (query.after_seq) {
+      // A follower's next page: the oldest events after its cursor, in the order stored.
+      auto rows = run(std::string("SELECT ") + kEventColumns +
+                          " FROM node_events WHERE seq > $4::bigint AND ($1::text IS NULL OR node_id = $1::text) "
+                          "AND received_at_ms >= $2::bigint ORDER BY seq LIMIT $3::bigint",
+                      Params().add(query.node_id).add(query.since_ms).add(query.limit).add(*query.after_seq));
+      if (!rows) return fail(rows.error());
+      return collect(*rows, event_from);
+    }
     // The newest `limit` matching events, returned oldest first.
-    auto rows = run(std::string("SELECT ") + kEventColumns + " FROM (SELECT seq, " + kEventColumns +
+    auto rows = run(std::string("SELECT ") + kEventColumns + " FROM (SELECT " + kEventColumns +
                         " FROM node_events WHERE ($1::text IS NULL OR node_id = $1::text) AND received_at_ms >= $2::bigint "
                         "ORDER BY received_at_ms DESC, seq DESC LIMIT $3::bigint) e ORDER BY received_at_ms, seq",
                     Params().add(query.node_id).add(query.since_ms).add(query.limit));
@@ -882,15 +910,15 @@ class PostgresStore final : public Store {
     return collect(*rows, event_from);
   }
 
-  Status insert_events(std::span<const NodeEventRecord> events) override {
-    if (events.empty()) return {};
-    auto r = in_tx([&](Conn& conn) -> Result<bool> {
+  Result<std::int64_t> insert_events(std::span<const NodeEventRecord> events) override {
+    if (events.empty()) return std::int64_t{0};
+    return in_tx([&](Conn& conn) -> Result<std::int64_t> {
       auto stored = insert_event_batch(conn, events);
       if (!stored) return fail(stored.error());
-      return true;
+      std::int64_t total = 0;
+      for (const auto& [node, counts] : *stored) total += counts.stored;
+      return total;
     });
-    if (!r) return fail(r.error());
-    return {};
   }
 
   // ---- admin credentials ----
@@ -934,7 +962,7 @@ class PostgresStore final : public Store {
           events.push_back({hb.node_id, id, e.severity, e.kind, e.message, e.time, hb.received_at_ms});
         }
       }
-      std::unordered_map<std::string, std::int64_t> critical;
+      std::unordered_map<std::string, EventCounts> critical;
       if (!events.empty()) {
         auto stored = insert_event_batch(conn, events);
         if (!stored) return fail(stored.error());
@@ -974,20 +1002,22 @@ class PostgresStore final : public Store {
                         {"modules", modules_text(hb.modules)},
                         {"labels", labels_text(hb.labels)},
                         {"count", latest.count},
-                        {"critical", crit == critical.end() ? 0 : crit->second}});
+                        {"capabilities", strings_text(hb.capabilities)},
+                        {"critical", crit == critical.end() ? 0 : crit->second.critical}});
       }
       auto written = exec(conn, R"sql(
 INSERT INTO node_status (node_id, last_seen_ms, boot_id, agent_version, mount_state, load1, load5,
   load15, cpu_count, mem_total_bytes, mem_available_bytes, disk_total_bytes, disk_free_bytes,
-  uptime_s, cert_not_after, modules, labels, heartbeats, critical_events_total)
+  uptime_s, cert_not_after, modules, labels, heartbeats, critical_events_total, capabilities)
 SELECT h.node_id, h.last_seen_ms, h.boot_id, h.agent_version, h.mount_state, h.load1, h.load5,
   h.load15, h.cpu_count, h.mem_total_bytes, h.mem_available_bytes, h.disk_total_bytes,
-  h.disk_free_bytes, h.uptime_s, h.cert_not_after, h.modules, h.labels, h.count, h.critical
+  h.disk_free_bytes, h.uptime_s, h.cert_not_after, h.modules, h.labels, h.count, h.critical,
+  h.capabilities
 FROM jsonb_to_recordset($1::jsonb) AS h(node_id text, last_seen_ms bigint, boot_id text,
   agent_version text, mount_state text, load1 float8, load5 float8, load15 float8, cpu_count bigint,
   mem_total_bytes bigint, mem_available_bytes bigint, disk_total_bytes bigint,
   disk_free_bytes bigint, uptime_s bigint, cert_not_after text, modules text, labels text,
-  count bigint, critical bigint)
+  count bigint, critical bigint, capabilities text)
 WHERE EXISTS (SELECT 1 FROM nodes n WHERE n.id = h.node_id)
 ORDER BY h.node_id
 ON CONFLICT (node_id) DO UPDATE SET
@@ -998,6 +1028,7 @@ ON CONFLICT (node_id) DO UPDATE SET
   mem_available_bytes = excluded.mem_available_bytes, disk_total_bytes = excluded.disk_total_bytes,
   disk_free_bytes = excluded.disk_free_bytes, uptime_s = excluded.uptime_s,
   cert_not_after = excluded.cert_not_after, modules = excluded.modules, labels = excluded.labels,
+  capabilities = excluded.capabilities,
   heartbeats = node_status.heartbeats + excluded.heartbeats,
   critical_events_total = node_status.critical_events_total + excluded.critical_events_total
 RETURNING node_id)sql",
@@ -1112,26 +1143,40 @@ RETURNING )sql") + kTaskColumns,
     return collect(*rows, attempt_from);
   }
 
-  // One statement: the candidates are locked with FOR UPDATE SKIP LOCKED (a task another
-  // replica is leasing right now is skipped, never waited for nor leased twice), the prefix
-  // whose reservations fit the budget is taken, updated, and its attempt rows inserted.
+  // One statement: the candidates (a window of the oldest that may run here) are locked with
+  // FOR UPDATE SKIP LOCKED, so a task another replica is leasing right now is skipped, never
+  // waited for nor leased twice; a recursive walk in submission order takes each one whose
+  // reservation still fits the budget (with what the node holds and what it took before),
+  // up to max_tasks; those are updated and their attempt rows inserted.
   Result<std::vector<TaskRecord>> lease_tasks(const LeaseQuery& q) override {
     if (q.max_tasks <= 0) return std::vector<TaskRecord>{};
-    const std::string sql = std::string("WITH ") + kHeldSql + R"sql(,
-cand AS (
+    const std::string sql = std::string("WITH RECURSIVE ") + kHeldSql + R"sql(,
+cand0 AS (
   SELECT t.id, t.seq, t.min_cpu, t.min_mem, t.min_disk FROM tasks t, held h
   WHERE )sql" + kCandidateWhere + R"sql(
-  ORDER BY t.seq LIMIT $8::bigint
+  ORDER BY t.seq LIMIT $8::bigint * 4 + 16
   FOR UPDATE OF t SKIP LOCKED),
-fit AS (
-  SELECT c.id FROM (
-    SELECT id, SUM(min_cpu) OVER w AS cpu, SUM(min_mem) OVER w AS mem, SUM(min_disk) OVER w AS disk
-    FROM cand WINDOW w AS (ORDER BY seq)) c, held h
-  WHERE h.cpu + c.cpu <= $5::bigint AND h.mem + c.mem <= $6::bigint AND h.disk + c.disk <= $7::bigint),
+cand AS (SELECT cand0.*, row_number() OVER (ORDER BY seq) AS rn FROM cand0),
+walk AS (
+  SELECT 0::bigint AS rn, NULL::text AS id, h.cpu, h.mem, h.disk, false AS taken, 0::bigint AS n FROM held h
+  UNION ALL
+  SELECT c.rn, c.id,
+    w.cpu + CASE WHEN w.cpu + c.min_cpu <= $5::bigint AND w.mem + c.min_mem <= $6::bigint
+                      AND w.disk + c.min_disk <= $7::bigint THEN c.min_cpu ELSE 0 END,
+    w.mem + CASE WHEN w.cpu + c.min_cpu <= $5::bigint AND w.mem + c.min_mem <= $6::bigint
+                      AND w.disk + c.min_disk <= $7::bigint THEN c.min_mem ELSE 0 END,
+    w.disk + CASE WHEN w.cpu + c.min_cpu <= $5::bigint AND w.mem + c.min_mem <= $6::bigint
+                       AND w.disk + c.min_disk <= $7::bigint THEN c.min_disk ELSE 0 END,
+    w.cpu + c.min_cpu <= $5::bigint AND w.mem + c.min_mem <= $6::bigint AND w.disk + c.min_disk <= $7::bigint,
+    w.n + CASE WHEN w.cpu + c.min_cpu <= $5::bigint AND w.mem + c.min_mem <= $6::bigint
+                    AND w.disk + c.min_disk <= $7::bigint THEN 1 ELSE 0 END
+  FROM walk w JOIN cand c ON c.rn = w.rn + 1
+  WHERE w.n < $8::bigint),
+fit AS (SELECT id FROM walk WHERE taken),
 leased AS (
   UPDATE tasks t SET state = 'leased', leased_by = $1::text, fence = t.fence + 1,
     attempts = t.attempts + 1, lease_expires_ms = $4::bigint + $9::bigint, updated_at_ms = $4::bigint,
-    started_at_ms = NULL, cancel_requested = false
+    started_at_ms = NULL
   FROM fit WHERE t.id = fit.id
   RETURNING t.*),
 attempt AS (
@@ -1143,6 +1188,16 @@ SELECT )sql" + kTaskColumns + " FROM leased ORDER BY seq";
     p.add(q.budget.cpu_millis).add(q.budget.mem_bytes).add(q.budget.disk_bytes);
     p.add(q.max_tasks).add(q.lease_ms);
     auto rows = run_retrying(sql, p);
+    if (!rows) return fail(rows.error());
+    return collect(*rows, task_from);
+  }
+
+  Result<std::vector<TaskRecord>> queued_heads(std::int64_t limit) override {
+    auto rows = run(std::string("SELECT ") + kTaskColumns +
+                        " FROM tasks t WHERE state = 'queued' AND (t.serial_key IS NULL OR NOT EXISTS ("
+                        "SELECT 1 FROM tasks o WHERE o.serial_key = t.serial_key AND o.seq < t.seq "
+                        "AND o.state IN ('queued', 'leased', 'running'))) ORDER BY seq LIMIT $1::bigint",
+                    Params().add(limit));
     if (!rows) return fail(rows.error());
     return collect(*rows, task_from);
   }
@@ -1164,22 +1219,26 @@ SELECT )sql" + kTaskColumns + " FROM leased ORDER BY seq";
 WITH ext AS (
   UPDATE tasks SET lease_expires_ms = $5::bigint + $4::bigint, updated_at_ms = $5::bigint,
     state = CASE WHEN $6::boolean AND state = 'leased' THEN 'running' ELSE state END,
-    started_at_ms = CASE WHEN $6::boolean AND started_at_ms IS NULL THEN $5::bigint ELSE started_at_ms END
+    started_at_ms = CASE WHEN $6::boolean AND state = 'leased' THEN $5::bigint ELSE started_at_ms END
   WHERE id = $1::text AND leased_by = $2::text AND fence = $3::bigint AND state IN ('leased', 'running')
     AND lease_expires_ms > $5::bigint
   RETURNING id, fence, started_at_ms, cancel_requested),
 att AS (
   UPDATE task_attempts a SET started_at_ms = ext.started_at_ms FROM ext
-  WHERE a.task_id = ext.id AND a.fence = ext.fence AND a.started_at_ms IS NULL AND ext.started_at_ms IS NOT NULL)
-SELECT true, cancel_requested FROM ext
+  WHERE a.task_id = ext.id AND a.fence = ext.fence AND ext.started_at_ms IS NOT NULL
+    AND a.started_at_ms IS DISTINCT FROM ext.started_at_ms)
+SELECT 'ok', cancel_requested FROM ext
 UNION ALL
-SELECT false, state IN ('succeeded', 'failed', 'dead', 'cancelled') FROM tasks
-WHERE id = $1::text AND NOT EXISTS (SELECT 1 FROM ext))sql",
+SELECT CASE WHEN fence <> $3::bigint OR leased_by IS DISTINCT FROM $2::text THEN 'stale'
+            WHEN state IN ('succeeded', 'failed', 'dead', 'cancelled') THEN 'finished'
+            ELSE 'stale' END, cancel_requested
+FROM tasks WHERE id = $1::text AND NOT EXISTS (SELECT 1 FROM ext))sql",
                              Params().add(task_id).add(node_id).add(fence).add(lease_ms).add(now_ms).add(running));
     if (!rows) return fail(rows.error());
     if (rows->empty()) return ExtendOutcome{FenceCheck::not_found, false};
-    if (rows->boolean(0, 0)) return ExtendOutcome{FenceCheck::ok, rows->boolean(0, 1)};
-    return ExtendOutcome{rows->boolean(0, 1) ? FenceCheck::finished : FenceCheck::stale, false};
+    const std::string check = rows->text(0, 0);
+    const FenceCheck fc = check == "ok" ? FenceCheck::ok : check == "finished" ? FenceCheck::finished : FenceCheck::stale;
+    return ExtendOutcome{fc, rows->boolean(0, 1)};
   }
 
   // One statement: the task row is locked, the attempt of this fence read; only the current
@@ -1198,18 +1257,19 @@ WHERE id = $1::text AND NOT EXISTS (SELECT 1 FROM ext))sql",
     p.add(reason_text).add(c.error).raw(bytea_param(c.output)).add(c.output_truncated).add(c.output_bytes);
     auto rows = run_retrying(R"sql(
 WITH cur AS (
-  SELECT id, state, fence, leased_by, attempts, max_attempts FROM tasks WHERE id = $1::text FOR UPDATE),
+  SELECT id, state, fence, leased_by, attempts, max_attempts, cancel_requested FROM tasks
+  WHERE id = $1::text FOR UPDATE),
 prev AS (
-  SELECT outcome FROM task_attempts WHERE task_id = $1::text AND fence = $2::bigint AND node_id = $3::text),
+  SELECT outcome, node_id FROM task_attempts WHERE task_id = $1::text AND fence = $2::bigint),
 nxt AS (
   SELECT id, CASE WHEN $5::text = 'succeeded' THEN 'succeeded'
-                  WHEN $5::text = 'cancelled' THEN 'cancelled'
+                  WHEN $5::text = 'cancelled' OR cancel_requested THEN 'cancelled'
                   WHEN NOT $6::boolean THEN 'failed'
                   WHEN attempts < max_attempts THEN 'queued'
                   ELSE 'dead' END AS state
   FROM cur
   WHERE fence = $2::bigint AND leased_by = $3::text AND state IN ('leased', 'running')
-    AND NOT EXISTS (SELECT 1 FROM prev WHERE outcome <> '')),
+    AND EXISTS (SELECT 1 FROM prev WHERE outcome = '' AND node_id = $3::text)),
 upd AS (
   UPDATE tasks t SET state = nxt.state, updated_at_ms = $4::bigint,
     finished_at_ms = CASE WHEN nxt.state = 'queued' THEN NULL ELSE $4::bigint END,
@@ -1222,7 +1282,8 @@ att AS (
   UPDATE task_attempts a SET finished_at_ms = $4::bigint, outcome = $5::text, reason = $9::text,
     exit_code = $8::integer, error = $10::text
   FROM nxt WHERE a.task_id = nxt.id AND a.fence = $2::bigint)
-SELECT (SELECT state FROM cur), (SELECT outcome FROM prev), (SELECT state FROM nxt))sql",
+SELECT (SELECT state FROM cur), (SELECT outcome FROM prev), (SELECT state FROM nxt),
+  (SELECT node_id FROM prev))sql",
                              p);
     if (!rows) return fail(rows.error());
     if (rows->empty() || rows->is_null(0, 0)) return CompleteOutcome{FenceCheck::not_found, TaskState::queued};
@@ -1230,11 +1291,13 @@ SELECT (SELECT state FROM cur), (SELECT outcome FROM prev), (SELECT state FROM n
     if (!rows->is_null(0, 2)) {
       return CompleteOutcome{FenceCheck::ok, protocol::task_state_from(rows->text(0, 2)).value_or(TaskState::queued)};
     }
-    // This fence's attempt already completed: the same outcome again is answered as before.
-    if (!rows->is_null(0, 1) && !rows->text(0, 1).empty()) {
-      return CompleteOutcome{rows->text(0, 1) == c.outcome ? FenceCheck::ok : FenceCheck::finished, stored};
-    }
-    return CompleteOutcome{protocol::task_state_final(stored) ? FenceCheck::finished : FenceCheck::stale, stored};
+    // No attempt of this fence by this node: someone else's lease.
+    if (rows->is_null(0, 3) || rows->text(0, 3) != c.node_id) return CompleteOutcome{FenceCheck::stale, stored};
+    // This fence's attempt already ended: the same outcome again is answered as before.
+    const std::string previous = rows->text(0, 1);
+    if (previous == c.outcome) return CompleteOutcome{FenceCheck::ok, stored};
+    if (previous.empty() || previous == "lease_lost") return CompleteOutcome{FenceCheck::stale, stored};
+    return CompleteOutcome{FenceCheck::finished, stored};
   }
 
   Result<std::vector<TaskRecord>> expire_leases(std::int64_t now_ms,
@@ -1267,14 +1330,16 @@ WITH ch AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, fence bigi
                                                             not_before bigint)),
 att AS (
   UPDATE task_attempts a SET finished_at_ms = $2::bigint, outcome = 'lease_lost', reason = $3::text,
-    error = 'the lease expired before the node completed the task'
-  FROM ch WHERE a.task_id = ch.id AND a.fence = ch.fence),
+    error = 'the lease of node ' || a.node_id || ' expired'
+  FROM ch WHERE a.task_id = ch.id AND a.fence = ch.fence AND a.outcome = ''),
 upd AS (
   UPDATE tasks t SET state = ch.state, updated_at_ms = $2::bigint, lease_expires_ms = NULL,
     leased_by = CASE WHEN ch.final THEN t.leased_by ELSE NULL END,
     finished_at_ms = CASE WHEN ch.final THEN $2::bigint ELSE NULL END,
     not_before_ms = CASE WHEN ch.final THEN t.not_before_ms ELSE ch.not_before END,
-    last_reason = $3::text, last_error = 'the lease expired before the node completed the task'
+    last_reason = $3::text, exit_code = NULL,
+    last_error = 'attempt ' || t.attempts || ': the lease of node ' || COALESCE(t.leased_by, '?') ||
+                 ' expired before it completed'
   FROM ch WHERE t.id = ch.id
   RETURNING t.*)
 SELECT )sql") + kTaskColumns + " FROM upd ORDER BY seq",
@@ -1291,7 +1356,8 @@ upd AS (
   UPDATE tasks t SET
     state = CASE WHEN cur.state = 'queued' THEN 'cancelled' ELSE t.state END,
     finished_at_ms = CASE WHEN cur.state = 'queued' THEN $2::bigint ELSE t.finished_at_ms END,
-    cancel_requested = cur.state IN ('leased', 'running'), updated_at_ms = $2::bigint
+    last_error = CASE WHEN cur.state = 'queued' THEN 'cancelled by an operator before it ran' ELSE t.last_error END,
+    cancel_requested = true, updated_at_ms = $2::bigint
   FROM cur WHERE t.id = cur.id AND cur.state IN ('queued', 'leased', 'running'))
 SELECT state FROM cur)sql",
                              Params().add(task_id).add(now_ms));
@@ -1309,8 +1375,8 @@ SELECT state FROM cur)sql",
     Json ids = Json::array();
     for (const auto& id : task_ids) ids.push_back(id);
     auto rows = run(
-        "SELECT id FROM tasks WHERE leased_by = $1::text AND cancel_requested AND state IN ('leased', 'running') "
-        "AND id IN (SELECT jsonb_array_elements_text($2::jsonb)) ORDER BY seq",
+        "SELECT t.id FROM jsonb_array_elements_text($2::jsonb) WITH ORDINALITY AS x(id, ord) "
+        "JOIN tasks t ON t.id = x.id WHERE t.leased_by = $1::text AND t.cancel_requested ORDER BY x.ord",
         Params().add(node_id).add(dump_json(ids)));
     if (!rows) return fail(rows.error());
     return collect(*rows, [](const Rows& q, int r) { return q.text(r, 0); });
@@ -1343,14 +1409,14 @@ SELECT count(*) FROM gone)sql",
         "INSERT INTO modules (name, version, reference, manifest_digest, priority, trust, added_at_ms) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name, version) DO UPDATE SET "
         "reference = excluded.reference, manifest_digest = excluded.manifest_digest, "
-        "priority = excluded.priority, trust = excluded.trust, added_at_ms = excluded.added_at_ms",
+        "priority = excluded.priority, trust = excluded.trust",
         p);
   }
 
   Result<std::vector<ModuleRecord>> list_modules() override {
     auto rows = run(
         "SELECT name, version, reference, manifest_digest, priority, trust, added_at_ms FROM modules "
-        "ORDER BY name, version",
+        "ORDER BY name, added_at_ms, version",
         Params());
     if (!rows) return fail(rows.error());
     return collect(*rows, [](const Rows& q, int r) {
@@ -1503,11 +1569,16 @@ SELECT count(*) FROM gone)sql",
     }
   }
 
-  // Stores the events not stored yet (per node id), prunes their nodes to the newest
-  // kEventsKeptPerNode, and returns the critical events stored per node. Events of unknown
-  // nodes are dropped.
-  Result<std::unordered_map<std::string, std::int64_t>> insert_event_batch(Conn& conn,
-                                                                           std::span<const NodeEventRecord> events) {
+  struct EventCounts {
+    std::int64_t stored = 0;
+    std::int64_t critical = 0;
+  };
+  // Stores the events not stored yet (per node id), each with the next seq, in batch order;
+  // prunes their nodes to the newest kEventsKeptPerNode; returns what was stored per node.
+  // Events of unknown nodes are dropped. Event inserts of all replicas take turns (advisory
+  // lock until commit): seq then follows commit order and has no holes from duplicates.
+  Result<std::unordered_map<std::string, EventCounts>> insert_event_batch(Conn& conn,
+                                                                         std::span<const NodeEventRecord> events) {
     Json rows = Json::array();
     std::int64_t ord = 0;
     for (const auto& e : events) {
@@ -1520,23 +1591,29 @@ SELECT count(*) FROM gone)sql",
                       {"time", e.time},
                       {"received_at_ms", e.received_at_ms}});
     }
+    if (auto ok = exec(conn, "SELECT pg_advisory_xact_lock($1::bigint)", Params().add(kEventLockKey)); !ok) {
+      return fail(ok.error());
+    }
     auto stored = exec(conn, R"sql(
 WITH ev AS (
   INSERT INTO node_events (node_id, event_id, severity, kind, message, time, received_at_ms)
-  SELECT e.node_id, e.event_id, e.severity, e.kind, e.message, e.time, e.received_at_ms
-  FROM jsonb_to_recordset($1::jsonb) AS e(ord bigint, node_id text, event_id text, severity text,
-    kind text, message text, time text, received_at_ms bigint)
-  WHERE EXISTS (SELECT 1 FROM nodes n WHERE n.id = e.node_id)
-  ORDER BY e.node_id, e.ord
+  SELECT node_id, event_id, severity, kind, message, time, received_at_ms FROM (
+    SELECT DISTINCT ON (e.node_id, e.event_id) e.*
+    FROM jsonb_to_recordset($1::jsonb) AS e(ord bigint, node_id text, event_id text, severity text,
+      kind text, message text, time text, received_at_ms bigint)
+    WHERE EXISTS (SELECT 1 FROM nodes n WHERE n.id = e.node_id)
+      AND NOT EXISTS (SELECT 1 FROM node_events x WHERE x.node_id = e.node_id AND x.event_id = e.event_id)
+    ORDER BY e.node_id, e.event_id, e.ord) fresh
+  ORDER BY ord
   ON CONFLICT (node_id, event_id) DO NOTHING
   RETURNING node_id, severity)
-SELECT node_id, count(*) FILTER (WHERE severity = 'critical') FROM ev GROUP BY node_id)sql",
+SELECT node_id, count(*), count(*) FILTER (WHERE severity = 'critical') FROM ev GROUP BY node_id)sql",
                        Params().add(dump_json(rows)));
     if (!stored) return fail(stored.error());
-    std::unordered_map<std::string, std::int64_t> critical;
+    std::unordered_map<std::string, EventCounts> counts;
     Json touched = Json::array();
     for (int r = 0; r < stored->size(); ++r) {
-      critical[stored->text(r, 0)] = stored->int64(r, 1);
+      counts[stored->text(r, 0)] = {stored->int64(r, 1), stored->int64(r, 2)};
       touched.push_back(stored->text(r, 0));
     }
     if (!touched.empty()) {
@@ -1550,7 +1627,7 @@ WHERE e.node_id = old.node_id AND e.seq = old.seq)sql",
                          Params().add(dump_json(touched)).add(std::int64_t{kEventsKeptPerNode}));
       if (!pruned) return fail(pruned.error());
     }
-    return critical;
+    return counts;
   }
 
   Status insert_certificate(Conn& conn, const CertRecord& c) {

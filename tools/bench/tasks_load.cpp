@@ -33,7 +33,7 @@ struct Options {
   int nodes = 1000;
   int tasks = 20000;
   int workers = 16;
-  int submitters = 4;
+  int submitters = 8;
   int batch = 10;
 };
 
@@ -143,7 +143,10 @@ int main(int argc, char** argv) {
           continue;
         }
         if (leased->empty()) {
+          // Nothing for this node now: a real node waits for its next heartbeat's hint; the
+          // driver pauses briefly so idle nodes do not crowd out the database.
           ++empty_leases;
+          std::this_thread::sleep_for(std::chrono::milliseconds(2));
           continue;
         }
         for (const auto& t : *leased) {
