@@ -210,11 +210,19 @@ class Pool {
   Result<Lease> acquire() {
     {
       std::unique_lock lock(mutex_);
-      cv_.wait(lock, [&] { return !idle_.empty() || open_ < max_; });
-      if (!idle_.empty()) {
+      for (;;) {
+        cv_.wait(lock, [&] { return !idle_.empty() || open_ < max_; });
+        if (idle_.empty()) break;
         auto conn = std::move(idle_.back());
         idle_.pop_back();
-        return Lease(this, std::move(conn));
+        // A connection the server closed while it sat idle (a restart, a failover, an idle
+        // timeout) reads EOF here without blocking: it is dropped, not handed out to fail.
+        // (Twice: the first read may take the server's goodbye message, the second the EOF.)
+        if (PQconsumeInput(conn->pg.get()) != 0 && PQconsumeInput(conn->pg.get()) != 0 &&
+            PQstatus(conn->pg.get()) == CONNECTION_OK) {
+          return Lease(this, std::move(conn));
+        }
+        --open_;
       }
       ++open_;
     }

@@ -472,3 +472,17 @@ TEST_CASE("postgres: two stores on one database (replicas) lease 2,000 tasks con
   CHECK(*server->psql(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded' AND attempts = 1") ==
         std::to_string(kTasks) + "\n");
 }
+
+TEST_CASE("postgres: a store keeps working after the server restarts (its idle connections are replaced)") {
+  FRESH_DATABASE(server, url);
+  auto store = open(url);
+  REQUIRE(store->submit_task(task("before")));
+  REQUIRE(store->find_task("before"));
+  auto restarted = server->restart();
+  REQUIRE_MESSAGE(restarted, (restarted ? "" : restarted.error().message));
+  auto after = store->submit_task(task("after"));
+  REQUIRE_MESSAGE(after, (after ? "" : after.error().message));
+  auto listed = store->list_tasks({});
+  REQUIRE(listed);
+  CHECK(listed->size() == 2);  // both committed (fsync on): nothing lost across the restart
+}
