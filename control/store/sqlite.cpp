@@ -159,6 +159,7 @@ CREATE INDEX tasks_by_state ON tasks(state, seq);
 CREATE INDEX tasks_by_serial_key ON tasks(serial_key, seq) WHERE serial_key IS NOT NULL;
 CREATE INDEX tasks_by_holder ON tasks(leased_by, state);
 CREATE INDEX tasks_by_node ON tasks(node_id, seq);
+CREATE INDEX tasks_queued_by_node ON tasks(node_id, seq) WHERE state = 'queued';
 CREATE INDEX tasks_by_lease_expiry ON tasks(lease_expires_ms) WHERE lease_expires_ms IS NOT NULL;
 CREATE INDEX tasks_by_finish ON tasks(finished_at_ms) WHERE finished_at_ms IS NOT NULL;
 CREATE TABLE task_attempts (
@@ -1432,17 +1433,39 @@ class SqliteStore final : public Store {
       if (!row) return fail(row.error());
       if (*row) used = {q->int64(0), q->int64(1), q->int64(2)};
     }
-    auto q = query(std::string("SELECT ") + kTaskColumns +
-                   ", '' FROM tasks t WHERE state = 'queued' AND not_before_ms <= ?2 AND "
-                   "(node_id IS NULL OR node_id = ?1) AND " +
-                   kSerialHead + " ORDER BY seq");
-    if (!q) return fail(q.error());
-    q->bind(1, std::string_view(lq.node_id)).bind(2, lq.now_ms);
-    while (static_cast<std::int64_t>(picked.size()) < max) {
-      auto row = q->step();
+    // Two walks in submission order, merged: the tasks addressed to this node and those
+    // addressed to none, each on the queued-by-node index, so tasks waiting for other nodes
+    // are never read.
+    // INDEXED BY: without statistics the planner would walk every queued task for IS NULL.
+    const std::string head = std::string("SELECT ") + kTaskColumns +
+                             ", '' FROM tasks t INDEXED BY tasks_queued_by_node WHERE state = 'queued' AND ";
+    const std::string tail = std::string(" AND not_before_ms <= ?2 AND ") + kSerialHead + " ORDER BY seq";
+    auto mine = query(head + "node_id = ?1" + tail);
+    if (!mine) return fail(mine.error());
+    auto anyone = query(head + "node_id IS NULL" + tail);  // ?1 unused: binding it is harmless
+    if (!anyone) return fail(anyone.error());
+    mine->bind(1, std::string_view(lq.node_id)).bind(2, lq.now_ms);
+    anyone->bind(1, std::string_view(lq.node_id)).bind(2, lq.now_ms);
+    std::optional<TaskRecord> next_mine;
+    std::optional<TaskRecord> next_anyone;
+    bool mine_done = false;
+    bool anyone_done = false;
+    auto pull = [](Query& q, std::optional<TaskRecord>& slot, bool& done) -> Status {
+      if (slot || done) return {};
+      auto row = q.step();
       if (!row) return fail(row.error());
-      if (!*row) break;
-      TaskRecord t = task_from(*q);
+      if (*row) slot = task_from(q);
+      else done = true;
+      return {};
+    };
+    while (static_cast<std::int64_t>(picked.size()) < max) {
+      if (auto ok = pull(*mine, next_mine, mine_done); !ok) return fail(ok.error());
+      if (auto ok = pull(*anyone, next_anyone, anyone_done); !ok) return fail(ok.error());
+      if (!next_mine && !next_anyone) break;
+      std::optional<TaskRecord>& slot =
+          !next_anyone || (next_mine && next_mine->seq < next_anyone->seq) ? next_mine : next_anyone;
+      TaskRecord t = std::move(*slot);
+      slot.reset();
       if (!placement_matches(t, lq) || !fits(used, t.min, lq.budget)) continue;
       add(used, t.min);
       picked.push_back(std::move(t.id));

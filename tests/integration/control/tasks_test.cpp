@@ -28,10 +28,17 @@ Json json_of(const RunResult& r) {
   return *j;
 }
 
-std::string submit(const ControlServer& server, std::vector<std::string> args) {
-  std::vector<std::string> argv = {"task", "submit", "--json"};
+// `task submit --json ARGS...`: the state dir and server go first, since ARGS may end with
+// "-- argv..." (ControlServer::cli appends them at the end).
+RunResult submit_cli(const ControlServer& server, std::vector<std::string> args) {
+  std::vector<std::string> argv = {control_binary(), "task", "submit", "--json", "--state", server.state().string(),
+                                   "--server", server.url()};
   argv.insert(argv.end(), args.begin(), args.end());
-  const Json j = json_of(server.cli(argv));
+  return run_capture(argv, server.scratch());
+}
+
+std::string submit(const ControlServer& server, std::vector<std::string> args) {
+  const Json j = json_of(submit_cli(server, std::move(args)));
   REQUIRE(j.contains("id"));
   return j["id"].get<std::string>();
 }
@@ -93,8 +100,7 @@ TEST_CASE("a node leases, extends and completes a task over mTLS; a stale fence 
 
   const auto id = submit(server, {"--kind", "exec", "--node", a.id, "--idempotency-key", "first", "--", "echo", "hi"});
   // Submitting again with the same key returns the same task.
-  const Json again = json_of(server.cli({"task", "submit", "--json", "--kind", "exec", "--idempotency-key", "first",
-                                         "--", "echo", "other"}));
+  const Json again = json_of(submit_cli(server, {"--kind", "exec", "--idempotency-key", "first", "--", "echo", "other"}));
   CHECK(again["id"] == id);
   CHECK(again["created"] == false);
 

@@ -269,6 +269,23 @@ TEST_CASE_TEMPLATE("placement: addressed tasks, label selectors and capabilities
   CHECK(ids_of(lease(store, b)) == std::vector<std::string>{addressed.id});
 }
 
+TEST_CASE_TEMPLATE("a lease takes tasks for this node and for any node in one submission order", B,
+                   CAIRN_STORE_BACKENDS) {
+  CAIRN_OPEN_STORE(B);
+  auto u1 = make_task();
+  auto a1 = make_task();
+  a1.node_id = kNodeA;
+  auto b1 = make_task();
+  b1.node_id = kNodeB;
+  auto u2 = make_task();
+  auto a2 = make_task();
+  a2.node_id = kNodeA;
+  for (const auto* t : {&u1, &a1, &b1, &u2, &a2}) submitted(store, *t);
+  CHECK(ids_of(lease(store, node_query(kNodeA, kT0, 3))) == std::vector<std::string>{u1.id, a1.id, u2.id});
+  CHECK(ids_of(lease(store, node_query(kNodeA, kT0, 3))) == std::vector<std::string>{a2.id});
+  CHECK(ids_of(lease(store, node_query(kNodeB, kT0, 3))) == std::vector<std::string>{b1.id});
+}
+
 TEST_CASE_TEMPLATE("admission: a node gets tasks only while their reservations fit its budget", B,
                    CAIRN_STORE_BACKENDS) {
   CAIRN_OPEN_STORE(B);
