@@ -4,6 +4,7 @@
 #include <mutex>
 #include <utility>
 
+#include "common/log.hpp"
 #include "common/time.hpp"
 
 namespace cairn::control {
@@ -168,6 +169,7 @@ std::size_t AuthCache::node_count() const {
 
 void AuthCache::enrolled(const std::string& node_id, const CertRecord& cert, std::int64_t now_ms) {
   std::unique_lock lock(mutex_);
+  ++generation_;
   auto& live = nodes_[node_id];
   if (!live) live = std::make_unique<LiveNode>();
   // The node's earlier certificates were superseded in the store: forget them, so they
@@ -181,6 +183,7 @@ void AuthCache::enrolled(const std::string& node_id, const CertRecord& cert, std
 
 void AuthCache::rotated(const std::string& node_id, const std::string& old_serial, const CertRecord& fresh) {
   std::unique_lock lock(mutex_);
+  ++generation_;
   auto node = nodes_.find(node_id);
   if (node == nodes_.end()) return;
   auto& serials = node->second->serials;
@@ -198,6 +201,7 @@ void AuthCache::rotated(const std::string& node_id, const std::string& old_seria
 
 std::optional<std::string> AuthCache::confirm(const std::string& new_serial, std::int64_t retire_at_ms) {
   std::unique_lock lock(mutex_);
+  ++generation_;
   auto fresh = certs_.find(new_serial);
   if (fresh == certs_.end() || fresh->second.replaces.empty()) return std::nullopt;
   std::string old_serial = std::exchange(fresh->second.replaces, {});
@@ -210,6 +214,7 @@ std::optional<std::string> AuthCache::confirm(const std::string& new_serial, std
 
 void AuthCache::revoked(const std::string& node_id) {
   std::unique_lock lock(mutex_);
+  ++generation_;
   auto& live = nodes_[node_id];
   if (!live) live = std::make_unique<LiveNode>();
   live->state = NodeState::revoked;
@@ -255,14 +260,109 @@ std::vector<AuthCache::Lapse> AuthCache::sweep(std::int64_t now_ms, std::int64_t
 
 void AuthCache::admin_added(const AdminCertRecord& admin) {
   std::unique_lock lock(mutex_);
+  ++generation_;
   admins_[admin.serial_hex] = LiveAdmin{admin.name, admin.not_after_ms, admin.revoked_at_ms.has_value()};
 }
 
 void AuthCache::admin_revoked(const std::string& name) {
   std::unique_lock lock(mutex_);
+  ++generation_;
   for (auto& [serial, admin] : admins_) {
     if (admin.name == name) admin.revoked = true;
   }
+}
+
+std::uint64_t AuthCache::generation() const {
+  std::shared_lock lock(mutex_);
+  return generation_;
+}
+
+bool AuthCache::refresh(const AuthSnapshot& snap, std::uint64_t generation) {
+  std::unique_lock lock(mutex_);
+  if (generation != generation_) return false;
+  // Nodes: revocation from the store is final; liveness keeps the newest of what this replica
+  // heard and what the store says another replica heard. Nodes are never deleted.
+  for (const auto& n : snap.nodes) {
+    auto& live = nodes_[n.id];
+    const bool heard = n.last_seen_ms > 0 && n.last_seen_ms >= n.enrolled_at_ms;
+    const std::int64_t seen = std::max(n.last_seen_ms, n.enrolled_at_ms);
+    if (!live) {
+      live = std::make_unique<LiveNode>();
+      live->state = n.revoked ? NodeState::revoked : heard ? NodeState::ready : NodeState::enrolled;
+      live->last_seen_ms = seen;
+    } else {
+      const std::int64_t before = live->last_seen_ms.load();
+      if (seen > before) live->last_seen_ms = seen;
+      if (n.revoked) {
+        live->state = NodeState::revoked;
+      } else if (live->state != NodeState::revoked && seen > before) {
+        // heard (or enrolled again) through another replica since this one last knew
+        live->state = heard ? NodeState::ready : NodeState::enrolled;
+      }
+    }
+    live->serials.clear();
+  }
+  // Certificates and admins: the store's view replaces this one (it holds every change made
+  // here up to `generation` too).
+  certs_.clear();
+  for (const auto& c : snap.certs) {
+    auto it = nodes_.find(c.node_id);
+    if (it == nodes_.end()) continue;
+    it->second->serials.push_back(c.serial_hex);
+    auto& live = certs_[c.serial_hex];
+    live.node_id = c.node_id;
+    live.revoked = c.status == CertStatus::revoked || it->second->state == NodeState::revoked;
+    live.not_after_ms = c.not_after_ms;
+    live.retire_at_ms = c.retire_at_ms.value_or(0);
+  }
+  for (const auto& c : snap.certs) {
+    if (!c.replaced_by || c.retire_at_ms) continue;
+    auto fresh = certs_.find(*c.replaced_by);
+    if (fresh == certs_.end()) continue;
+    fresh->second.replaces = c.serial_hex;
+    certs_[c.serial_hex].pending = *c.replaced_by;
+  }
+  admins_.clear();
+  for (const auto& a : snap.admins) {
+    admins_[a.serial_hex] = LiveAdmin{a.name, a.not_after_ms, a.revoked_at_ms.has_value()};
+  }
+  ++refreshes_;
+  return true;
+}
+
+void AuthCache::start_refresh(Store& store, std::chrono::milliseconds period) {
+  stop_refresh();
+  {
+    std::lock_guard lock(refresh_mutex_);
+    refresh_stop_ = false;
+  }
+  refresher_ = std::thread([this, &store, period] {
+    std::unique_lock lock(refresh_mutex_);
+    while (!refresh_cv_.wait_for(lock, period, [&] { return refresh_stop_; })) {
+      lock.unlock();
+      // A local change between reading the generation and applying wins: load again (a few
+      // times; then the next period does it).
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        const auto generation = this->generation();
+        auto snap = store.load_auth_snapshot(now_ms(clock_));
+        if (!snap) {
+          log::warn("control.auth_refresh_failed", {{"error", snap.error().message}});
+          break;
+        }
+        if (refresh(*snap, generation)) break;
+      }
+      lock.lock();
+    }
+  });
+}
+
+void AuthCache::stop_refresh() {
+  {
+    std::lock_guard lock(refresh_mutex_);
+    refresh_stop_ = true;
+  }
+  refresh_cv_.notify_all();
+  if (refresher_.joinable()) refresher_.join();
 }
 
 }  // namespace cairn::control

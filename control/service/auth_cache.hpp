@@ -5,12 +5,15 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -28,6 +31,7 @@ class AuthCache {
   explicit AuthCache(const Clock& clock) : clock_(clock) {}
   AuthCache(const AuthCache&) = delete;
   AuthCache& operator=(const AuthCache&) = delete;
+  ~AuthCache() { stop_refresh(); }
 
   // Starts from the store: revoked nodes Revoked, nodes that ever heartbeated since their
   // last enrollment Ready, others Enrolled (the first liveness sweep marks lapsed ones).
@@ -68,6 +72,20 @@ class AuthCache {
   void admin_added(const AdminCertRecord& admin);
   void admin_revoked(const std::string& name);
 
+  // Replicas (several cairn-control on one PostgreSQL): the others change nodes, certificates
+  // and admins behind this cache's back. A refresher thread reloads the store's snapshot every
+  // `period` and applies it, so a revocation or an enrollment through another replica holds
+  // here within period + one snapshot load. Requests never wait for it (they read the cache
+  // as before); the refresh swaps the tables under the unique lock.
+  void start_refresh(Store& store, std::chrono::milliseconds period);
+  void stop_refresh();
+  // The count of changes made through this cache; refresh() applies a snapshot only if none
+  // happened since `generation` was read (before the snapshot was loaded), so a snapshot
+  // never undoes a newer local change. Returns whether it applied.
+  [[nodiscard]] std::uint64_t generation() const;
+  bool refresh(const AuthSnapshot& snapshot, std::uint64_t generation);
+  [[nodiscard]] std::uint64_t refreshes() const { return refreshes_.load(); }
+
  private:
   struct LiveNode {
     std::atomic<NodeState> state{NodeState::enrolled};
@@ -93,6 +111,13 @@ class AuthCache {
   std::unordered_map<std::string, LiveCert> certs_;  // serial -> certificate
   std::unordered_map<std::string, std::unique_ptr<LiveNode>> nodes_;
   std::unordered_map<std::string, LiveAdmin> admins_;  // serial -> admin credential
+  std::uint64_t generation_ = 0;                        // local changes; under the unique lock
+
+  std::mutex refresh_mutex_;
+  std::condition_variable refresh_cv_;
+  bool refresh_stop_ = false;
+  std::thread refresher_;
+  std::atomic<std::uint64_t> refreshes_{0};
 };
 
 }  // namespace cairn::control
