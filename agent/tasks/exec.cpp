@@ -6,7 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/pidfd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -136,7 +136,8 @@ Result<Spawned> spawn(const std::string& program, const std::vector<std::string>
   }
   Spawned s;
   s.pid = pid;
-  s.pidfd = UniqueFd(::pidfd_open(pid, 0));
+  // glibc 2.36 declares pidfd_open without extern "C"; the syscall is the same.
+  s.pidfd = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
   s.out = std::move(out_r);
   ::fcntl(s.out.get(), F_SETFL, ::fcntl(s.out.get(), F_GETFL) | O_NONBLOCK);
   return s;

@@ -53,7 +53,7 @@ class FakeControl {
       auto hb = protocol::decode_heartbeat_request(req.body);
       if (!hb) return bad(hb.error().message);
       heartbeats.push_back(*hb);
-      protocol::HeartbeatResponse r{{}, format_rfc3339(system_clock::now()), 1};
+      protocol::HeartbeatResponse r{{}, format_rfc3339(system_clock::now()), 1, false, {}};
       r.work_waiting = !to_lease.empty();
       if (cancel_in_heartbeat) r.cancel_tasks = hb->running_tasks;
       return ok(r);
