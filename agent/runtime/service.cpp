@@ -143,7 +143,13 @@ class Loop {
   // a rotation failure episode about the certificate still installed (same event id).
   void resume_status() {
     auto previous = read_status(config_.state_dir());
-    if (!previous || !*previous || (*previous)->node_id != node_id_) return;
+    if (!previous || !*previous || (*previous)->node_id != node_id_) {
+      // The first run of the service as this node: its enrollment becomes an event (the
+      // enroll command itself may run in the initramfs, before the persist volume is this one).
+      event("info", "node.enrolled", "node " + node_id_ + " enrolled; certificate serial " + creds_->cert.serial_hex +
+                                         " valid until " + format_rfc3339(creds_->cert.not_after));
+      return;
+    }
     const auto& p = **previous;
     status_.heartbeats_acked = p.heartbeats_acked;
     if (p.cert_serial == creds_->cert.serial_hex && p.rotation_failures > 0) {

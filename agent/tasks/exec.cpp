@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -100,10 +101,16 @@ Result<Spawned> spawn(const std::string& program, const std::vector<std::string>
   UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (!devnull) return fail(Errc::io, std::string("exec: /dev/null: ") + std::strerror(errno));
 
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) return fail(Errc::temporary, std::string("exec: fork: ") + std::strerror(errno));
   if (pid == 0) {
     ::setsid();
+    // An agent killed with SIGKILL cannot stop its tasks: the kernel does, for the process it
+    // started (the thread that forked it is the one waiting for it). Under systemd the unit's
+    // cgroup takes the rest of the group.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the agent blocks SIGTERM for its signalfd

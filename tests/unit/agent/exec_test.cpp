@@ -184,3 +184,33 @@ TEST_CASE("an unknown kind is invalid_args naming the known ones") {
   CHECK(r.reason == FailureReason::invalid_args);
   CHECK(r.error.find("format-disk") != std::string::npos);
 }
+
+TEST_CASE("a task's process does not outlive an agent killed with SIGKILL") {
+  test::TempDir dir;
+  const auto pidfile = dir.path() / "task.pid";
+  const pid_t agent = ::fork();
+  REQUIRE(agent >= 0);
+  if (agent == 0) {  // the "agent": runs a task that would run for five minutes
+    Root root("/");
+    const TaskContext ctx{.root = root, .clock = SystemClock::instance(), .timeout = seconds(300)};
+    run_task("exec", {{"argv", {"sh", "-c", "echo $$ > " + pidfile.string() + ".tmp; mv " + pidfile.string() +
+                                               ".tmp " + pidfile.string() + "; exec sleep 300"}}},
+             {}, ctx);
+    ::_exit(0);
+  }
+  pid_t task = 0;
+  const auto deadline = steady_clock::now() + seconds(20);
+  while (task == 0 && steady_clock::now() < deadline) {
+    std::ifstream in(pidfile);
+    in >> task;
+    if (task == 0) ::usleep(20000);
+  }
+  REQUIRE(task > 0);
+  CHECK_FALSE(process_gone(task));
+  ::kill(agent, SIGKILL);
+  int status = 0;
+  REQUIRE(::waitpid(agent, &status, 0) == agent);
+  const auto until = steady_clock::now() + seconds(10);
+  while (!process_gone(task) && steady_clock::now() < until) ::usleep(20000);
+  CHECK(process_gone(task));
+}

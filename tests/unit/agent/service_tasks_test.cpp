@@ -6,6 +6,7 @@
 #include <chrono>
 #include <future>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "agent/enroll/credentials.hpp"
@@ -178,8 +179,14 @@ TEST_CASE("the service leases when work waits, runs the task, completes it and d
   CHECK(node.control.leases[0].max_tasks == 2);  // the configured slots
   const auto& caps = node.control.heartbeats[0].capabilities;
   CHECK(std::find(caps.begin(), caps.end(), "task.exec") != caps.end());
-  CHECK(std::any_of(node.control.events.begin(), node.control.events.end(),
-                    [](const auto& e) { return e.kind == "service.started"; }));
+  for (const char* kind : {"node.enrolled", "service.started", "task.started", "task.succeeded"}) {
+    CAPTURE(kind);
+    CHECK(std::any_of(node.control.events.begin(), node.control.events.end(),
+                      [&](const auto& e) { return e.kind == kind; }));
+  }
+  // Delivered once each: the buffer was acknowledged, not sent again on later turns.
+  std::set<std::string> ids;
+  for (const auto& e : node.control.events) CHECK(ids.insert(e.id).second);
 }
 
 TEST_CASE("a task named in a heartbeat's cancel list is stopped and completed cancelled") {
