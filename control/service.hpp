@@ -18,6 +18,7 @@
 #include "common/clock.hpp"
 #include "common/json.hpp"
 #include "common/protocol/messages.hpp"
+#include "common/protocol/tasks.hpp"
 #include "common/result.hpp"
 #include "control/api_error.hpp"
 #include "control/peer.hpp"
@@ -40,6 +41,26 @@ struct ServiceConfig {
   // Beyond this many heartbeats waiting for the disk, new ones are refused (503 busy, with
   // Retry-After) rather than queued without bound; the agent retries with backoff.
   std::size_t max_pending_heartbeats = 50'000;
+
+  // Tasks (issue 13). Admission keeps headroom: a node is offered a task only if, with the
+  // task's reservation, it stays under these fractions of its CPUs, memory and disk.
+  double headroom_cpu = 0.8;
+  double headroom_mem = 0.8;
+  double headroom_disk = 0.9;
+  std::chrono::seconds max_lease{std::chrono::minutes(10)};  // a node's asked lease_s is capped
+  std::chrono::seconds min_lease{5};
+  // Retry backoff of transient failures: base * 2^(attempt-1), capped, jittered.
+  std::chrono::milliseconds retry_base{1000};
+  std::chrono::milliseconds retry_cap{std::chrono::minutes(5)};
+  // Finished tasks (with their output) are kept this long, and at most this many per node.
+  std::chrono::seconds task_history{std::chrono::hours(24 * 7)};
+  std::int64_t task_history_per_node = 10'000;
+  // How often the task sweep returns expired leases to the queue (real time; it reads the
+  // injected Clock).
+  std::chrono::milliseconds task_sweep_period{1000};
+  // Uniform numbers in [0, 1) for the jitter of retry backoff; empty: a seeded PRNG (tests
+  // set a fixed value to know the delay).
+  std::function<double()> random;
 };
 
 // A node whose certificate authorize_node accepted for this request. Only the service makes
@@ -87,6 +108,14 @@ struct EventFilter {
   std::optional<std::string> node_id;
   std::int64_t since_ms = 0;  // Unix ms, received at or after
   std::int64_t limit = 1000;
+  // A follower's cursor: only events stored after the one with this seq, oldest first.
+  std::optional<std::int64_t> after_seq;
+};
+
+struct TaskFilter {
+  std::optional<std::string> state;    // a task state name
+  std::optional<std::string> node_id;  // addressed to or leased by
+  std::int64_t limit = 1000;
 };
 
 class ControlService {
@@ -125,7 +154,7 @@ class ControlService {
   //   GET  /v1/admin/nodes/{id}      -> one node with its last heartbeat, certificates, events
   //   POST /v1/admin/nodes/{id}/revoke -> {"id", "revoked": true}
   //   POST /v1/admin/nodes/{id}/allow-reenroll -> {"id", "reenroll_allowed_until"}
-  //   GET  /v1/admin/events?node=ID&since_ms=N&limit=N -> {"events": [{"node", "id", "severity", "kind", "message", "time", "received_at"}]}
+  //   GET  /v1/admin/events?node=ID&since_ms=N&limit=N&after=SEQ -> {"events": [{"node", "id", "severity", "kind", "message", "time", "received_at", "seq"}], "cursor": SEQ}
   //   POST /v1/admin/admins          {"name", "csr"} -> {"name", "certificate", "serial", "not_after"}
   //   GET  /v1/admin/admins          -> {"admins": [{"name", "serial", "issued_at", "not_after", "revoked_at"}]}
   //   POST /v1/admin/admins/{name}/revoke -> {"name", "revoked": N}
@@ -140,6 +169,33 @@ class ControlService {
   virtual ApiResult<Json> admin_create_admin(const Json& body) = 0;
   virtual ApiResult<Json> admin_list_admins() = 0;
   virtual ApiResult<Json> admin_revoke_admin(const AuthorizedAdmin& by, std::string_view name) = 0;
+
+  // Tasks (issue 13), node endpoints (authorize_node already passed):
+  //   POST /v1/tasks/lease            LeaseRequest -> LeaseResponse
+  //   POST /v1/tasks/{id}/extend      ExtendRequest -> ExtendResponse (409 stale_fence)
+  //   POST /v1/tasks/{id}/complete    CompleteRequest -> CompleteResponse (409 stale_fence)
+  //   POST /v1/events                 EventBatch -> EventBatchResponse
+  virtual ApiResult<protocol::LeaseResponse> lease_tasks(const AuthorizedNode& node,
+                                                         const protocol::LeaseRequest& request) = 0;
+  virtual ApiResult<protocol::ExtendResponse> extend_task(const AuthorizedNode& node, std::string_view task_id,
+                                                          const protocol::ExtendRequest& request) = 0;
+  virtual ApiResult<protocol::CompleteResponse> complete_task(const AuthorizedNode& node, std::string_view task_id,
+                                                              const protocol::CompleteRequest& request) = 0;
+  virtual ApiResult<protocol::EventBatchResponse> post_events(const AuthorizedNode& node,
+                                                              const protocol::EventBatch& batch) = 0;
+  // Tasks, admin:
+  //   POST /v1/admin/tasks            {"kind", "args", "node" | "selector", "capabilities", "min":
+  //                                    {"cpu_millis", "mem_bytes", "disk_bytes"}, "timeout_s",
+  //                                    "max_attempts", "serial_key", "idempotency_key"} -> task + "created"
+  //   GET  /v1/admin/tasks?state=S&node=ID&limit=N -> {"tasks": [...]}
+  //   GET  /v1/admin/tasks/{id}       -> task with "output" and "attempts"
+  //   POST /v1/admin/tasks/{id}/cancel -> {"id", "state", "outcome"}
+  virtual ApiResult<Json> admin_submit_task(const Json& body) = 0;
+  virtual ApiResult<Json> admin_list_tasks(const TaskFilter& filter) = 0;
+  virtual ApiResult<Json> admin_show_task(std::string_view id) = 0;
+  virtual ApiResult<Json> admin_cancel_task(std::string_view id) = 0;
+  // One pass of the task sweep now (its thread runs the same every task sweep period).
+  virtual void sweep_tasks() = 0;
 
   // Read only: the states the liveness sweep last set.
   virtual NodeCounts node_counts() = 0;

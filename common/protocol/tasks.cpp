@@ -57,6 +57,19 @@ Event event_from(const Json& e) {
   return ev;
 }
 
+// decode_json for messages that must be JSON objects: `[1, 2]` is refused, not read as empty.
+template <class T, class Fn>
+Result<T> decode_object(std::string_view text, std::string_view what, Fn&& fn) {
+  auto j = parse_json(text, what);
+  if (!j) return fail(j.error());
+  if (!j->is_object()) return fail(Errc::data, std::string(what) + ": expected a JSON object");
+  try {
+    return fn(*j);
+  } catch (const nlohmann::json::exception& e) {
+    return fail(Errc::data, std::string(what) + ": " + e.what());
+  }
+}
+
 }  // namespace
 
 std::string_view task_state_name(TaskState state) { return name_of(kStates, state); }
@@ -121,7 +134,7 @@ Json to_json(const EventBatch& v) {
 Json to_json(const EventBatchResponse& v) { return {{"accepted", v.accepted}, {"duplicates", v.duplicates}}; }
 
 Result<LeaseRequest> decode_lease_request(std::string_view body) {
-  return decode_json<LeaseRequest>(body, "lease request", [](const Json& j) {
+  return decode_object<LeaseRequest>(body, "lease request", [](const Json& j) {
     LeaseRequest v;
     get_opt(j, "max_tasks", v.max_tasks);
     get_opt(j, "lease_s", v.lease_s);
@@ -131,7 +144,7 @@ Result<LeaseRequest> decode_lease_request(std::string_view body) {
 }
 
 Result<LeaseResponse> decode_lease_response(std::string_view body) {
-  return decode_json<LeaseResponse>(body, "lease response", [](const Json& j) {
+  return decode_object<LeaseResponse>(body, "lease response", [](const Json& j) {
     LeaseResponse v;
     for (const auto& t : j.at("tasks")) {
       LeasedTask task;
@@ -150,7 +163,7 @@ Result<LeaseResponse> decode_lease_response(std::string_view body) {
 }
 
 Result<ExtendRequest> decode_extend_request(std::string_view body) {
-  return decode_json<ExtendRequest>(body, "extend request", [](const Json& j) {
+  return decode_object<ExtendRequest>(body, "extend request", [](const Json& j) {
     ExtendRequest v;
     v.fence = j.at("fence").get<std::int64_t>();
     get_opt(j, "lease_s", v.lease_s);
@@ -160,7 +173,7 @@ Result<ExtendRequest> decode_extend_request(std::string_view body) {
 }
 
 Result<ExtendResponse> decode_extend_response(std::string_view body) {
-  return decode_json<ExtendResponse>(body, "extend response", [](const Json& j) {
+  return decode_object<ExtendResponse>(body, "extend response", [](const Json& j) {
     ExtendResponse v;
     get_opt(j, "lease_s", v.lease_s);
     get_opt(j, "cancel", v.cancel);
@@ -169,7 +182,7 @@ Result<ExtendResponse> decode_extend_response(std::string_view body) {
 }
 
 Result<CompleteRequest> decode_complete_request(std::string_view body) {
-  auto decoded = decode_json<std::pair<CompleteRequest, std::string>>(body, "complete request", [](const Json& j) {
+  auto decoded = decode_object<std::pair<CompleteRequest, std::string>>(body, "complete request", [](const Json& j) {
     CompleteRequest v;
     std::string reason;
     v.fence = j.at("fence").get<std::int64_t>();
@@ -203,13 +216,13 @@ Result<CompleteRequest> decode_complete_request(std::string_view body) {
 }
 
 Result<CompleteResponse> decode_complete_response(std::string_view body) {
-  return decode_json<CompleteResponse>(body, "complete response", [](const Json& j) {
+  return decode_object<CompleteResponse>(body, "complete response", [](const Json& j) {
     return CompleteResponse{j.at("state").get<std::string>()};
   });
 }
 
 Result<EventBatch> decode_event_batch(std::string_view body) {
-  auto batch = decode_json<EventBatch>(body, "event batch", [](const Json& j) {
+  auto batch = decode_object<EventBatch>(body, "event batch", [](const Json& j) {
     EventBatch v;
     for (const auto& e : j.at("events")) v.events.push_back(event_from(e));
     return v;
@@ -222,7 +235,7 @@ Result<EventBatch> decode_event_batch(std::string_view body) {
 }
 
 Result<EventBatchResponse> decode_event_batch_response(std::string_view body) {
-  return decode_json<EventBatchResponse>(body, "event batch response", [](const Json& j) {
+  return decode_object<EventBatchResponse>(body, "event batch response", [](const Json& j) {
     EventBatchResponse v;
     get_opt(j, "accepted", v.accepted);
     get_opt(j, "duplicates", v.duplicates);

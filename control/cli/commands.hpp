@@ -12,5 +12,6 @@ void add_token(CLI::App& app, int& exit_code);  // token.cpp: token create/list/
 void add_node(CLI::App& app, int& exit_code);   // node.cpp: node list/show/revoke/allow-reenroll
 void add_events(CLI::App& app, int& exit_code); // events.cpp: events [--node] [--since]
 void add_admin(CLI::App& app, int& exit_code);  // admin.cpp: admin create/list/revoke
+void add_task(CLI::App& app, int& exit_code);   // task.cpp: task submit/list/show/cancel
 
 }  // namespace cairn::control::cli

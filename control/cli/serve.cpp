@@ -3,6 +3,7 @@
 
 #include <iostream>
 #include <optional>
+#include <utility>
 #include <string>
 
 #include "common/fs.hpp"
@@ -39,6 +40,15 @@ struct ServeOptions {
   std::size_t max_pending_heartbeats = 50'000;
   std::string rotation_grace = "10m";
   std::string node_label_keys;
+  // tasks (issue 13)
+  double headroom_cpu = 0.8;
+  double headroom_mem = 0.8;
+  double headroom_disk = 0.9;
+  std::string max_lease = "10m";
+  std::string retry_base = "1s";
+  std::string retry_cap = "5m";
+  std::string task_history = "7d";
+  std::int64_t task_history_per_node = 10'000;
 };
 
 // 10k agents keep a connection each: lift the soft fd limit to the hard one.
@@ -100,6 +110,28 @@ Status serve(const ServeOptions& o) {
   auto label_keys = parse_label_keys(o.node_label_keys, "--node-label-keys");
   if (!label_keys) return fail(label_keys.error());
 
+  auto max_lease = parse_duration(o.max_lease, "--max-lease");
+  if (!max_lease) return fail(max_lease.error());
+  auto retry_base = parse_duration(o.retry_base, "--retry-base");
+  if (!retry_base) return fail(retry_base.error());
+  auto retry_cap = parse_duration(o.retry_cap, "--retry-cap");
+  if (!retry_cap) return fail(retry_cap.error());
+  auto task_history = parse_duration(o.task_history, "--task-history");
+  if (!task_history) return fail(task_history.error());
+  for (const auto& [flag, v] : {std::pair{"--headroom-cpu", o.headroom_cpu}, std::pair{"--headroom-mem", o.headroom_mem},
+                                std::pair{"--headroom-disk", o.headroom_disk}}) {
+    if (!(v > 0 && v <= 1)) {
+      return fail(Errc::usage, std::string(flag) + " " + std::to_string(v) + ": not a fraction above 0 and at most 1",
+                  "e.g. 0.8 keeps 20% free");
+    }
+  }
+  if (*max_lease < std::chrono::seconds(5) || *retry_base < std::chrono::milliseconds(1) || *retry_cap < *retry_base ||
+      *task_history < std::chrono::seconds(1) || o.task_history_per_node < 1) {
+    return fail(Errc::usage,
+                "--max-lease must be at least 5s, --retry-base positive and at most --retry-cap, --task-history at "
+                "least 1s and --task-history-per-node at least 1");
+  }
+
   raise_fd_limit();
   const StatePaths state{o.state_dir};
   ServiceConfig service_config;
@@ -109,6 +141,14 @@ Status serve(const ServeOptions& o) {
   service_config.rotation_grace = std::chrono::duration_cast<std::chrono::seconds>(*rotation_grace);
   service_config.node_label_keys = std::move(*label_keys);
   service_config.max_pending_heartbeats = o.max_pending_heartbeats;
+  service_config.headroom_cpu = o.headroom_cpu;
+  service_config.headroom_mem = o.headroom_mem;
+  service_config.headroom_disk = o.headroom_disk;
+  service_config.max_lease = std::chrono::duration_cast<std::chrono::seconds>(*max_lease);
+  service_config.retry_base = *retry_base;
+  service_config.retry_cap = *retry_cap;
+  service_config.task_history = std::chrono::duration_cast<std::chrono::seconds>(*task_history);
+  service_config.task_history_per_node = o.task_history_per_node;
   auto service = open_service(state, service_config, SystemClock::instance());
   if (!service) return fail(service.error().with_context("state dir " + o.state_dir));
 
@@ -204,6 +244,22 @@ void add_serve(CLI::App& app, int& exit_code) {
   cmd->add_option("--node-label-keys", options->node_label_keys,
                   "Label keys a node may set on itself at enrollment, k1,k2 (token labels always win; "
                   "default: none)");
+  cmd->add_option("--headroom-cpu", options->headroom_cpu,
+                  "Tasks are offered to a node only while it stays under this fraction of its CPUs")
+      ->capture_default_str();
+  cmd->add_option("--headroom-mem", options->headroom_mem, "... and of its memory")->capture_default_str();
+  cmd->add_option("--headroom-disk", options->headroom_disk, "... and of its disk")->capture_default_str();
+  cmd->add_option("--max-lease", options->max_lease, "Longest task lease a node may ask for (it extends it)")
+      ->capture_default_str();
+  cmd->add_option("--retry-base", options->retry_base, "Backoff before the first retry of a transient failure")
+      ->capture_default_str();
+  cmd->add_option("--retry-cap", options->retry_cap, "Longest backoff between retries (it doubles, with jitter)")
+      ->capture_default_str();
+  cmd->add_option("--task-history", options->task_history, "Finished tasks and their output are kept this long")
+      ->capture_default_str();
+  cmd->add_option("--task-history-per-node", options->task_history_per_node,
+                  "... and at most this many per node (the newest)")
+      ->capture_default_str();
   cmd->callback([options, &exit_code] {
     if (auto ok = serve(*options); !ok) {
       print_error(ok.error());

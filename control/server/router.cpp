@@ -84,7 +84,7 @@ std::optional<Reply> parse_event_filter(std::string_view target, EventFilter& fi
   std::string_view rest = target.substr(q + 1);
   auto bad = [](std::string_view what) {
     return error_reply(400, "bad_request", "events query: " + std::string(what.substr(0, 80)),
-                       "use ?node=UUID&since_ms=UNIX_MS&limit=N");
+                       "use ?node=UUID&since_ms=UNIX_MS&limit=N&after=SEQ");
   };
   auto number = [](std::string_view v, std::int64_t& out) {
     if (v.empty() || v.size() > 18) return false;
@@ -111,11 +111,85 @@ std::optional<Reply> parse_event_filter(std::string_view target, EventFilter& fi
       if (!number(value, filter.since_ms)) return bad("since_ms: not a whole number of milliseconds");
     } else if (key == "limit") {
       if (!number(value, filter.limit)) return bad("limit: not a whole number");
+    } else if (key == "after") {
+      std::int64_t after = 0;
+      if (!number(value, after)) return bad("after: not a whole number (an event seq)");
+      filter.after_seq = after;
     } else {
       return bad("unknown parameter '" + std::string(key) + "'");
     }
   }
   return std::nullopt;
+}
+
+// "state=queued&node=ID&limit=5" of GET /v1/admin/tasks (state names, UUIDs, integers: no
+// percent-decoding needed; anything else is refused).
+std::optional<Reply> parse_task_filter(std::string_view target, TaskFilter& filter) {
+  const auto q = target.find('?');
+  if (q == std::string_view::npos) return std::nullopt;
+  std::string_view rest = target.substr(q + 1);
+  auto bad = [](std::string_view what) {
+    return error_reply(400, "bad_request", "tasks query: " + std::string(what.substr(0, 80)),
+                       "use ?state=STATE&node=UUID&limit=N");
+  };
+  while (!rest.empty()) {
+    const auto amp = rest.find('&');
+    const auto item = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+    if (item.empty()) continue;
+    const auto eq = item.find('=');
+    if (eq == std::string_view::npos) return bad("'" + std::string(item) + "' is not key=value");
+    const auto key = item.substr(0, eq);
+    const auto value = item.substr(eq + 1);
+    if (key == "state") {
+      filter.state = std::string(value.substr(0, 64));
+    } else if (key == "node") {
+      filter.node_id = std::string(value.substr(0, 64));
+    } else if (key == "limit") {
+      if (value.empty() || value.size() > 9 ||
+          value.find_first_not_of("0123456789") != std::string_view::npos) {
+        return bad("limit: not a whole number");
+      }
+      filter.limit = std::stoll(std::string(value));
+    } else {
+      return bad("unknown parameter '" + std::string(key) + "'");
+    }
+  }
+  return std::nullopt;
+}
+
+// Task and event endpoints of a node (issue 13): POST /v1/tasks/lease,
+// /v1/tasks/{id}/extend, /v1/tasks/{id}/complete and POST /v1/events.
+Reply route_node_tasks(ControlService& service, const RouteRequest& r, std::string_view path) {
+  if (r.method != "POST") return method_not_allowed(r.method, path, "POST");
+  if (auto refused = untrusted_cert(r, kNodeHint)) return std::move(*refused);
+  auto node = service.authorize_node(r.peer);
+  if (!node) return from_api_error(node.error());
+  auto to_json = [](const auto& v) { return protocol::to_json(v); };
+  if (path == "/v1/events") {
+    auto batch = protocol::decode_event_batch(r.body);
+    if (!batch) return bad_body(batch.error());
+    return from_result(service.post_events(*node, *batch), to_json);
+  }
+  if (path == "/v1/tasks/lease") {
+    auto request = protocol::decode_lease_request(r.body);
+    if (!request) return bad_body(request.error());
+    return from_result(service.lease_tasks(*node, *request), to_json);
+  }
+  constexpr std::string_view kTasks = "/v1/tasks/";
+  auto [id, tail] = split_id(path.substr(kTasks.size()));
+  if (!id.empty() && tail == "/extend") {
+    auto request = protocol::decode_extend_request(r.body);
+    if (!request) return bad_body(request.error());
+    return from_result(service.extend_task(*node, id, *request), to_json);
+  }
+  if (!id.empty() && tail == "/complete") {
+    auto request = protocol::decode_complete_request(r.body);
+    if (!request) return bad_body(request.error());
+    return from_result(service.complete_task(*node, id, *request), to_json);
+  }
+  return error_reply(404, "not_found", "no endpoint POST " + std::string(path),
+                     "tasks are leased at /v1/tasks/lease and reported at /v1/tasks/{id}/extend|complete");
 }
 
 Reply route_admin(ControlService& service, const RouteRequest& r, std::string_view path) {
@@ -163,6 +237,31 @@ Reply route_admin(ControlService& service, const RouteRequest& r, std::string_vi
     if (!id.empty() && tail == "/revoke") {
       if (!post) return method_not_allowed(r.method, path, "POST");
       return from_result(service.admin_revoke_token(id), identity);
+    }
+  }
+  // tasks (issue 13)
+  constexpr std::string_view kTasks = "/v1/admin/tasks";
+  if (path == kTasks) {
+    if (get) {
+      TaskFilter filter;
+      if (auto refused = parse_task_filter(r.target, filter)) return std::move(*refused);
+      return from_result(service.admin_list_tasks(filter), identity);
+    }
+    if (!post) return method_not_allowed(r.method, path, "GET or POST");
+    Reply refused;
+    auto body = object_body(r, "task submit body", "{\"kind\", \"args\", ...}", refused);
+    if (!body) return refused;
+    return from_result(service.admin_submit_task(*body), identity);
+  }
+  if (path.starts_with(std::string(kTasks) + "/")) {
+    auto [id, tail] = split_id(path.substr(kTasks.size() + 1));
+    if (!id.empty() && tail.empty()) {
+      if (!get) return method_not_allowed(r.method, path, "GET");
+      return from_result(service.admin_show_task(id), identity);
+    }
+    if (!id.empty() && tail == "/cancel") {
+      if (!post) return method_not_allowed(r.method, path, "POST");
+      return from_result(service.admin_cancel_task(id), identity);
     }
   }
   if (path == kNodes) {
@@ -265,6 +364,7 @@ void route(ControlService& service, const Metrics& metrics, const RouteRequest& 
     if (r.method != "GET") return done(method_not_allowed(r.method, path, "GET"));
     return done(Reply{200, metrics.render(&service), "text/plain; version=0.0.4; charset=utf-8", false});
   }
+  if (path == "/v1/events" || path.starts_with("/v1/tasks/")) return done(route_node_tasks(service, r, path));
   if (path.starts_with("/v1/admin/")) return done(route_admin(service, r, path));
   return done(error_reply(404, "not_found", "no endpoint " + std::string(r.method) + " " + std::string(path),
                           "the API is under /v1/ (DESIGN.md, Protocol); check the agent and control versions"));

@@ -45,8 +45,9 @@ Json token_json(const TokenRecord& t, std::int64_t now) {
 }
 
 Json event_json(const NodeEventRecord& e) {
-  return {{"node", e.node_id},       {"id", e.event_id}, {"severity", e.severity}, {"kind", e.kind},
-          {"message", e.message},    {"time", e.time},   {"received_at", time_text(e.received_at_ms)}};
+  return {{"node", e.node_id},    {"id", e.event_id}, {"severity", e.severity},
+          {"kind", e.kind},       {"message", e.message}, {"time", e.time},
+          {"received_at", time_text(e.received_at_ms)}, {"seq", e.seq}};
 }
 
 std::string cert_state(const CertRecord& c, std::int64_t now) {
@@ -249,11 +250,17 @@ ApiResult<Json> AdminViews::list_events(const EventFilter& filter) {
   }
   q.since_ms = filter.since_ms;
   q.limit = std::clamp<std::int64_t>(filter.limit, 1, kMaxEventsListed);
+  q.after_seq = filter.after_seq;
   auto events = store_.list_events(q);
   if (!events) return store_failure(events.error());
   Json list = Json::array();
-  for (const auto& e : *events) list.push_back(event_json(e));
-  return Json{{"events", std::move(list)}};
+  // The cursor to follow from: the highest seq returned (or the one given, when none is new).
+  std::int64_t cursor = filter.after_seq.value_or(0);
+  for (const auto& e : *events) {
+    list.push_back(event_json(e));
+    cursor = std::max(cursor, e.seq);
+  }
+  return Json{{"events", std::move(list)}, {"cursor", cursor}};
 }
 
 ApiResult<Json> AdminViews::create_admin(const Json& body) {

@@ -1,5 +1,6 @@
 // ControlService assembled from one class per job (control/service/): the authorisation
-// cache, enrollment, rotation, the heartbeat writer, the liveness sweep and the admin views,
+// cache, enrollment, rotation, the heartbeat writer, the liveness sweep, the task queue and
+// the admin views,
 // all on one Store and the cluster CA. This file only wires them and forwards; it is the
 // one file that includes every part (the parts include only the contract and the layers below).
 #include "control/service.hpp"
@@ -20,6 +21,7 @@
 #include "control/service/id_locks.hpp"
 #include "control/service/liveness.hpp"
 #include "control/service/rotation.hpp"
+#include "control/service/task_queue.hpp"
 #include "control/store/sqlite.hpp"
 #include "control/store/store.hpp"
 
@@ -57,7 +59,8 @@ class ServiceImpl final : public ControlService {
         issuer_(ca_, config_, clock_),
         enrollment_(config_, clock_, *store_, auth_, issuer_, events_, locks_),
         rotation_(config_, clock_, *store_, auth_, issuer_, locks_),
-        heartbeats_(config_, clock_, *store_, auth_, events_),
+        tasks_(config_, clock_, *store_, config_.random),
+        heartbeats_(config_, clock_, *store_, auth_, events_, tasks_),
         liveness_(config_, clock_, auth_, events_),
         admin_(clock_, *store_, auth_, ca_, locks_) {}
 
@@ -66,6 +69,7 @@ class ServiceImpl final : public ControlService {
   ~ServiceImpl() override {
     liveness_.stop();
     heartbeats_.stop();  // writes and answers what is pending first
+    tasks_.stop();
   }
 
   Status start(const StatePaths& state) {
@@ -78,6 +82,7 @@ class ServiceImpl final : public ControlService {
     enrollment_.set_total(*total);
     heartbeats_.start();
     liveness_.start();
+    tasks_.start();
     log::info("control.store_open", {{"nodes", snap->nodes.size()},
                                      {"certificates", snap->certs.size()},
                                      {"admins", snap->admins.size()},
@@ -118,6 +123,28 @@ class ServiceImpl final : public ControlService {
     return admin_.revoke_admin(by, name);
   }
 
+  ApiResult<protocol::LeaseResponse> lease_tasks(const AuthorizedNode& node,
+                                                 const protocol::LeaseRequest& request) override {
+    return tasks_.lease(node, request);
+  }
+  ApiResult<protocol::ExtendResponse> extend_task(const AuthorizedNode& node, std::string_view task_id,
+                                                  const protocol::ExtendRequest& request) override {
+    return tasks_.extend(node, task_id, request);
+  }
+  ApiResult<protocol::CompleteResponse> complete_task(const AuthorizedNode& node, std::string_view task_id,
+                                                      const protocol::CompleteRequest& request) override {
+    return tasks_.complete(node, task_id, request);
+  }
+  ApiResult<protocol::EventBatchResponse> post_events(const AuthorizedNode& node,
+                                                      const protocol::EventBatch& batch) override {
+    return events_.store_batch(node.node_id(), batch);
+  }
+  ApiResult<Json> admin_submit_task(const Json& body) override { return tasks_.submit(body); }
+  ApiResult<Json> admin_list_tasks(const TaskFilter& filter) override { return tasks_.list(filter); }
+  ApiResult<Json> admin_show_task(std::string_view id) override { return tasks_.show(id); }
+  ApiResult<Json> admin_cancel_task(std::string_view id) override { return tasks_.cancel(id); }
+  void sweep_tasks() override { tasks_.sweep_once(); }
+
   NodeCounts node_counts() override { return auth_.counts(); }
   std::int64_t enrollments_total() override { return enrollment_.total(); }
   void sweep_liveness() override { liveness_.sweep_once(); }
@@ -134,6 +161,7 @@ class ServiceImpl final : public ControlService {
   CertIssuer issuer_;
   Enrollment enrollment_;
   Rotation rotation_;
+  TaskQueue tasks_;
   HeartbeatWriter heartbeats_;
   LivenessSweep liveness_;
   AdminViews admin_;
@@ -149,6 +177,18 @@ Result<std::unique_ptr<ControlService>> open_service(const StatePaths& state, Se
     return fail(Errc::config,
                 "the certificate lifetime, heartbeat interval, unreachable-after count and liveness "
                 "sweep period must be positive, the rotation grace not negative");
+  }
+  auto fraction = [](double v) { return v > 0 && v <= 1; };
+  if (!fraction(config.headroom_cpu) || !fraction(config.headroom_mem) || !fraction(config.headroom_disk)) {
+    return fail(Errc::config, "the CPU, memory and disk headroom must be fractions above 0 and at most 1",
+                "e.g. --headroom-cpu 0.8");
+  }
+  if (config.min_lease.count() <= 0 || config.max_lease < config.min_lease || config.retry_base.count() <= 0 ||
+      config.retry_cap < config.retry_base || config.task_history.count() <= 0 ||
+      config.task_history_per_node <= 0 || config.task_sweep_period.count() <= 0) {
+    return fail(Errc::config,
+                "the lease bounds, retry backoff, task history (time and count) and task sweep period must be "
+                "positive, each maximum at least its minimum");
   }
   auto ca = CertificateAuthority::load(state);
   if (!ca) return fail(ca.error());

@@ -8,24 +8,6 @@
 #include "common/time.hpp"
 
 namespace cairn::control {
-namespace {
-
-constexpr std::size_t kMaxEventIdBytes = 128;
-constexpr std::size_t kMaxEventFieldBytes = 128;
-constexpr std::size_t kMaxEventMessageBytes = 4096;
-
-void cap_events(std::vector<protocol::Event>& events) {
-  if (events.size() > HeartbeatWriter::kMaxEventsPerHeartbeat) events.resize(HeartbeatWriter::kMaxEventsPerHeartbeat);
-  for (auto& e : events) {
-    if (e.id.size() > kMaxEventIdBytes) e.id.resize(kMaxEventIdBytes);
-    if (e.severity.size() > kMaxEventFieldBytes) e.severity.resize(kMaxEventFieldBytes);
-    if (e.kind.size() > kMaxEventFieldBytes) e.kind.resize(kMaxEventFieldBytes);
-    if (e.time.size() > kMaxEventFieldBytes) e.time.resize(kMaxEventFieldBytes);
-    if (e.message.size() > kMaxEventMessageBytes) e.message.resize(kMaxEventMessageBytes);
-  }
-}
-
-}  // namespace
 
 void HeartbeatWriter::start() { thread_ = std::thread([this] { run(); }); }
 
@@ -40,7 +22,7 @@ void HeartbeatWriter::stop() {
 
 void HeartbeatWriter::submit(const AuthorizedNode& node, protocol::HeartbeatRequest request,
                              ControlService::HeartbeatDone done) {
-  cap_events(request.events);
+  cap_events(request.events, kMaxEventsPerHeartbeat);
   std::optional<ApiError> refused;
   {
     std::lock_guard lock(mutex_);
@@ -107,6 +89,8 @@ void HeartbeatWriter::commit(std::vector<Pending>& batch) {
       answer = std::unexpected(api_error(503, "store_error", results.error().message, "retry after a backoff"));
     } else if (!(*results)[i]) {
       answer = std::unexpected(api_error(500, "store_error", (*results)[i].error().message));
+    } else {
+      tasks_.annotate_heartbeat(records[i].node_id, records[i].request, records[i].received_at_ms, *answer);
     }
     try {
       batch[i].done(std::move(answer));

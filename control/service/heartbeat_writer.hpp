@@ -2,6 +2,8 @@
 // batches (group commit: one transaction takes every heartbeat waiting, up to kMaxBatch;
 // while one batch commits the next one fills). Each answer goes out once its heartbeat is
 // durably stored; a committed heartbeat makes its node Ready in the authorisation cache.
+// Each answer also says whether tasks wait for the node and which of its running tasks were
+// cancelled (TaskQueue::annotate_heartbeat: an in-memory index, no scan per heartbeat).
 #pragma once
 
 #include <condition_variable>
@@ -15,6 +17,7 @@
 #include "control/service.hpp"
 #include "control/service/auth_cache.hpp"
 #include "control/service/event_log.hpp"
+#include "control/service/task_queue.hpp"
 #include "control/store/store.hpp"
 
 namespace cairn::control {
@@ -26,8 +29,8 @@ class HeartbeatWriter {
   static constexpr std::size_t kMaxEventsPerHeartbeat = 100;
 
   HeartbeatWriter(const ServiceConfig& config, const Clock& clock, Store& store, AuthCache& auth,
-                  EventLog& events)
-      : config_(config), clock_(clock), store_(store), auth_(auth), events_(events) {}
+                  EventLog& events, TaskQueue& tasks)
+      : config_(config), clock_(clock), store_(store), auth_(auth), events_(events), tasks_(tasks) {}
   HeartbeatWriter(const HeartbeatWriter&) = delete;
   HeartbeatWriter& operator=(const HeartbeatWriter&) = delete;
   ~HeartbeatWriter() { stop(); }
@@ -52,6 +55,7 @@ class HeartbeatWriter {
   Store& store_;
   AuthCache& auth_;
   EventLog& events_;
+  TaskQueue& tasks_;  // the reply's work_waiting and cancel_tasks
 
   std::mutex mutex_;
   std::condition_variable cv_;

@@ -3,6 +3,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -117,6 +118,93 @@ CREATE TABLE admin_certificates (
 );
 CREATE INDEX admin_certificates_by_name ON admin_certificates(name);
 )sql"},
+    // Issues 13-15: the task queue (tasks and their attempts), an event sequence for
+    // cursors, the module catalog and assignments, escrowed volume keys.
+    {3, R"sql(
+CREATE TABLE tasks (
+  seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+  id               TEXT NOT NULL UNIQUE,
+  kind             TEXT NOT NULL,
+  args             TEXT NOT NULL,
+  node_id          TEXT,
+  selector         TEXT NOT NULL DEFAULT '{}',
+  capabilities     TEXT NOT NULL DEFAULT '[]',
+  min_cpu_millis   INTEGER NOT NULL DEFAULT 0,
+  min_mem_bytes    INTEGER NOT NULL DEFAULT 0,
+  min_disk_bytes   INTEGER NOT NULL DEFAULT 0,
+  timeout_s        INTEGER NOT NULL,
+  max_attempts     INTEGER NOT NULL,
+  serial_key       TEXT,
+  idempotency_key  TEXT UNIQUE,
+  state            TEXT NOT NULL CHECK (state IN ('queued', 'leased', 'running', 'succeeded',
+                                                  'failed', 'dead', 'cancelled')),
+  attempts         INTEGER NOT NULL DEFAULT 0,
+  fence            INTEGER NOT NULL DEFAULT 0,
+  leased_by        TEXT,
+  lease_expires_ms INTEGER,
+  not_before_ms    INTEGER NOT NULL DEFAULT 0,
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  created_at_ms    INTEGER NOT NULL,
+  updated_at_ms    INTEGER NOT NULL,
+  started_at_ms    INTEGER,
+  finished_at_ms   INTEGER,
+  exit_code        INTEGER,
+  last_reason      TEXT,
+  last_error       TEXT NOT NULL DEFAULT '',
+  output           TEXT NOT NULL DEFAULT '',
+  output_truncated INTEGER NOT NULL DEFAULT 0,
+  output_bytes     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX tasks_by_state ON tasks(state, seq);
+CREATE INDEX tasks_by_serial_key ON tasks(serial_key, seq) WHERE serial_key IS NOT NULL;
+CREATE INDEX tasks_by_holder ON tasks(leased_by, state);
+CREATE INDEX tasks_by_node ON tasks(node_id, seq);
+CREATE INDEX tasks_by_lease_expiry ON tasks(lease_expires_ms) WHERE lease_expires_ms IS NOT NULL;
+CREATE INDEX tasks_by_finish ON tasks(finished_at_ms) WHERE finished_at_ms IS NOT NULL;
+CREATE TABLE task_attempts (
+  task_id        TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+  attempt        INTEGER NOT NULL,
+  fence          INTEGER NOT NULL,
+  node_id        TEXT NOT NULL,
+  leased_at_ms   INTEGER NOT NULL,
+  started_at_ms  INTEGER,
+  finished_at_ms INTEGER,
+  outcome        TEXT NOT NULL DEFAULT '',
+  reason         TEXT,
+  exit_code      INTEGER,
+  error          TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (task_id, attempt)
+);
+CREATE UNIQUE INDEX task_attempts_by_fence ON task_attempts(task_id, fence);
+ALTER TABLE node_events ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+UPDATE node_events SET seq = rowid;
+INSERT INTO counters (name, value) VALUES ('event_seq', (SELECT COALESCE(MAX(rowid), 0) FROM node_events));
+CREATE INDEX node_events_by_seq ON node_events(seq);
+ALTER TABLE node_status ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE modules (
+  name            TEXT NOT NULL,
+  version         TEXT NOT NULL,
+  reference       TEXT NOT NULL,
+  manifest_digest TEXT NOT NULL,
+  priority        INTEGER NOT NULL DEFAULT 0,
+  trust           TEXT NOT NULL DEFAULT '{}',
+  added_at_ms     INTEGER NOT NULL,
+  PRIMARY KEY (name, version)
+);
+CREATE TABLE module_assignments (
+  id             TEXT PRIMARY KEY,
+  module_name    TEXT NOT NULL,
+  module_version TEXT NOT NULL,
+  node_id        TEXT,
+  selector       TEXT NOT NULL DEFAULT '{}',
+  created_at_ms  INTEGER NOT NULL
+);
+CREATE TABLE escrow_keys (
+  node_id      TEXT PRIMARY KEY,
+  key          TEXT NOT NULL,
+  stored_at_ms INTEGER NOT NULL
+);
+)sql"},
 };
 
 std::string labels_text(const Labels& labels) { return dump_json(Json(labels)); }
@@ -127,6 +215,18 @@ Labels labels_from(const std::string& text) {
   if (!j || !j->is_object()) return out;
   for (const auto& [k, v] : j->items()) {
     if (v.is_string()) out[k] = v.get<std::string>();
+  }
+  return out;
+}
+
+std::string strings_text(const std::vector<std::string>& list) { return dump_json(Json(list)); }
+
+std::vector<std::string> strings_from(const std::string& text) {
+  std::vector<std::string> out;
+  auto j = parse_json(text, "stored list");
+  if (!j || !j->is_array()) return out;
+  for (const auto& v : *j) {
+    if (v.is_string()) out.push_back(v.get<std::string>());
   }
   return out;
 }
@@ -243,7 +343,7 @@ constexpr const char* kNodeColumns = R"sql(
   s.last_seen_ms, s.boot_id, s.agent_version, s.mount_state, s.load1, s.load5, s.load15,
   s.cpu_count, s.mem_total_bytes, s.mem_available_bytes, s.disk_total_bytes, s.disk_free_bytes,
   s.uptime_s, s.cert_not_after, s.modules, s.labels, s.heartbeats, s.critical_events_total,
-  n.reenroll_allowed_until_ms
+  n.reenroll_allowed_until_ms, s.capabilities
 FROM nodes n LEFT JOIN node_status s ON s.node_id = n.id)sql";
 
 NodeRecord node_from(const Query& q) {
@@ -280,6 +380,7 @@ NodeRecord node_from(const Query& q) {
     hb.labels = labels_from(q.text(23));
     s.heartbeats = q.int64(24);
     s.critical_events_total = q.int64(25);
+    hb.capabilities = strings_from(q.text(27));
     n.status = std::move(s);
   }
   return n;
@@ -327,9 +428,116 @@ constexpr const char* kAdminColumns =
     "serial, name, fingerprint, issued_at_ms, not_after_ms, revoked_at_ms";
 
 constexpr const char* kEventColumns =
-    "node_id, event_id, severity, kind, message, time, received_at_ms";
+    "node_id, event_id, severity, kind, message, time, received_at_ms, seq";
 NodeEventRecord event_from(const Query& q) {
-  return {q.text(0), q.text(1), q.text(2), q.text(3), q.text(4), q.text(5), q.int64(6)};
+  NodeEventRecord e;
+  e.node_id = q.text(0);
+  e.event_id = q.text(1);
+  e.severity = q.text(2);
+  e.kind = q.text(3);
+  e.message = q.text(4);
+  e.time = q.text(5);
+  e.received_at_ms = q.int64(6);
+  e.seq = q.int64(7);
+  return e;
+}
+
+std::optional<std::int64_t> opt_wide(const std::optional<int>& v) {
+  if (!v) return std::nullopt;
+  return std::int64_t{*v};
+}
+
+constexpr const char* kFinal = "('succeeded', 'failed', 'dead', 'cancelled')";
+// A task (aliased t) that is the oldest unfinished one of its serial key, or has none.
+constexpr const char* kSerialHead =
+    "(t.serial_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.serial_key = t.serial_key "
+    "AND o.seq < t.seq AND o.state IN ('queued', 'leased', 'running')))";
+
+// Column 30 is the output: the real one for find_task, '' for lists.
+constexpr const char* kTaskColumns =
+    "seq, id, kind, args, node_id, selector, capabilities, min_cpu_millis, min_mem_bytes, "
+    "min_disk_bytes, timeout_s, max_attempts, serial_key, idempotency_key, state, attempts, fence, "
+    "leased_by, lease_expires_ms, not_before_ms, cancel_requested, created_at_ms, updated_at_ms, "
+    "started_at_ms, finished_at_ms, exit_code, last_reason, last_error, output_truncated, output_bytes";
+
+TaskRecord task_from(const Query& q) {
+  TaskRecord t;
+  t.seq = q.int64(0);
+  t.id = q.text(1);
+  t.kind = q.text(2);
+  t.args_json = q.text(3);
+  if (!q.is_null(4)) t.node_id = q.text(4);
+  t.selector = labels_from(q.text(5));
+  t.capabilities = strings_from(q.text(6));
+  t.min = {q.int64(7), q.int64(8), q.int64(9)};
+  t.timeout_s = q.int64(10);
+  t.max_attempts = q.int64(11);
+  if (!q.is_null(12)) t.serial_key = q.text(12);
+  if (!q.is_null(13)) t.idempotency_key = q.text(13);
+  t.state = protocol::task_state_from(q.text(14)).value_or(protocol::TaskState::failed);
+  t.attempts = q.int64(15);
+  t.fence = q.int64(16);
+  if (!q.is_null(17)) t.leased_by = q.text(17);
+  t.lease_expires_ms = q.opt_int64(18);
+  t.not_before_ms = q.int64(19);
+  t.cancel_requested = q.int64(20) != 0;
+  t.created_at_ms = q.int64(21);
+  t.updated_at_ms = q.int64(22);
+  t.started_at_ms = q.opt_int64(23);
+  t.finished_at_ms = q.opt_int64(24);
+  if (!q.is_null(25)) t.exit_code = static_cast<int>(q.int64(25));
+  if (!q.is_null(26)) t.last_reason = protocol::failure_reason_from(q.text(26));
+  t.last_error = q.text(27);
+  t.output_truncated = q.int64(28) != 0;
+  t.output_bytes = q.int64(29);
+  t.output = q.text(30);
+  return t;
+}
+
+TaskAttemptRecord attempt_from(const Query& q) {
+  TaskAttemptRecord a;
+  a.task_id = q.text(0);
+  a.attempt = q.int64(1);
+  a.fence = q.int64(2);
+  a.node_id = q.text(3);
+  a.leased_at_ms = q.int64(4);
+  a.started_at_ms = q.opt_int64(5);
+  a.finished_at_ms = q.opt_int64(6);
+  a.outcome = q.text(7);
+  if (!q.is_null(8)) a.reason = protocol::failure_reason_from(q.text(8));
+  if (!q.is_null(9)) a.exit_code = static_cast<int>(q.int64(9));
+  a.error = q.text(10);
+  return a;
+}
+constexpr const char* kAttemptColumns =
+    "task_id, attempt, fence, node_id, leased_at_ms, started_at_ms, finished_at_ms, outcome, reason, "
+    "exit_code, error";
+
+// Placement checked in memory after SQL narrowed the rows (node id, state, serial key):
+// the selector against the node's labels, and the capabilities the task needs.
+bool placement_matches(const TaskRecord& t, const LeaseQuery& node) {
+  for (const auto& [key, value] : t.selector) {
+    auto it = node.labels.find(key);
+    if (it == node.labels.end() || it->second != value) return false;
+  }
+  for (const auto& cap : t.capabilities) {
+    if (std::find(node.capabilities.begin(), node.capabilities.end(), cap) == node.capabilities.end()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool fits(const TaskResources& used, const TaskResources& want, const TaskResources& budget) {
+  return used.cpu_millis + want.cpu_millis <= budget.cpu_millis &&
+         used.mem_bytes + want.mem_bytes <= budget.mem_bytes &&
+         used.disk_bytes + want.disk_bytes <= budget.disk_bytes;
+}
+
+void add(TaskResources& sum, const TaskResources& more) {
+  sum.cpu_millis += more.cpu_millis;
+  sum.mem_bytes += more.mem_bytes;
+  sum.disk_bytes += more.disk_bytes;
 }
 
 class SqliteStore final : public Store {
@@ -622,6 +830,16 @@ class SqliteStore final : public Store {
   Result<std::vector<NodeEventRecord>> list_events(const EventQuery& query_spec) override {
     std::lock_guard lock(mutex_);
     // The newest `limit` matching events, returned oldest first.
+    if (query_spec.after_seq) {
+      // A follower's next page: the oldest events after its cursor, in the order stored.
+      auto q = query(std::string("SELECT ") + kEventColumns +
+                     " FROM node_events WHERE seq > ?4 AND (?1 IS NULL OR node_id = ?1) AND "
+                     "received_at_ms >= ?2 ORDER BY seq LIMIT ?3");
+      if (!q) return fail(q.error());
+      q->bind(1, query_spec.node_id).bind(2, query_spec.since_ms).bind(3, query_spec.limit);
+      q->bind(4, *query_spec.after_seq);
+      return collect(*q, event_from);
+    }
     auto q = query(std::string("SELECT ") + kEventColumns + " FROM (SELECT rowid AS r, " + kEventColumns +
                    " FROM node_events WHERE (?1 IS NULL OR node_id = ?1) AND received_at_ms >= ?2 "
                    "ORDER BY received_at_ms DESC, rowid DESC LIMIT ?3) ORDER BY received_at_ms, r");
@@ -630,18 +848,21 @@ class SqliteStore final : public Store {
     return collect(*q, event_from);
   }
 
-  Status insert_events(std::span<const NodeEventRecord> events) override {
+  Result<std::int64_t> insert_events(std::span<const NodeEventRecord> events) override {
     std::lock_guard lock(mutex_);
     auto tx = begin();
     if (!tx) return fail(tx.error());
+    std::int64_t stored = 0;
     for (const auto& e : events) {
       auto inserted = insert_event_locked(e);
       if (!inserted) return fail(inserted.error());
       if (*inserted) {
-        if (auto ok = prune_events_locked(e.node_id); !ok) return ok;
+        ++stored;
+        if (auto ok = prune_events_locked(e.node_id); !ok) return fail(ok.error());
       }
     }
-    return tx->commit();
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return stored;
   }
 
   Status insert_admin_cert(const AdminCertRecord& a) override {
@@ -720,43 +941,434 @@ class SqliteStore final : public Store {
     return snap;
   }
 
-  // ---- Issue 13/14/15 store methods: interface landed, SQLite bodies being written. Until
-  // then each call fails loudly (no caller in the service uses them yet). ----
-  static std::unexpected<Error> not_built(std::string_view what) {
-    return fail(Errc::internal, std::string(what) + ": not built yet in the SQLite store");
+  // ---- tasks (issue 13) ----
+  Result<SubmitOutcome> submit_task(const TaskRecord& t) override {
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    if (t.idempotency_key) {
+      auto existing = select_task_locked("idempotency_key = ?1", *t.idempotency_key, true);
+      if (!existing) return fail(existing.error());
+      if (*existing) return SubmitOutcome{std::move(**existing), false};
+    }
+    auto q = query(
+        "INSERT INTO tasks (id, kind, args, node_id, selector, capabilities, min_cpu_millis, "
+        "min_mem_bytes, min_disk_bytes, timeout_s, max_attempts, serial_key, idempotency_key, state, "
+        "not_before_ms, created_at_ms, updated_at_ms) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'queued', ?14, ?15, ?15)");
+    if (!q) return fail(q.error());
+    q->bind(1, std::string_view(t.id)).bind(2, std::string_view(t.kind)).bind(3, std::string_view(t.args_json));
+    q->bind(4, t.node_id).bind(5, std::string_view(labels_text(t.selector)));
+    q->bind(6, std::string_view(strings_text(t.capabilities)));
+    q->bind(7, t.min.cpu_millis).bind(8, t.min.mem_bytes).bind(9, t.min.disk_bytes);
+    q->bind(10, t.timeout_s).bind(11, t.max_attempts).bind(12, t.serial_key).bind(13, t.idempotency_key);
+    q->bind(14, t.not_before_ms).bind(15, t.created_at_ms);
+    if (auto ok = q->run(); !ok) return fail(ok.error());
+    auto stored = select_task_locked("id = ?1", t.id, true);
+    if (!stored) return fail(stored.error());
+    if (!*stored) return fail(Errc::internal, "task " + t.id + ": not found right after its insert");
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return SubmitOutcome{std::move(**stored), true};
   }
-  Result<SubmitOutcome> submit_task(const TaskRecord&) override { return not_built("submit_task"); }
-  Result<std::optional<TaskRecord>> find_task(std::string_view) override { return not_built("find_task"); }
-  Result<std::vector<TaskRecord>> list_tasks(const TaskQuery&) override { return not_built("list_tasks"); }
-  Result<std::vector<TaskAttemptRecord>> list_task_attempts(std::string_view) override {
-    return not_built("list_task_attempts");
+
+  Result<std::optional<TaskRecord>> find_task(std::string_view id) override {
+    std::lock_guard lock(mutex_);
+    return select_task_locked("id = ?1", id, true);
   }
-  Result<std::vector<TaskRecord>> lease_tasks(const LeaseQuery&) override { return not_built("lease_tasks"); }
-  Result<bool> has_work(const LeaseQuery&) override { return not_built("has_work"); }
-  Result<ExtendOutcome> extend_lease(std::string_view, std::string_view, std::int64_t, std::int64_t, std::int64_t,
-                                     bool) override {
-    return not_built("extend_lease");
+
+  Result<std::vector<TaskRecord>> list_tasks(const TaskQuery& spec) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kTaskColumns +
+                   ", '' FROM tasks WHERE (?1 IS NULL OR state = ?1) AND "
+                   "(?2 IS NULL OR node_id = ?2 OR leased_by = ?2) ORDER BY seq DESC LIMIT ?3");
+    if (!q) return fail(q.error());
+    std::optional<std::string> state;
+    if (spec.state) state = std::string(protocol::task_state_name(*spec.state));
+    q->bind(1, state).bind(2, spec.node_id).bind(3, spec.limit);
+    return collect(*q, task_from);
   }
-  Result<CompleteOutcome> complete_task(const TaskCompletion&) override { return not_built("complete_task"); }
-  Result<std::vector<TaskRecord>> expire_leases(std::int64_t,
-                                                const std::function<std::int64_t(std::int64_t)>&) override {
-    return not_built("expire_leases");
+
+  Result<std::vector<TaskAttemptRecord>> list_task_attempts(std::string_view task_id) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kAttemptColumns + " FROM task_attempts WHERE task_id = ?1 ORDER BY attempt");
+    if (!q) return fail(q.error());
+    q->bind(1, task_id);
+    return collect(*q, attempt_from);
   }
-  Result<CancelOutcome> cancel_task(std::string_view, std::int64_t) override { return not_built("cancel_task"); }
-  Result<std::vector<std::string>> cancelled_among(std::string_view, std::span<const std::string>) override {
-    return not_built("cancelled_among");
+
+  Result<std::vector<TaskRecord>> lease_tasks(const LeaseQuery& lq) override {
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    auto picked = pick_locked(lq, lq.max_tasks);
+    if (!picked) return fail(picked.error());
+    std::vector<TaskRecord> out;
+    for (const auto& id : *picked) {
+      {
+        auto q = query(
+            "UPDATE tasks SET state = 'leased', leased_by = ?2, fence = fence + 1, attempts = attempts + 1, "
+            "lease_expires_ms = ?3, updated_at_ms = ?4, started_at_ms = NULL WHERE id = ?1 AND state = 'queued'");
+        if (!q) return fail(q.error());
+        q->bind(1, std::string_view(id)).bind(2, std::string_view(lq.node_id)).bind(3, lq.now_ms + lq.lease_ms);
+        q->bind(4, lq.now_ms);
+        if (auto ok = q->run(); !ok) return fail(ok.error());
+      }
+      {
+        auto q = query(
+            "INSERT INTO task_attempts (task_id, attempt, fence, node_id, leased_at_ms) "
+            "SELECT id, attempts, fence, leased_by, ?2 FROM tasks WHERE id = ?1");
+        if (!q) return fail(q.error());
+        q->bind(1, std::string_view(id)).bind(2, lq.now_ms);
+        if (auto ok = q->run(); !ok) return fail(ok.error());
+      }
+      auto task = select_task_locked("id = ?1", id, false);
+      if (!task) return fail(task.error());
+      if (*task) out.push_back(std::move(**task));
+    }
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return out;
   }
-  Result<std::int64_t> prune_tasks(std::int64_t, std::int64_t) override { return not_built("prune_tasks"); }
-  Status upsert_module(const ModuleRecord&) override { return not_built("upsert_module"); }
-  Result<std::vector<ModuleRecord>> list_modules() override { return not_built("list_modules"); }
-  Status insert_assignment(const AssignmentRecord&) override { return not_built("insert_assignment"); }
-  Result<std::vector<AssignmentRecord>> list_assignments() override { return not_built("list_assignments"); }
-  Result<bool> delete_assignment(std::string_view) override { return not_built("delete_assignment"); }
-  Result<std::string> put_escrow_key_if_absent(std::string_view, std::string_view) override {
-    return not_built("put_escrow_key_if_absent");
+
+  Result<bool> has_work(const LeaseQuery& lq) override {
+    std::lock_guard lock(mutex_);
+    auto picked = pick_locked(lq, 1);
+    if (!picked) return fail(picked.error());
+    return !picked->empty();
   }
-  Result<std::optional<std::string>> find_escrow_key(std::string_view) override {
-    return not_built("find_escrow_key");
+
+  Result<std::vector<TaskRecord>> queued_heads(std::int64_t limit) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(std::string("SELECT ") + kTaskColumns + ", '' FROM tasks t WHERE state = 'queued' AND " +
+                   kSerialHead + " ORDER BY seq LIMIT ?1");
+    if (!q) return fail(q.error());
+    q->bind(1, limit);
+    return collect(*q, task_from);
+  }
+
+  Result<ExtendOutcome> extend_lease(std::string_view task_id, std::string_view node_id, std::int64_t fence,
+                                     std::int64_t lease_ms, std::int64_t now_ms, bool running) override {
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    auto t = select_task_locked("id = ?1", task_id, false);
+    if (!t) return fail(t.error());
+    if (!*t) return ExtendOutcome{FenceCheck::not_found, false};
+    const TaskRecord& task = **t;
+    if (task.fence != fence || task.leased_by != std::optional<std::string>(node_id)) {
+      return ExtendOutcome{FenceCheck::stale, task.cancel_requested};
+    }
+    if (protocol::task_state_final(task.state)) return ExtendOutcome{FenceCheck::finished, task.cancel_requested};
+    if (task.state == protocol::TaskState::queued || task.lease_expires_ms.value_or(0) <= now_ms) {
+      return ExtendOutcome{FenceCheck::stale, task.cancel_requested};
+    }
+    const bool starts = running && task.state == protocol::TaskState::leased;
+    {
+      auto q = query(
+          "UPDATE tasks SET lease_expires_ms = ?2, updated_at_ms = ?3, "
+          "state = CASE WHEN ?4 THEN 'running' ELSE state END, "
+          "started_at_ms = CASE WHEN ?4 THEN ?3 ELSE started_at_ms END WHERE id = ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, task_id).bind(2, now_ms + lease_ms).bind(3, now_ms).bind(4, std::int64_t{starts ? 1 : 0});
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    if (starts) {
+      auto q = query("UPDATE task_attempts SET started_at_ms = ?3 WHERE task_id = ?1 AND fence = ?2");
+      if (!q) return fail(q.error());
+      q->bind(1, task_id).bind(2, fence).bind(3, now_ms);
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return ExtendOutcome{FenceCheck::ok, task.cancel_requested};
+  }
+
+  Result<CompleteOutcome> complete_task(const TaskCompletion& c) override {
+    using protocol::TaskState;
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    auto t = select_task_locked("id = ?1", c.task_id, false);
+    if (!t) return fail(t.error());
+    if (!*t) return CompleteOutcome{FenceCheck::not_found, TaskState::queued};
+    const TaskRecord& task = **t;
+    // The attempt this fence names: its outcome, if already reported, decides a repeat.
+    std::optional<TaskAttemptRecord> attempt;
+    {
+      auto q = query(std::string("SELECT ") + kAttemptColumns + " FROM task_attempts WHERE task_id = ?1 AND fence = ?2");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(c.task_id)).bind(2, c.fence);
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (*row) attempt = attempt_from(*q);
+    }
+    if (!attempt || attempt->node_id != c.node_id) return CompleteOutcome{FenceCheck::stale, task.state};
+    if (!attempt->outcome.empty()) {
+      if (attempt->outcome == c.outcome) return CompleteOutcome{FenceCheck::ok, task.state};  // a repeat
+      if (attempt->outcome == "lease_lost") return CompleteOutcome{FenceCheck::stale, task.state};
+      return CompleteOutcome{FenceCheck::finished, task.state};
+    }
+    if (task.fence != c.fence || task.leased_by != c.node_id ||
+        (task.state != TaskState::leased && task.state != TaskState::running)) {
+      return CompleteOutcome{FenceCheck::stale, task.state};
+    }
+    // The lease may have run out without the sweep noticing yet: the fence is still current
+    // and nobody else holds the task, so the result is taken rather than run again.
+    TaskState next = TaskState::failed;
+    std::optional<protocol::FailureReason> reason = c.reason;
+    if (c.outcome == "succeeded") {
+      next = TaskState::succeeded;
+      reason.reset();
+    } else if (c.outcome == "cancelled" || task.cancel_requested) {
+      next = TaskState::cancelled;
+    } else {
+      if (!reason) reason = protocol::FailureReason::internal;
+      if (!protocol::failure_transient(*reason)) {
+        next = TaskState::failed;
+      } else {
+        next = task.attempts < task.max_attempts ? TaskState::queued : TaskState::dead;
+      }
+    }
+    std::optional<std::string> reason_text;
+    if (reason) reason_text = std::string(protocol::failure_reason_name(*reason));
+    {
+      auto q = query(
+          "UPDATE task_attempts SET finished_at_ms = ?3, outcome = ?4, reason = ?5, exit_code = ?6, error = ?7 "
+          "WHERE task_id = ?1 AND fence = ?2");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(c.task_id)).bind(2, c.fence).bind(3, c.now_ms).bind(4, std::string_view(c.outcome));
+      q->bind(5, reason_text).bind(6, opt_wide(c.exit_code)).bind(7, std::string_view(c.error));
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    {
+      const bool requeue = next == TaskState::queued;
+      auto q = query(
+          "UPDATE tasks SET state = ?2, updated_at_ms = ?3, exit_code = ?4, last_reason = ?5, last_error = ?6, "
+          "output = ?7, output_truncated = ?8, output_bytes = ?9, "
+          "leased_by = CASE WHEN ?10 THEN NULL ELSE leased_by END, lease_expires_ms = NULL, "
+          "not_before_ms = CASE WHEN ?10 THEN ?11 ELSE not_before_ms END, "
+          "finished_at_ms = CASE WHEN ?10 THEN NULL ELSE ?3 END WHERE id = ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(c.task_id)).bind(2, protocol::task_state_name(next)).bind(3, c.now_ms);
+      q->bind(4, opt_wide(c.exit_code)).bind(5, reason_text).bind(6, std::string_view(c.error));
+      q->bind(7, std::string_view(c.output)).bind(8, std::int64_t{c.output_truncated ? 1 : 0});
+      q->bind(9, c.output_bytes).bind(10, std::int64_t{requeue ? 1 : 0}).bind(11, c.retry_not_before_ms);
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return CompleteOutcome{FenceCheck::ok, next};
+  }
+
+  Result<std::vector<TaskRecord>> expire_leases(std::int64_t now_ms,
+                                                const std::function<std::int64_t(std::int64_t)>& backoff_ms) override {
+    using protocol::TaskState;
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    std::vector<TaskRecord> expired;
+    {
+      auto q = query(std::string("SELECT ") + kTaskColumns +
+                     ", '' FROM tasks WHERE lease_expires_ms <= ?1 AND state IN ('leased', 'running') ORDER BY seq");
+      if (!q) return fail(q.error());
+      q->bind(1, now_ms);
+      auto rows = collect(*q, task_from);
+      if (!rows) return fail(rows.error());
+      expired = std::move(*rows);
+    }
+    for (auto& t : expired) {
+      {
+        auto q = query(
+            "UPDATE task_attempts SET finished_at_ms = ?3, outcome = 'lease_lost', reason = 'lease_lost', "
+            "error = ?4 WHERE task_id = ?1 AND fence = ?2 AND outcome = ''");
+        if (!q) return fail(q.error());
+        q->bind(1, std::string_view(t.id)).bind(2, t.fence).bind(3, now_ms);
+        q->bind(4, std::string_view("the lease of node " + t.leased_by.value_or("?") + " expired"));
+        if (auto ok = q->run(); !ok) return fail(ok.error());
+      }
+      const std::string error = "attempt " + std::to_string(t.attempts) + ": the lease of node " +
+                                t.leased_by.value_or("?") + " expired before it completed";
+      if (t.cancel_requested) {
+        t.state = TaskState::cancelled;
+      } else if (t.attempts >= t.max_attempts) {
+        t.state = TaskState::dead;
+      } else {
+        t.state = TaskState::queued;
+        t.not_before_ms = now_ms + backoff_ms(t.attempts);
+      }
+      const bool requeue = t.state == TaskState::queued;
+      auto q = query(
+          "UPDATE tasks SET state = ?2, updated_at_ms = ?3, last_reason = 'lease_lost', last_error = ?4, "
+          "exit_code = NULL, lease_expires_ms = NULL, leased_by = CASE WHEN ?5 THEN NULL ELSE leased_by END, "
+          "not_before_ms = ?6, finished_at_ms = CASE WHEN ?5 THEN NULL ELSE ?3 END WHERE id = ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(t.id)).bind(2, protocol::task_state_name(t.state)).bind(3, now_ms);
+      q->bind(4, std::string_view(error)).bind(5, std::int64_t{requeue ? 1 : 0}).bind(6, t.not_before_ms);
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+      t.updated_at_ms = now_ms;
+      t.last_reason = protocol::FailureReason::lease_lost;
+      t.last_error = error;
+      t.exit_code.reset();
+      t.lease_expires_ms.reset();
+      if (requeue) {
+        t.leased_by.reset();
+      } else {
+        t.finished_at_ms = now_ms;
+      }
+    }
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return expired;
+  }
+
+  Result<CancelOutcome> cancel_task(std::string_view task_id, std::int64_t now_ms) override {
+    using protocol::TaskState;
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    auto t = select_task_locked("id = ?1", task_id, false);
+    if (!t) return fail(t.error());
+    if (!*t) return CancelOutcome::not_found;
+    if (protocol::task_state_final((*t)->state)) return CancelOutcome::already_final;
+    const bool queued = (*t)->state == TaskState::queued;
+    auto q = query(
+        queued ? "UPDATE tasks SET state = 'cancelled', cancel_requested = 1, updated_at_ms = ?2, "
+                 "finished_at_ms = ?2, last_error = 'cancelled by an operator before it ran' WHERE id = ?1"
+               : "UPDATE tasks SET cancel_requested = 1, updated_at_ms = ?2 WHERE id = ?1");
+    if (!q) return fail(q.error());
+    q->bind(1, task_id).bind(2, now_ms);
+    if (auto ok = q->run(); !ok) return fail(ok.error());
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return queued ? CancelOutcome::cancelled : CancelOutcome::stop_requested;
+  }
+
+  Result<std::vector<std::string>> cancelled_among(std::string_view node_id,
+                                                   std::span<const std::string> task_ids) override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::string> out;
+    for (const auto& id : task_ids) {
+      auto q = query("SELECT 1 FROM tasks WHERE id = ?1 AND leased_by = ?2 AND cancel_requested = 1");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(id)).bind(2, node_id);
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (*row) out.push_back(id);
+    }
+    return out;
+  }
+
+  Result<std::int64_t> prune_tasks(std::int64_t older_than_ms, std::int64_t keep_per_node) override {
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    std::int64_t deleted = 0;
+    {
+      auto q = query(std::string("DELETE FROM tasks WHERE state IN ") + kFinal + " AND finished_at_ms < ?1");
+      if (!q) return fail(q.error());
+      q->bind(1, older_than_ms);
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+      deleted += sqlite3_changes(db_.get());
+    }
+    {
+      // A final task belongs to the node that ran it last, or the one it was addressed to.
+      auto q = query(std::string(
+                         "DELETE FROM tasks WHERE seq IN (SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER "
+                         "(PARTITION BY COALESCE(leased_by, node_id, '') ORDER BY finished_at_ms DESC, seq DESC) "
+                         "AS rank FROM tasks WHERE state IN ") +
+                     kFinal + ") WHERE rank > ?1)");
+      if (!q) return fail(q.error());
+      q->bind(1, keep_per_node);
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+      deleted += sqlite3_changes(db_.get());
+    }
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return deleted;
+  }
+
+  // ---- module catalog and assignments (issue 14) ----
+  Status upsert_module(const ModuleRecord& m) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(
+        "INSERT INTO modules (name, version, reference, manifest_digest, priority, trust, added_at_ms) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name, version) DO UPDATE SET "
+        "reference = excluded.reference, manifest_digest = excluded.manifest_digest, "
+        "priority = excluded.priority, trust = excluded.trust");
+    if (!q) return fail(q.error());
+    q->bind(1, std::string_view(m.name)).bind(2, std::string_view(m.version)).bind(3, std::string_view(m.reference));
+    q->bind(4, std::string_view(m.manifest_digest)).bind(5, m.priority).bind(6, std::string_view(m.trust_json));
+    q->bind(7, m.added_at_ms);
+    return q->run();
+  }
+
+  Result<std::vector<ModuleRecord>> list_modules() override {
+    std::lock_guard lock(mutex_);
+    auto q = query(
+        "SELECT name, version, reference, manifest_digest, priority, trust, added_at_ms FROM modules "
+        "ORDER BY name, added_at_ms, version");
+    if (!q) return fail(q.error());
+    return collect(*q, [](const Query& r) {
+      return ModuleRecord{r.text(0), r.text(1), r.text(2), r.text(3), r.int64(4), r.text(5), r.int64(6)};
+    });
+  }
+
+  Status insert_assignment(const AssignmentRecord& a) override {
+    std::lock_guard lock(mutex_);
+    auto q = query(
+        "INSERT INTO module_assignments (id, module_name, module_version, node_id, selector, created_at_ms) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+    if (!q) return fail(q.error());
+    q->bind(1, std::string_view(a.id)).bind(2, std::string_view(a.module_name));
+    q->bind(3, std::string_view(a.module_version)).bind(4, a.node_id);
+    q->bind(5, std::string_view(labels_text(a.selector))).bind(6, a.created_at_ms);
+    return q->run();
+  }
+
+  Result<std::vector<AssignmentRecord>> list_assignments() override {
+    std::lock_guard lock(mutex_);
+    auto q = query(
+        "SELECT id, module_name, module_version, node_id, selector, created_at_ms FROM module_assignments "
+        "ORDER BY created_at_ms, id");
+    if (!q) return fail(q.error());
+    return collect(*q, [](const Query& r) {
+      AssignmentRecord a;
+      a.id = r.text(0);
+      a.module_name = r.text(1);
+      a.module_version = r.text(2);
+      if (!r.is_null(3)) a.node_id = r.text(3);
+      a.selector = labels_from(r.text(4));
+      a.created_at_ms = r.int64(5);
+      return a;
+    });
+  }
+
+  Result<bool> delete_assignment(std::string_view id) override {
+    std::lock_guard lock(mutex_);
+    auto q = query("DELETE FROM module_assignments WHERE id = ?1");
+    if (!q) return fail(q.error());
+    q->bind(1, id);
+    if (auto ok = q->run(); !ok) return fail(ok.error());
+    return sqlite3_changes(db_.get()) > 0;
+  }
+
+  // ---- escrowed volume keys (issue 15) ----
+  Result<std::string> put_escrow_key_if_absent(std::string_view node_id, std::string_view key) override {
+    std::lock_guard lock(mutex_);
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    {
+      auto q = query(
+          "INSERT OR IGNORE INTO escrow_keys (node_id, key, stored_at_ms) "
+          "VALUES (?1, ?2, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))");
+      if (!q) return fail(q.error());
+      q->bind(1, node_id).bind(2, key);
+      if (auto ok = q->run(); !ok) return fail(ok.error());
+    }
+    auto stored = find_escrow_key_locked(node_id);
+    if (!stored) return fail(stored.error());
+    if (!*stored) return fail(Errc::internal, "escrow key of node " + std::string(node_id) + ": not found after insert");
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return std::move(**stored);
+  }
+
+  Result<std::optional<std::string>> find_escrow_key(std::string_view node_id) override {
+    std::lock_guard lock(mutex_);
+    return find_escrow_key_locked(node_id);
   }
 
  private:
@@ -794,18 +1406,78 @@ class SqliteStore final : public Store {
     return out;
   }
 
+  Result<std::optional<TaskRecord>> select_task_locked(const char* where, std::string_view value, bool with_output) {
+    auto q = query(std::string("SELECT ") + kTaskColumns + (with_output ? ", output" : ", ''") + " FROM tasks WHERE " +
+                   where);
+    if (!q) return fail(q.error());
+    q->bind(1, value);
+    auto row = q->step();
+    if (!row) return fail(row.error());
+    if (!*row) return std::optional<TaskRecord>{};
+    return std::optional<TaskRecord>(task_from(*q));
+  }
+
+  // The ids of up to `max` queued tasks this node may lease now, in submission order.
+  Result<std::vector<std::string>> pick_locked(const LeaseQuery& lq, std::int64_t max) {
+    std::vector<std::string> picked;
+    if (max <= 0) return picked;
+    TaskResources used;  // reservations of the tasks the node holds, then of those picked
+    {
+      auto q = query(
+          "SELECT COALESCE(SUM(min_cpu_millis), 0), COALESCE(SUM(min_mem_bytes), 0), "
+          "COALESCE(SUM(min_disk_bytes), 0) FROM tasks WHERE leased_by = ?1 AND state IN ('leased', 'running')");
+      if (!q) return fail(q.error());
+      q->bind(1, std::string_view(lq.node_id));
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (*row) used = {q->int64(0), q->int64(1), q->int64(2)};
+    }
+    auto q = query(std::string("SELECT ") + kTaskColumns +
+                   ", '' FROM tasks t WHERE state = 'queued' AND not_before_ms <= ?2 AND "
+                   "(node_id IS NULL OR node_id = ?1) AND " +
+                   kSerialHead + " ORDER BY seq");
+    if (!q) return fail(q.error());
+    q->bind(1, std::string_view(lq.node_id)).bind(2, lq.now_ms);
+    while (static_cast<std::int64_t>(picked.size()) < max) {
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (!*row) break;
+      TaskRecord t = task_from(*q);
+      if (!placement_matches(t, lq) || !fits(used, t.min, lq.budget)) continue;
+      add(used, t.min);
+      picked.push_back(std::move(t.id));
+    }
+    return picked;
+  }
+
+  Result<std::optional<std::string>> find_escrow_key_locked(std::string_view node_id) {
+    auto q = query("SELECT key FROM escrow_keys WHERE node_id = ?1");
+    if (!q) return fail(q.error());
+    q->bind(1, node_id);
+    auto row = q->step();
+    if (!row) return fail(row.error());
+    if (!*row) return std::optional<std::string>{};
+    return std::optional<std::string>(q->text(0));
+  }
+
   // true: stored; false: the node already has an event with this id (dropped).
   Result<bool> insert_event_locked(const NodeEventRecord& e) {
     auto q = query(
         "INSERT OR IGNORE INTO node_events (node_id, event_id, severity, kind, message, time, "
-        "received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+        "received_at_ms, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+        "(SELECT value + 1 FROM counters WHERE name = 'event_seq'))");
     if (!q) return fail(q.error());
     q->bind(1, std::string_view(e.node_id)).bind(2, std::string_view(e.event_id));
     q->bind(3, std::string_view(e.severity)).bind(4, std::string_view(e.kind));
     q->bind(5, std::string_view(e.message)).bind(6, std::string_view(e.time));
     q->bind(7, e.received_at_ms);
     if (auto ok = q->run(); !ok) return fail(ok.error());
-    return sqlite3_changes(db_.get()) > 0;
+    if (sqlite3_changes(db_.get()) == 0) return false;
+    // Only a stored event takes a number: the sequence has no holes from duplicates.
+    auto c = query("UPDATE counters SET value = value + 1 WHERE name = 'event_seq'");
+    if (!c) return fail(c.error());
+    if (auto ok = c->run(); !ok) return fail(ok.error());
+    return true;
   }
 
   Status prune_events_locked(std::string_view node_id) {
@@ -937,8 +1609,8 @@ class SqliteStore final : public Store {
     auto q = query(R"sql(
 INSERT INTO node_status (node_id, last_seen_ms, boot_id, agent_version, mount_state, load1, load5,
   load15, cpu_count, mem_total_bytes, mem_available_bytes, disk_total_bytes, disk_free_bytes,
-  uptime_s, cert_not_after, modules, labels, heartbeats, critical_events_total)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 1, ?18)
+  uptime_s, cert_not_after, modules, labels, heartbeats, critical_events_total, capabilities)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 1, ?18, ?19)
 ON CONFLICT (node_id) DO UPDATE SET
   last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms), boot_id = excluded.boot_id,
   agent_version = excluded.agent_version, mount_state = excluded.mount_state,
@@ -947,6 +1619,7 @@ ON CONFLICT (node_id) DO UPDATE SET
   mem_available_bytes = excluded.mem_available_bytes, disk_total_bytes = excluded.disk_total_bytes,
   disk_free_bytes = excluded.disk_free_bytes, uptime_s = excluded.uptime_s,
   cert_not_after = excluded.cert_not_after, modules = excluded.modules, labels = excluded.labels,
+  capabilities = excluded.capabilities,
   heartbeats = heartbeats + 1,
   critical_events_total = critical_events_total + excluded.critical_events_total)sql");
     if (!q) return fail(q.error());
@@ -960,6 +1633,7 @@ ON CONFLICT (node_id) DO UPDATE SET
     q->bind(15, std::string_view(hb.cert_not_after));
     q->bind(16, std::string_view(modules_text(hb.modules)));
     q->bind(17, std::string_view(labels_text(hb.labels))).bind(18, new_critical);
+    q->bind(19, std::string_view(strings_text(hb.capabilities)));
     return q->run();
   }
 

@@ -99,6 +99,9 @@ struct NodeEventRecord {
   std::string message;
   std::string time;
   std::int64_t received_at_ms = 0;
+  // Assigned by the store on insert, growing with every stored event: the cursor of
+  // `cairn-control events --follow` (EventQuery::after_seq). 0 in records not yet stored.
+  std::int64_t seq = 0;
 };
 
 struct HeartbeatRecord {
@@ -138,6 +141,9 @@ struct EventQuery {
   std::optional<std::string> node_id;
   std::int64_t since_ms = 0;  // received at or after
   std::int64_t limit = 1000;
+  // A cursor: only events with seq > after_seq, the OLDEST `limit` of them (the next page of
+  // a follower), in seq order. Without it: the newest `limit`, oldest first.
+  std::optional<std::int64_t> after_seq;
 };
 
 // An admin credential (CN admin:<name>): known certificates only authorize admin calls.
@@ -197,11 +203,13 @@ class Store {
   // such node (or revoked).
   virtual Result<bool> allow_reenroll(std::string_view id, std::int64_t until_ms) = 0;
 
-  // events: newest first for one node; oldest first (received_at, then arrival) for a query.
-  // insert_events drops ids already stored and prunes the node to kEventsKeptPerNode.
+  // events: newest first for one node; oldest first (received_at, then arrival) for a query,
+  // or in seq order with a cursor (EventQuery::after_seq).
+  // insert_events drops ids already stored and prunes the node to kEventsKeptPerNode; it
+  // returns how many it stored (the others were duplicates), and gives each a new seq.
   virtual Result<std::vector<NodeEventRecord>> recent_events(std::string_view node_id) = 0;
   virtual Result<std::vector<NodeEventRecord>> list_events(const EventQuery& query) = 0;
-  virtual Status insert_events(std::span<const NodeEventRecord> events) = 0;
+  virtual Result<std::int64_t> insert_events(std::span<const NodeEventRecord> events) = 0;
 
   // admin credentials
   virtual Status insert_admin_cert(const AdminCertRecord& admin) = 0;  // a known serial: no-op
@@ -231,6 +239,11 @@ class Store {
   virtual Result<std::vector<TaskRecord>> lease_tasks(const LeaseQuery& query) = 0;
   // Whether lease_tasks would find work for this node now (read only; max_tasks ignored).
   virtual Result<bool> has_work(const LeaseQuery& query) = 0;
+  // Queued tasks that are the oldest unfinished task of their serial key (or have none),
+  // oldest first, at most `limit`, without args and output (placement fields, min,
+  // not_before). The service keeps them in memory to answer the heartbeat's work_waiting hint
+  // without a query per heartbeat.
+  virtual Result<std::vector<TaskRecord>> queued_heads(std::int64_t limit) = 0;
   // Only the leaseholder with the current fence, before expiry: moves the lease expiry to
   // now + lease_ms (and leased -> running when `running`).
   virtual Result<ExtendOutcome> extend_lease(std::string_view task_id, std::string_view node_id,

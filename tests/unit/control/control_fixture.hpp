@@ -105,6 +105,7 @@ struct ControlFixture {
   // sweep_liveness() to run a pass at a point they choose.
   explicit ControlFixture(control::ServiceConfig cfg = {}, bool sweep_thread = false) : config(std::move(cfg)) {
     if (!sweep_thread) config.liveness_sweep_period = std::chrono::hours(1);
+    if (!sweep_thread) config.task_sweep_period = std::chrono::hours(1);  // tasks: sweep_tasks()
     log::set_min_level(log::Level::warning);  // enroll.ok etc. would drown the test report
     auto init = control::init_state(state, {}, clock);
     REQUIRE_MESSAGE(init, (init ? "" : init.error().message));

@@ -54,6 +54,26 @@ class CountingService final : public ControlService {
   ApiResult<Json> admin_revoke_admin(const AuthorizedAdmin& by, std::string_view n) override {
     return inner_.admin_revoke_admin(by, n);
   }
+  // tasks and events (issue 13): forwarded as they are
+  ApiResult<protocol::LeaseResponse> lease_tasks(const AuthorizedNode& n, const protocol::LeaseRequest& r) override {
+    return inner_.lease_tasks(n, r);
+  }
+  ApiResult<protocol::ExtendResponse> extend_task(const AuthorizedNode& n, std::string_view id,
+                                                  const protocol::ExtendRequest& r) override {
+    return inner_.extend_task(n, id, r);
+  }
+  ApiResult<protocol::CompleteResponse> complete_task(const AuthorizedNode& n, std::string_view id,
+                                                      const protocol::CompleteRequest& r) override {
+    return inner_.complete_task(n, id, r);
+  }
+  ApiResult<protocol::EventBatchResponse> post_events(const AuthorizedNode& n, const protocol::EventBatch& b) override {
+    return inner_.post_events(n, b);
+  }
+  ApiResult<Json> admin_submit_task(const Json& b) override { return inner_.admin_submit_task(b); }
+  ApiResult<Json> admin_list_tasks(const TaskFilter& f) override { return inner_.admin_list_tasks(f); }
+  ApiResult<Json> admin_show_task(std::string_view id) override { return inner_.admin_show_task(id); }
+  ApiResult<Json> admin_cancel_task(std::string_view id) override { return inner_.admin_cancel_task(id); }
+  void sweep_tasks() override { inner_.sweep_tasks(); }
   NodeCounts node_counts() override { return inner_.node_counts(); }
   std::int64_t enrollments_total() override { return inner_.enrollments_total(); }
   void sweep_liveness() override { inner_.sweep_liveness(); }
