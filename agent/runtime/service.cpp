@@ -301,7 +301,15 @@ class Loop {
   }
 
   void flush_events() {
-    if (!events_ || events_->pending_count() == 0) return;
+    if (!events_) return;
+    // Events dropped at the buffer's cap (control away for long) are said once, as a count.
+    if (const auto dropped = events_->dropped(); dropped > dropped_reported_) {
+      event("warning", "events.dropped", std::to_string(dropped - dropped_reported_) +
+                                             " events were dropped at the buffer's cap while control was away (" +
+                                             std::to_string(dropped) + " in all, oldest info events first)");
+      dropped_reported_ = dropped;
+    }
+    if (events_->pending_count() == 0) return;
     auto sent = events::flush(
         *events_, [this](const protocol::EventBatch& b) { return client_->send_events(b); }, kEventBatchesPerTurn);
     if (!sent) {
@@ -398,6 +406,7 @@ class Loop {
   std::unique_ptr<events::EventBuffer> events_;
   std::optional<tasks::Runner> runner_;  // declared last: its threads stop first
   bool work_waiting_ = false;
+  std::uint64_t dropped_reported_ = 0;
   std::vector<std::string> inventory_caps_;
 };
 
