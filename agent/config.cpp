@@ -1,5 +1,7 @@
 #include "agent/config.hpp"
 
+#include <algorithm>
+
 #include "common/fs.hpp"
 #include "common/json.hpp"
 #include "common/log.hpp"
@@ -23,6 +25,38 @@ Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig&
     if (auto it = j.find("labels"); it != j.end()) cfg.labels = it->get<std::map<std::string, std::string>>();
   } catch (const nlohmann::json::exception& e) {
     return fail(Errc::config, path.string() + ": " + e.what(), "fix the value's type in the config file");
+  }
+  return {};
+}
+
+// tasks (issue 13, h-atasks): the "tasks" section.
+Status apply_tasks_section(const Json& j, const std::filesystem::path& path, AgentConfig& cfg) {
+  auto it = j.find("tasks");
+  if (it == j.end()) return {};
+  try {
+    const Json& t = *it;
+    if (!t.is_object()) return fail(Errc::config, path.string() + ": tasks: not a JSON object");
+    if (auto v = t.find("max_concurrent"); v != t.end()) {
+      const auto n = v->get<std::int64_t>();
+      if (n < 0 || n > 64) {
+        return fail(Errc::config, path.string() + ": tasks.max_concurrent " + std::to_string(n) + ": not in 0..64",
+                    "0 leases no task; a few per core is plenty");
+      }
+      cfg.max_concurrent_tasks = static_cast<std::size_t>(n);
+    }
+    if (auto v = t.find("exec_allowlist"); v != t.end()) cfg.exec_allowlist = v->get<std::vector<std::string>>();
+    if (auto v = t.find("stop_timeout_s"); v != t.end()) {
+      cfg.task_stop_timeout = std::chrono::seconds(std::clamp<std::int64_t>(v->get<std::int64_t>(), 0, 3600));
+    }
+    if (auto v = t.find("services_dir"); v != t.end()) {
+      cfg.services_dir = v->get<std::string>();
+      if (!cfg.services_dir.starts_with("/") || cfg.services_dir.find("..") != std::string::npos) {
+        return fail(Errc::config, path.string() + ": tasks.services_dir '" + cfg.services_dir + "': not an absolute path",
+                    "e.g. /var/lib/cairn/services");
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return fail(Errc::config, path.string() + ": tasks: " + e.what(), "fix the value's type in the config file");
   }
   return {};
 }
@@ -71,6 +105,7 @@ Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
     if (!j) return fail(Error{Errc::config, j.error().message, "fix the JSON syntax"});
     if (auto applied = apply_file(*j, path, cfg); !applied) return fail(applied.error());
     if (auto it = j->find("identity"); it != j->end()) identity_section = *it;
+    if (auto applied = apply_tasks_section(*j, path, cfg); !applied) return fail(applied.error());  // tasks (h-atasks)
   }
 
   if (!o.persist_dir.empty()) cfg.persist_dir = o.persist_dir;

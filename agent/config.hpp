@@ -50,6 +50,18 @@ struct AgentConfig {
   std::map<std::string, std::string> labels;
   identity::Config identity;
 
+  // tasks (issue 13, h-atasks): the "tasks" section of agent.json,
+  //   {"max_concurrent": 2, "exec_allowlist": ["/usr/bin/uptime"], "stop_timeout_s": 20,
+  //    "services_dir": "/var/lib/cairn/services"}
+  // exec_allowlist empty: any command; otherwise argv[0] must equal one entry. Only this file
+  // sets it: nothing a task carries can widen it.
+  std::size_t max_concurrent_tasks = 2;
+  std::vector<std::string> exec_allowlist;
+  // SIGTERM: running tasks get this long to finish; under the unit's TimeoutStopSec=30s with
+  // room for the kill grace (5 s), the completions and the event flush.
+  std::chrono::seconds task_stop_timeout{20};
+  std::string services_dir = "/var/lib/cairn/services";  // a host path (used through root)
+
   [[nodiscard]] std::filesystem::path state_dir() const { return persist_dir / "cairn"; }
 };
 

@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   cairn::agent::cli::add_enroll(app, global, exit_code);
   cairn::agent::cli::add_service(app, global, exit_code);
   cairn::agent::cli::add_status(app, global, exit_code);
+  cairn::agent::cli::add_exec(app, global, exit_code);
+  cairn::agent::cli::add_task(app, global, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -77,6 +77,8 @@ std::string sha256_hex(std::string_view data);
 std::string hex_encode(const unsigned char* data, std::size_t size);
 // Lower- or upper-case hex to bytes; Errc::data on an odd length or a non-hex character.
 Result<std::string> hex_decode(std::string_view hex);
+// Standard base64 (RFC 4648, with padding; whitespace ignored) to bytes; Errc::data if invalid.
+Result<std::string> base64_decode(std::string_view text);
 // Random bytes as lower-case hex (CSPRNG); 32 bytes makes a 64-char token.
 std::string random_hex(std::size_t bytes);
 // Constant-time equality for secrets.

@@ -3,7 +3,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include "agent/cli/report.hpp"
 #include "agent/config.hpp"
+#include "common/json.hpp"
 
 namespace cairn::agent::cli {
 
@@ -12,5 +14,11 @@ void add_identity(CLI::App& app, const GlobalOptions& global, int& exit_code);  
 void add_enroll(CLI::App& app, const GlobalOptions& global, int& exit_code);    // enroll.cpp
 void add_service(CLI::App& app, const GlobalOptions& global, int& exit_code);   // service.cpp
 void add_status(CLI::App& app, const GlobalOptions& global, int& exit_code);    // status.cpp
+void add_exec(CLI::App& app, const GlobalOptions& global, int& exit_code);      // exec.cpp (tasks)
+void add_task(CLI::App& app, const GlobalOptions& global, int& exit_code);      // task.cpp (tasks)
+
+// Runs one task kind locally (exec and task run share it; task.cpp).
+CommandOutcome run_task_command(const GlobalOptions& global, const std::string& kind, const Json& args,
+                                std::int64_t timeout_s);
 
 }  // namespace cairn::agent::cli

@@ -4,9 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <optional>
 
 #include "agent/enroll/credentials.hpp"
+#include "agent/events/buffer.hpp"
+#include "agent/tasks/inventory.hpp"
+#include "agent/tasks/runner.hpp"
 #include "agent/enroll/enroll.hpp"
 #include "agent/runtime/status_file.hpp"
 #include "agent/runtime/system_stats.hpp"
@@ -35,6 +39,27 @@ std::optional<milliseconds> watchdog_period() {
 // The event tells the operator why; the full error is in the agent's log.
 constexpr std::size_t kMaxErrorInEvent = 400;
 
+// Tasks (issue 13): the lease asked for, how often the loop looks at its running tasks (to
+// lease again at once when one ends while work waits), and the event batches sent per turn.
+constexpr std::int64_t kLeaseSeconds = 60;
+constexpr milliseconds kTaskCheck{1000};
+constexpr std::size_t kEventBatchesPerTurn = 4;
+
+// A task thread's own connection to control (ControlClient is one connection, not shared).
+class ControlTaskChannel final : public tasks::TaskChannel {
+ public:
+  explicit ControlTaskChannel(ControlClient client) : client_(std::move(client)) {}
+  Result<protocol::ExtendResponse> extend(const std::string& id, const protocol::ExtendRequest& r) override {
+    return client_.extend(id, r);
+  }
+  Result<protocol::CompleteResponse> complete(const std::string& id, const protocol::CompleteRequest& r) override {
+    return client_.complete(id, r);
+  }
+
+ private:
+  ControlClient client_;
+};
+
 class Loop {
  public:
   Loop(const AgentConfig& config, const ServiceOptions& options, const Clock& clock,
@@ -44,6 +69,14 @@ class Loop {
 
   Status run() {
     if (auto ok = load_credentials(); !ok) return ok;
+    auto buffer = events::EventBuffer::open(config_.state_dir() / "events", clock_);
+    if (!buffer) return fail(buffer.error());
+    events_ = std::move(*buffer);
+    tasks::KindSettings kinds{.exec_allowlist = config_.exec_allowlist, .services_dir = config_.services_dir};
+    runner_.emplace(kinds, tasks::RunnerOptions{.max_concurrent = config_.max_concurrent_tasks}, config_.root, clock_,
+                    [this] { return task_channel(); }, events_.get());
+    slim_inventory();
+    event("info", "service.started", "cairn-agent " CAIRN_VERSION " started; certificate serial " + creds_->cert.serial_hex);
     log::info("service.start", {{"node", node_id_}, {"control", control_url_},
                                 {"cert_not_after", format_rfc3339(creds_->cert.not_after)}});
     if (clock_.now() >= creds_->cert.not_after) {
@@ -64,6 +97,16 @@ class Loop {
       if (sleep(next)) break;
     }
     notify("STOPPING=1");
+    // SIGTERM: no more leases; running tasks get the stop timeout to finish, then are stopped
+    // and reported failed/killed (control queues them again); then the events go out.
+    const auto running = runner_->running_count();
+    if (running > 0) {
+      log::info("service.draining", {{"tasks", running}, {"timeout_s", config_.task_stop_timeout.count()}});
+      notify("STATUS=stopping: waiting for " + std::to_string(running) + " task(s)");
+    }
+    runner_->drain(clock_.monotonic() + config_.task_stop_timeout);
+    event("info", "service.stopped", "cairn-agent stopped (SIGTERM)");
+    flush_events();
     log::info("service.stop", {{"node", node_id_}});
     return {};
   }
@@ -85,6 +128,10 @@ class Loop {
     }
     auto tls = control_tls(config_, creds_);
     if (!tls) return fail(tls.error());
+    {
+      std::lock_guard l(tls_mutex_);
+      task_tls_ = *tls;
+    }
     client_.emplace(control_url_, make_http_(*tls));
     rotate_at_ = rotation_time(options_, creds_->cert.not_before, creds_->cert.not_after, random01_());
     status_.node_id = node_id_;
@@ -96,7 +143,13 @@ class Loop {
   // a rotation failure episode about the certificate still installed (same event id).
   void resume_status() {
     auto previous = read_status(config_.state_dir());
-    if (!previous || !*previous || (*previous)->node_id != node_id_) return;
+    if (!previous || !*previous || (*previous)->node_id != node_id_) {
+      // The first run of the service as this node: its enrollment becomes an event (the
+      // enroll command itself may run in the initramfs, before the persist volume is this one).
+      event("info", "node.enrolled", "node " + node_id_ + " enrolled; certificate serial " + creds_->cert.serial_hex +
+                                         " valid until " + format_rfc3339(creds_->cert.not_after));
+      return;
+    }
     const auto& p = **previous;
     status_.heartbeats_acked = p.heartbeats_acked;
     if (p.cert_serial == creds_->cert.serial_hex && p.rotation_failures > 0) {
@@ -139,6 +192,9 @@ class Loop {
         status_.rotation_failing_event_id = "cert.rotation_failing-" + random_hex(8);
       }
       last_rotation_error_ = rotated.error().message;
+      event(rotation_failures_ >= options_.rotation_alert_after ? "critical" : "warning", "cert.rotate_failed",
+            "certificate rotation failed (" + std::to_string(rotation_failures_) + " in a row): " +
+                rotated.error().message.substr(0, kMaxErrorInEvent));
       log::error("cert.rotate_failed", {{"node", node_id_}, {"failures", rotation_failures_},
                                         {"error", rotated.error().message},
                                         {"cert_not_after", format_rfc3339(creds_->cert.not_after)}});
@@ -146,6 +202,8 @@ class Loop {
     }
     log::info("cert.rotated", {{"node", node_id_}, {"old_serial", creds_->cert.serial_hex},
                                {"serial", rotated->serial_hex}, {"not_after", format_rfc3339(rotated->not_after)}});
+    event("info", "cert.rotated", "certificate rotated: serial " + creds_->cert.serial_hex + " -> " + rotated->serial_hex +
+                                      ", valid until " + format_rfc3339(rotated->not_after));
     rotation_failures_ = 0;
     status_.rotation_failures = 0;
     status_.rotation_failing_event_id.clear();  // the episode is over; a new one gets a new id
@@ -162,6 +220,8 @@ class Loop {
     hb.mount_state = "none";  // modules arrive with the modules issue
     hb.cert_not_after = format_rfc3339(creds_->cert.not_after);
     hb.labels = config_.labels;
+    hb.capabilities = capabilities();
+    hb.running_tasks = runner_->running_ids();
     if (!status_.rotation_failing_event_id.empty()) {
       // Sent on every heartbeat while it lasts, under the episode's id.
       const std::string cause = last_rotation_error_.empty() ? "" : "; last error: " + last_rotation_error_.substr(0, kMaxErrorInEvent);
@@ -192,6 +252,10 @@ class Loop {
       write_status(config_.state_dir(), status_);
       log::debug("heartbeat.ok", {{"node", node_id_}, {"ms", took.count()}, {"acked", status_.heartbeats_acked}});
       notify("STATUS=heartbeat ok at " + format_rfc3339(*status_.last_ok));
+      for (const auto& id : answer->cancel_tasks) runner_->cancel(id);
+      work_waiting_ = answer->work_waiting;
+      lease();
+      flush_events();
       return std::chrono::seconds(status_.next_interval_s);
     }
     ++failures_;
@@ -202,6 +266,9 @@ class Loop {
     const auto level = answer.error().code == Errc::refused ? log::Level::critical : log::Level::warning;
     log::event(level, "heartbeat.failed", {{"node", node_id_}, {"failures", failures_},
                                            {"retry_in_ms", delay.count()}, {"error", answer.error().message}});
+    if (failures_ == 1) {  // one event per episode; the log has every attempt
+      event("warning", "heartbeat.failed", "heartbeat failed: " + answer.error().message.substr(0, kMaxErrorInEvent));
+    }
     notify("STATUS=heartbeat failing (" + std::to_string(failures_) + "): " + answer.error().message);
     return delay;
   }
@@ -213,9 +280,105 @@ class Loop {
       notify("WATCHDOG=1");
       const auto now = clock_.monotonic();
       if (now >= end) return stop_.poll();
-      const auto wake = watchdog_ ? std::min<Clock::MonoTime>(end, now + *watchdog_) : end;
+      auto wake = watchdog_ ? std::min<Clock::MonoTime>(end, now + *watchdog_) : end;
+      // While tasks run, look at them every second: a slot that frees while control has
+      // work waiting is filled at once, not at the next heartbeat.
+      if (runner_->running_count() > 0) wake = std::min<Clock::MonoTime>(wake, now + kTaskCheck);
       if (stop_.wait_until(clock_, wake)) return true;
+      if (runner_->reap() > 0) {
+        if (work_waiting_) lease();
+        flush_events();
+      }
     }
+  }
+
+  // Event buffer: an event that cannot be stored is logged (the log is the last resort).
+  void event(std::string_view severity, std::string_view kind, const std::string& message) {
+    if (!events_) return;
+    if (auto ok = events_->append(severity, kind, message); !ok) {
+      log::error("events.append_failed", {{"kind", kind}, {"error", ok.error().message}});
+    }
+  }
+
+  void flush_events() {
+    if (!events_) return;
+    // Events dropped at the buffer's cap (control away for long) are said once, as a count.
+    if (const auto dropped = events_->dropped(); dropped > dropped_reported_) {
+      event("warning", "events.dropped", std::to_string(dropped - dropped_reported_) +
+                                             " events were dropped at the buffer's cap while control was away (" +
+                                             std::to_string(dropped) + " in all, oldest info events first)");
+      dropped_reported_ = dropped;
+    }
+    if (events_->pending_count() == 0) return;
+    auto sent = events::flush(
+        *events_, [this](const protocol::EventBatch& b) { return client_->send_events(b); }, kEventBatchesPerTurn);
+    if (!sent) {
+      log::debug("events.flush_failed", {{"pending", events_->pending_count()}, {"error", sent.error().message}});
+    } else if (*sent > 0) {
+      log::debug("events.flushed", {{"sent", *sent}, {"pending", events_->pending_count()}});
+    }
+  }
+
+  // Leases as many tasks as there are free slots and starts them.
+  void lease() {
+    runner_->reap();
+    const auto free = runner_->free_slots();
+    if (free == 0) return;
+    protocol::LeaseRequest request{.max_tasks = static_cast<std::int64_t>(std::min(free, protocol::kMaxLeaseBatch)),
+                                   .lease_s = kLeaseSeconds,
+                                   .running = runner_->running_ids()};
+    auto answer = client_->lease(request);
+    if (!answer) {
+      log::warn("task.lease_failed", {{"node", node_id_}, {"error", answer.error().message}});
+      return;
+    }
+    for (const auto& id : answer->cancel) runner_->cancel(id);
+    const std::size_t n = std::min(answer->tasks.size(), free);
+    for (std::size_t i = 0; i < n; ++i) {
+      log::info("task.leased", {{"task", answer->tasks[i].id}, {"kind", answer->tasks[i].kind},
+                                {"attempt", answer->tasks[i].attempt}, {"fence", answer->tasks[i].fence}});
+      runner_->start(answer->tasks[i]);
+    }
+    // Control gave more than asked: those are not started; their leases run out and they
+    // return to the queue.
+    if (answer->tasks.size() > n) log::warn("task.lease_overflow", {{"extra", answer->tasks.size() - n}});
+    if (answer->tasks.empty()) work_waiting_ = false;
+  }
+
+  // The slim inventory that rides on every heartbeat as capabilities "KEY=VALUE" (a selector
+  // k=v can match them; labels stay the operator's): os, os_version, kernel, cpu_model,
+  // vendor, product. The whole inventory is the `inventory` task.
+  void slim_inventory() {
+    const Json inv = tasks::collect_inventory(config_.root);
+    const auto put = [&](const std::string& key, const Json& v) {
+      if (v.is_string() && !v.get<std::string>().empty()) inventory_caps_.push_back(key + "=" + v.get<std::string>().substr(0, 128));
+    };
+    put("os", inv["os"]["id"]);
+    put("os_version", inv["os"]["version_id"]);
+    put("kernel", inv["kernel"]["release"]);
+    put("cpu_model", inv["cpu"]["model"]);
+    put("vendor", inv["dmi"]["sys_vendor"]);
+    put("product", inv["dmi"]["product_name"]);
+  }
+
+  std::unique_ptr<tasks::TaskChannel> task_channel() {
+    TlsOptions tls;
+    {
+      std::lock_guard l(tls_mutex_);
+      tls = task_tls_;
+    }
+    return std::make_unique<ControlTaskChannel>(ControlClient(control_url_, make_http_(tls)));
+  }
+
+  // What selectors can match beside labels: the task kinds this agent runs, and host features.
+  std::vector<std::string> capabilities() const {
+    std::vector<std::string> caps;
+    for (const auto& k : tasks::kind_names()) caps.push_back("task." + k);
+    std::error_code ec;
+    if (std::filesystem::exists(config_.root / "run/systemd/system", ec)) caps.push_back("systemd");
+    if (std::filesystem::exists(config_.root / "dev/kvm", ec)) caps.push_back("kvm");
+    caps.insert(caps.end(), inventory_caps_.begin(), inventory_caps_.end());
+    return caps;
   }
 
   const AgentConfig& config_;
@@ -237,6 +400,14 @@ class Loop {
   std::string last_rotation_error_;
   bool ready_sent_ = false;
   ServiceStatus status_;
+  // Tasks and events (issue 13).
+  std::mutex tls_mutex_;
+  TlsOptions task_tls_;  // the current client certificate, for task threads' connections
+  std::unique_ptr<events::EventBuffer> events_;
+  std::optional<tasks::Runner> runner_;  // declared last: its threads stop first
+  bool work_waiting_ = false;
+  std::uint64_t dropped_reported_ = 0;
+  std::vector<std::string> inventory_caps_;
 };
 
 }  // namespace

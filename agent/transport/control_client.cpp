@@ -62,4 +62,38 @@ Result<protocol::HeartbeatResponse> ControlClient::heartbeat(const protocol::Hea
   return protocol::decode_heartbeat_response(*body);
 }
 
+Result<protocol::LeaseResponse> ControlClient::lease(const protocol::LeaseRequest& request) {
+  auto body = post("/v1/tasks/lease", protocol::to_json(request));
+  if (!body) return fail(body.error());
+  return protocol::decode_lease_response(*body);
+}
+
+namespace {
+// A task id goes into a URL path: only the characters of a UUID are accepted.
+bool plain_id(std::string_view id) {
+  return !id.empty() && id.size() <= 64 && id.find_first_not_of("0123456789abcdefABCDEF-") == std::string_view::npos;
+}
+}  // namespace
+
+Result<protocol::ExtendResponse> ControlClient::extend(std::string_view task_id, const protocol::ExtendRequest& request) {
+  if (!plain_id(task_id)) return fail(Errc::data, "task id '" + std::string(task_id.substr(0, 80)) + "': not a UUID");
+  auto body = post("/v1/tasks/" + std::string(task_id) + "/extend", protocol::to_json(request));
+  if (!body) return fail(body.error());
+  return protocol::decode_extend_response(*body);
+}
+
+Result<protocol::CompleteResponse> ControlClient::complete(std::string_view task_id,
+                                                           const protocol::CompleteRequest& request) {
+  if (!plain_id(task_id)) return fail(Errc::data, "task id '" + std::string(task_id.substr(0, 80)) + "': not a UUID");
+  auto body = post("/v1/tasks/" + std::string(task_id) + "/complete", protocol::to_json(request));
+  if (!body) return fail(body.error());
+  return protocol::decode_complete_response(*body);
+}
+
+Result<protocol::EventBatchResponse> ControlClient::send_events(const protocol::EventBatch& batch) {
+  auto body = post("/v1/events", protocol::to_json(batch));
+  if (!body) return fail(body.error());
+  return protocol::decode_event_batch_response(*body);
+}
+
 }  // namespace cairn::agent

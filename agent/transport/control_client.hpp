@@ -10,6 +10,7 @@
 
 #include "common/http.hpp"
 #include "common/protocol/messages.hpp"
+#include "common/protocol/tasks.hpp"
 #include "common/result.hpp"
 
 namespace cairn::agent {
@@ -26,6 +27,12 @@ class ControlClient {
   Result<protocol::CertificateResponse> enroll(std::string_view token, const protocol::EnrollRequest& request);
   Result<protocol::CertificateResponse> rotate(const protocol::RotateRequest& request);
   Result<protocol::HeartbeatResponse> heartbeat(const protocol::HeartbeatRequest& request);
+  // Tasks and events (issue 13): POST /v1/tasks/lease, /v1/tasks/{id}/extend,
+  // /v1/tasks/{id}/complete, /v1/events. A stale fence comes back as Errc::refused (409).
+  Result<protocol::LeaseResponse> lease(const protocol::LeaseRequest& request);
+  Result<protocol::ExtendResponse> extend(std::string_view task_id, const protocol::ExtendRequest& request);
+  Result<protocol::CompleteResponse> complete(std::string_view task_id, const protocol::CompleteRequest& request);
+  Result<protocol::EventBatchResponse> send_events(const protocol::EventBatch& batch);
 
   [[nodiscard]] const std::string& base_url() const { return base_url_; }
 

@@ -80,7 +80,7 @@ class FakeControl {
       heartbeats_.push_back({clock_.now(), *hb});
       if (!up_) return fail(Errc::unavailable, "connect to " + req.url + ": Connection refused");
       ++acked_;
-      return ok(protocol::HeartbeatResponse{{}, format_rfc3339(clock_.now()), interval_.count()});
+      return ok(protocol::HeartbeatResponse{{}, format_rfc3339(clock_.now()), interval_.count(), false, {}});
     }
     if (req.url.ends_with("/v1/certificates/rotate")) {
       rotations_.push_back(clock_.now());
