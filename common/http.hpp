@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,6 +28,13 @@ struct HttpRequest {
   std::chrono::milliseconds total_timeout{10000};
   std::size_t max_response_bytes = 1 << 20;  // a larger answer is an error, never truncated
   std::string protocols = "http,https";      // schemes allowed ("https": never in clear)
+  // Streaming download (OCI blobs): when set, the body of a 2xx answer goes to the sink chunk
+  // by chunk (with the status, so 200 and 206 can differ) instead of into HttpResponse::body;
+  // max_response_bytes still caps it. Returning false aborts the transfer (Errc::io).
+  // Bodies of other statuses still go to HttpResponse::body.
+  std::function<bool(long status, std::string_view chunk)> body_sink{};
+  // A transfer slower than 1 KiB/s for this long is aborted (Errc::unavailable); 0: off.
+  std::chrono::seconds stall_timeout{0};
 };
 
 struct HttpResponse {

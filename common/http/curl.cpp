@@ -32,11 +32,31 @@ struct Sink {
   HttpResponse* response;
   std::size_t max_bytes;
   bool overflow = false;
+  CURL* handle = nullptr;
+  const std::function<bool(long, std::string_view)>* stream = nullptr;  // HttpRequest::body_sink
+  std::size_t streamed = 0;
+  bool stream_refused = false;
 };
 
 std::size_t on_body(char* data, std::size_t size, std::size_t nmemb, void* user) {
   auto* sink = static_cast<Sink*>(user);
   const std::size_t n = size * nmemb;
+  if (sink->stream != nullptr && *sink->stream) {
+    long status = 0;
+    curl_easy_getinfo(sink->handle, CURLINFO_RESPONSE_CODE, &status);
+    if (status >= 200 && status < 300) {
+      if (sink->streamed + n > sink->max_bytes) {
+        sink->overflow = true;
+        return 0;
+      }
+      sink->streamed += n;
+      if (!(*sink->stream)(status, std::string_view(data, n))) {
+        sink->stream_refused = true;
+        return 0;
+      }
+      return n;
+    }
+  }
   if (sink->response->body.size() + n > sink->max_bytes) {
     sink->overflow = true;
     return 0;  // aborts the transfer with CURLE_WRITE_ERROR
@@ -123,6 +143,8 @@ class CurlClient final : public HttpClient {
 
     HttpResponse response;
     Sink sink{&response, req.max_response_bytes};
+    sink.handle = c;
+    sink.stream = &req.body_sink;
     char errbuf[CURL_ERROR_SIZE] = {};
     SlistPtr headers;
     for (const auto& [k, v] : req.headers) {
@@ -147,6 +169,10 @@ class CurlClient final : public HttpClient {
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(req.connect_timeout.count()));
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(req.total_timeout.count()));
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (req.stall_timeout.count() > 0) {
+      curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+      curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, static_cast<long>(req.stall_timeout.count()));
+    }
     // The connect timeout covers name resolution, but on a timeout libcurl joins its
     // resolver thread, which waits out getaddrinfo (10 s and more with a dead resolver).
     // QUICK_EXIT (7.87) lets the thread finish on its own, so the timeouts above bound
@@ -180,6 +206,10 @@ class CurlClient final : public HttpClient {
     }
 
     const CURLcode rc = curl_easy_perform(c);
+    if (sink.stream_refused) {
+      return fail(Errc::io, req.method + " " + req.url + ": the body could not be stored",
+                  "check the destination's free space and permissions");
+    }
     if (sink.overflow || rc == CURLE_FILESIZE_EXCEEDED) {
       return fail(Errc::data,
                   req.method + " " + req.url + ": response larger than " +

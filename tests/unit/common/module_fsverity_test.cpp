@@ -1,0 +1,132 @@
+// Our fs-verity digest equals fsverity-utils' `fsverity digest` (the kernel's format), and the
+// one-pass file digests agree whether computed on one thread or two.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "common/crypto.hpp"
+#include "common/fs.hpp"
+#include "common/module/fsverity.hpp"
+#include "tests/support/process.hpp"
+#include "tests/support/skip.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace cairn;
+using namespace cairn::module;
+
+namespace {
+
+// Deterministic, non-repeating content, so a misplaced block changes the digest.
+void write_pattern(const std::filesystem::path& path, std::uint64_t size) {
+  std::ofstream out(path, std::ios::binary);
+  std::mt19937_64 rng(size);
+  std::vector<char> buf(1 << 16);
+  while (size > 0) {
+    for (std::size_t i = 0; i < buf.size(); i += 8) {
+      const auto v = rng();
+      std::memcpy(buf.data() + i, &v, 8);
+    }
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(size, buf.size()));
+    out.write(buf.data(), static_cast<std::streamsize>(n));
+    size -= n;
+  }
+}
+
+// The program's absolute path on PATH (posix_spawn does not search), or "" when absent.
+std::string which(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path != nullptr ? path : "/usr/bin:/bin";
+  while (!dirs.empty()) {
+    const auto colon = dirs.find(':');
+    const auto candidate = std::filesystem::path(dirs.substr(0, colon)) / name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
+    if (colon == std::string_view::npos) break;
+    dirs.remove_prefix(colon + 1);
+  }
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("the fs-verity digest equals fsverity-utils for empty, tiny, block-edge and large files") {
+  const std::string fsverity = which("fsverity");
+  if (fsverity.empty()) CAIRN_SKIP("fsverity (fsverity-utils) is not installed; run tools/install-deps");
+  test::TempDir dir;
+  const std::uint64_t sizes[] = {0, 1, 4095, 4096, 4097, 4096 * 128, 4096 * 128 + 1, (1 << 20) + 1, 100ULL << 20};
+  for (const auto size : sizes) {
+    CAPTURE(size);
+    const auto path = dir.path() / ("f" + std::to_string(size));
+    write_pattern(path, size);
+    const auto tool = test::run_capture({fsverity, "digest", path.string()}, dir.path());
+    REQUIRE(tool.exit_code == 0);
+    auto ours = digest_file(path, 2);
+    REQUIRE(ours.has_value());
+    CHECK(tool.out == fsverity_display(ours->fsverity) + " " + path.string() + "\n");
+    CHECK(ours->size == size);
+    std::filesystem::remove(path);
+  }
+}
+
+TEST_CASE("one thread and two threads give the same digests, and the sha256 is the file's") {
+  test::TempDir dir;
+  const auto path = dir.path() / "img";
+  write_pattern(path, (3 << 20) + 12345);
+  auto one = digest_file(path, 1);
+  auto two = digest_file(path, 2);
+  REQUIRE(one.has_value());
+  REQUIRE(two.has_value());
+  CHECK(one->sha256 == two->sha256);
+  CHECK(one->fsverity == two->fsverity);
+  auto whole = read_file(path, 8 << 20);
+  REQUIRE(whole.has_value());
+  CHECK(one->sha256 == sha256_hex(*whole));
+}
+
+TEST_CASE("the streaming digest does not depend on how the bytes are chunked") {
+  std::string data(4096 * 3 + 77, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 31 + 7);
+  FsverityStream whole;
+  whole.update(data);
+  FsverityStream pieces;
+  for (std::size_t i = 0; i < data.size(); i += 1000) pieces.update(std::string_view(data).substr(i, 1000));
+  CHECK(whole.finish_hex() == pieces.finish_hex());
+}
+
+TEST_CASE("one flipped bit changes both digests") {
+  test::TempDir dir;
+  const auto path = dir.path() / "img";
+  write_pattern(path, 1 << 20);
+  auto before = digest_file(path);
+  REQUIRE(before.has_value());
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(700000);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x10);
+    f.seekp(700000);
+    f.write(&c, 1);
+  }
+  auto after = digest_file(path);
+  REQUIRE(after.has_value());
+  CHECK(after->sha256 != before->sha256);
+  CHECK(after->fsverity != before->fsverity);
+}
+
+TEST_CASE("a file over the size cap and a missing file are refused") {
+  test::TempDir dir;
+  const auto path = dir.path() / "img";
+  write_pattern(path, 5000);
+  auto big = digest_file(path, 2, 4096);
+  REQUIRE_FALSE(big.has_value());
+  CHECK(big.error().code == Errc::data);
+  auto missing = digest_file(dir.path() / "nope");
+  REQUIRE_FALSE(missing.has_value());
+  CHECK(missing.error().code == Errc::io);
+  CHECK(missing.error().message.find("nope") != std::string::npos);
+}
