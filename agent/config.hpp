@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/json.hpp"
 #include "common/result.hpp"
 #include "common/root.hpp"
 #include "identity/cascade.hpp"
@@ -49,6 +50,17 @@ struct AgentConfig {
   std::filesystem::path token_file;   // bootstrap token (default <persist>/cairn/bootstrap-token)
   std::map<std::string, std::string> labels;
   identity::Config identity;
+
+  // modules (issue 14), config file section "modules": {"registry": "HOST[:PORT]/PREFIX",
+  // "plain_http": false, "credentials_file": "...", "trust": {"NAME"|"*": ["key.pub", ...]},
+  // "union": "/run/cairn/union", "upper": "tmpfs"|"persist"}
+  std::string module_registry;                        // NAME:VERSION is fetched from HOST/PREFIX/NAME:VERSION
+  bool module_registry_plain_http = false;            // http://, only for a registry on loopback
+  std::filesystem::path module_registry_credentials;  // JSON {"username", "password"}, 0600
+  Json module_trust = nullptr;                        // the trust policy (agent/modules/verify.hpp)
+  std::filesystem::path module_config_file;           // resolves the policy's relative key paths
+  std::filesystem::path module_union;                 // union mount point (default <root>/run/cairn/union)
+  std::string module_upper = "tmpfs";                 // upper layer: tmpfs (ephemeral) or persist
 
   [[nodiscard]] std::filesystem::path state_dir() const { return persist_dir / "cairn"; }
 };
