@@ -32,6 +32,7 @@ Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig&
       cfg.module_config_file = path;
       if (auto u = m.find("union"); u != m.end()) cfg.module_union = host_path(*u);
       cfg.module_upper = m.value("upper", "tmpfs");
+      if (auto r = m.find("run_dir"); r != m.end()) cfg.module_run_dir = host_path(*r);
       if (cfg.module_upper != "tmpfs" && cfg.module_upper != "persist") {
         return fail(Errc::config, path.string() + ": modules.upper '" + cfg.module_upper + "'", "use tmpfs or persist");
       }
@@ -116,6 +117,7 @@ Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
   }
   if (cfg.token_file.empty()) cfg.token_file = cfg.state_dir() / "bootstrap-token";
   if (cfg.module_union.empty()) cfg.module_union = cfg.root / "run/cairn/union";  // modules (issue 14)
+  if (cfg.module_run_dir.empty()) cfg.module_run_dir = cfg.root / "run/cairn/modules";
 
   identity::Config id_defaults;
   id_defaults.root = cfg.root;

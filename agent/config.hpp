@@ -53,7 +53,7 @@ struct AgentConfig {
 
   // modules (issue 14), config file section "modules": {"registry": "HOST[:PORT]/PREFIX",
   // "plain_http": false, "credentials_file": "...", "trust": {"NAME"|"*": ["key.pub", ...]},
-  // "union": "/run/cairn/union", "upper": "tmpfs"|"persist"}
+  // "union": "/run/cairn/union", "upper": "tmpfs"|"persist", "run_dir": "/run/cairn/modules"}
   std::string module_registry;                        // NAME:VERSION is fetched from HOST/PREFIX/NAME:VERSION
   bool module_registry_plain_http = false;            // http://, only for a registry on loopback
   std::filesystem::path module_registry_credentials;  // JSON {"username", "password"}, 0600
@@ -61,6 +61,7 @@ struct AgentConfig {
   std::filesystem::path module_config_file;           // resolves the policy's relative key paths
   std::filesystem::path module_union;                 // union mount point (default <root>/run/cairn/union)
   std::string module_upper = "tmpfs";                 // upper layer: tmpfs (ephemeral) or persist
+  std::filesystem::path module_run_dir;               // layer mounts, staging (default <root>/run/cairn/modules)
 
   [[nodiscard]] std::filesystem::path state_dir() const { return persist_dir / "cairn"; }
 };

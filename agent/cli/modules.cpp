@@ -47,7 +47,7 @@ void add_modules(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       auto attached = store.load_attached();
       if (!attached) return out.error = attached.error(), out;
       auto mounter = modules::make_linux_mounter(config->root);
-      modules::UnionPaths paths{.mount_point = config->module_union, .run_dir = config->root / "run/cairn/modules",
+      modules::UnionPaths paths{.mount_point = config->module_union, .run_dir = config->module_run_dir,
                                 .persist_upper = {}, .upper_mode = modules::UpperMode::tmpfs};
       modules::UnionManager manager(*mounter, paths);
       auto state = manager.load_state();

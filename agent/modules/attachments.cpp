@@ -38,7 +38,7 @@ Result<ModulesEnv> modules_env(const AgentConfig& config) {
   if (!mode) return fail(mode.error());
   ModulesEnv env{.store = ModuleStore(config.state_dir() / "modules"),
                  .paths = UnionPaths{.mount_point = config.module_union,
-                                     .run_dir = config.root / "run/cairn/modules",
+                                     .run_dir = config.module_run_dir,
                                      .persist_upper = config.state_dir() / "modules/upper",
                                      .upper_mode = *mode},
                  .policy = std::move(*policy),
@@ -139,7 +139,7 @@ std::vector<protocol::ModuleRef> running_modules(const AgentConfig& config) {
   ModuleStore store(config.state_dir() / "modules");
   auto attached = store.load_attached();
   if (!attached) return out;
-  UnionPaths paths{.mount_point = config.module_union, .run_dir = config.root / "run/cairn/modules", .persist_upper = {},
+  UnionPaths paths{.mount_point = config.module_union, .run_dir = config.module_run_dir, .persist_upper = {},
                    .upper_mode = UpperMode::tmpfs};
   auto mounter = make_linux_mounter(config.root);
   UnionManager manager(*mounter, paths);
