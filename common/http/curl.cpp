@@ -28,6 +28,8 @@ void global_init_once() {
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
 
+constexpr std::size_t kMaxStreamErrorBody = 64 * 1024;
+
 struct Sink {
   HttpResponse* response;
   std::size_t max_bytes;
@@ -55,6 +57,11 @@ std::size_t on_body(char* data, std::size_t size, std::size_t nmemb, void* user)
         return 0;
       }
       return n;
+    }
+    // An error answer during a streamed download is read for its message only.
+    if (sink->response->body.size() + n > std::min<std::size_t>(sink->max_bytes, kMaxStreamErrorBody)) {
+      sink->overflow = true;
+      return 0;
     }
   }
   if (sink->response->body.size() + n > sink->max_bytes) {
@@ -182,7 +189,10 @@ class CurlClient final : public HttpClient {
 #endif
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, req.protocols.c_str());
-    curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(req.max_response_bytes));
+    // A HEAD answer has no body: its Content-Length (an OCI blob's size) is not a download.
+    if (req.method != "HEAD") {
+      curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(req.max_response_bytes));
+    }
     // Proxies from the environment must never see metadata or control traffic.
     curl_easy_setopt(c, CURLOPT_PROXY, "");
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);

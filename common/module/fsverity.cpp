@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -189,13 +190,13 @@ std::string fsverity_display(std::string_view hex) { return "sha256:" + std::str
 
 namespace {
 
-// The second thread of digest_file: runs the file SHA-256 over a buffer the reader hands it.
-class ShaWorker {
+// The second thread of digest_file: runs one job at a time for the reader.
+class Worker {
  public:
-  explicit ShaWorker(Sha256Stream& sha) : sha_(sha), thread_([this] { run(); }) {}
-  ShaWorker(const ShaWorker&) = delete;
-  ShaWorker& operator=(const ShaWorker&) = delete;
-  ~ShaWorker() {
+  Worker() : thread_([this] { run(); }) {}
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  ~Worker() {
     {
       std::lock_guard lock(mutex_);
       stop_ = true;
@@ -203,42 +204,38 @@ class ShaWorker {
     cv_.notify_all();
     thread_.join();
   }
-  void start(const unsigned char* data, std::size_t size) {
+  void start(std::function<void()> job) {
     {
       std::lock_guard lock(mutex_);
-      data_ = data;
-      size_ = size;
-      busy_ = true;
+      job_ = std::move(job);
     }
     cv_.notify_all();
   }
   void wait() {
     std::unique_lock lock(mutex_);
-    cv_.wait(lock, [this] { return !busy_; });
+    cv_.wait(lock, [this] { return !job_; });
   }
 
  private:
   void run() {
     std::unique_lock lock(mutex_);
     for (;;) {
-      cv_.wait(lock, [this] { return busy_ || stop_; });
-      if (busy_) {
+      cv_.wait(lock, [this] { return job_ || stop_; });
+      if (job_) {
+        auto job = job_;
         lock.unlock();
-        sha_.update(data_, size_);
+        job();
         lock.lock();
-        busy_ = false;
+        job_ = nullptr;
         cv_.notify_all();
       } else if (stop_) {
         return;
       }
     }
   }
-  Sha256Stream& sha_;
   std::mutex mutex_;
   std::condition_variable cv_;
-  const unsigned char* data_ = nullptr;
-  std::size_t size_ = 0;
-  bool busy_ = false;
+  std::function<void()> job_;
   bool stop_ = false;
   std::thread thread_;
 };
@@ -283,7 +280,10 @@ Result<FileDigests> digest_file(const std::filesystem::path& path, int threads, 
       verity.update(bufs[0].data(), *n);
     }
   } else {
-    ShaWorker worker(sha);
+    // The Merkle tree costs a little more than the plain SHA-256 (a hash init per 4 KiB block
+    // and the upper levels), so the worker takes the SHA-256 and the read of the next chunk,
+    // this thread the Merkle tree: the two sides stay about even.
+    Worker worker;
     auto n = read_full(fd.get(), bufs[0], path);
     if (!n) return fail(n.error());
     std::size_t cur = 0;
@@ -291,9 +291,12 @@ Result<FileDigests> digest_file(const std::filesystem::path& path, int threads, 
     while (len > 0) {
       total += len;
       if (total > max_size) return too_big();
-      worker.start(bufs[cur].data(), len);
+      Result<std::size_t> next = 0;
+      worker.start([&, cur, len] {
+        sha.update(bufs[cur].data(), len);
+        next = read_full(fd.get(), bufs[cur ^ 1], path);
+      });
       verity.update(bufs[cur].data(), len);
-      auto next = read_full(fd.get(), bufs[cur ^ 1], path);  // overlaps the worker's hashing
       worker.wait();
       if (!next) return fail(next.error());
       cur ^= 1;

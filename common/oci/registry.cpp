@@ -340,8 +340,11 @@ Result<Descriptor> Registry::upload(const std::string& repo, const Descriptor& d
   if (!exists) return fail(exists.error());
   if (*exists) return d;
   const std::string what = "upload of " + d.digest + " to " + host_ + "/" + repo;
+  // Each request is retried on 5xx by send(). An upload session the registry no longer
+  // knows or whose offset went wrong (404, 416, 400 after a half-applied chunk) is
+  // abandoned and the blob sent again in a new session, up to `attempts` sessions.
+  auto session_lost = [](long status) { return status == 404 || status == 416 || status == 400; };
   Error last{Errc::unavailable, what + ": no attempt", {}};
-  // A failed upload session cannot be trusted half-way: each try starts a new one.
   for (int attempt = 0; attempt < std::max(1, options_.attempts); ++attempt) {
     if (attempt > 0) {
       back_off(attempt - 1);
@@ -353,15 +356,14 @@ Result<Descriptor> Registry::upload(const std::string& repo, const Descriptor& d
     auto started = send(start, repo);
     if (!started) return fail(started.error().with_context(what));
     if (started->status != 202 || !started->header("location")) {
-      last = Error{retryable_status(started->status) ? Errc::unavailable : Errc::refused,
-                   what + ": starting the upload: " + registry_error(*started), "check the repository name and your rights"};
-      if (last.code != Errc::unavailable) return fail(last);
-      continue;
+      return fail(started->status == 401 || started->status == 403 ? Errc::refused : Errc::unavailable,
+                  what + ": starting the upload: " + registry_error(*started), "check the repository name and your rights");
     }
     std::string location = absolute(*started->header("location"));
-    bool failed = false;
+    bool lost = false;
     std::uint64_t offset = 0;
     const bool chunked = d.size > options_.chunk_size;
+    const auto long_timeout = std::chrono::milliseconds(std::max<std::int64_t>(options_.request_timeout.count(), 600000));
     while (chunked && offset < d.size) {
       const std::uint64_t len = std::min(options_.chunk_size, d.size - offset);
       auto bytes = read(offset, len);
@@ -370,30 +372,29 @@ Result<Descriptor> Registry::upload(const std::string& repo, const Descriptor& d
       patch.method = "PATCH";
       patch.url = location;
       patch.body = std::move(*bytes);
-      patch.total_timeout = std::chrono::milliseconds(std::max<std::int64_t>(options_.request_timeout.count(), 600000));
+      patch.total_timeout = long_timeout;
       patch.stall_timeout = options_.stall_timeout;
       patch.headers = {{"Content-Type", "application/octet-stream"},
                        {"Content-Range", std::to_string(offset) + "-" + std::to_string(offset + len - 1)}};
-      patch.protocols = options_.scheme;
-      HttpRequest once = patch;
-      auto answered = send_once(once, repo);  // not retried alone: the session may be broken
-      if (!answered || answered->status != 202 || !answered->header("location")) {
-        last = answered ? Error{retryable_status(answered->status) ? Errc::unavailable : Errc::refused,
-                                what + ": chunk at " + std::to_string(offset) + ": " + registry_error(*answered), {}}
-                        : answered.error().with_context(what);
-        if (last.code != Errc::unavailable) return fail(last);
-        failed = true;
+      auto answered = send(patch, repo);
+      if (!answered) return fail(answered.error().with_context(what));
+      if (session_lost(answered->status)) {
+        last = Error{Errc::unavailable, what + ": chunk at " + std::to_string(offset) + ": " + registry_error(*answered), {}};
+        lost = true;
         break;
+      }
+      if (answered->status != 202 || !answered->header("location")) {
+        return fail(answered->status == 401 || answered->status == 403 ? Errc::refused : Errc::unavailable,
+                    what + ": chunk at " + std::to_string(offset) + ": " + registry_error(*answered));
       }
       location = absolute(*answered->header("location"));
       offset += len;
     }
-    if (failed) continue;
+    if (lost) continue;
     HttpRequest put;
     put.method = "PUT";
     put.url = location + (location.find('?') == std::string::npos ? "?" : "&") + "digest=" + url_encode(d.digest);
-    put.protocols = options_.scheme;
-    put.total_timeout = std::chrono::milliseconds(std::max<std::int64_t>(options_.request_timeout.count(), 600000));
+    put.total_timeout = long_timeout;
     put.stall_timeout = options_.stall_timeout;
     put.headers = {{"Content-Type", "application/octet-stream"}};
     if (!chunked) {
@@ -401,16 +402,15 @@ Result<Descriptor> Registry::upload(const std::string& repo, const Descriptor& d
       if (!bytes) return fail(bytes.error());
       put.body = std::move(*bytes);
     }
-    auto done = send_once(put, repo);
-    if (!done) {
-      last = done.error().with_context(what);
-      if (last.code != Errc::unavailable) return fail(last);
+    auto done = send(put, repo);
+    if (!done) return fail(done.error().with_context(what));
+    if (done->status == 201) return d;
+    if (session_lost(done->status)) {
+      last = Error{Errc::unavailable, what + ": " + registry_error(*done), {}};
       continue;
     }
-    if (done->status == 201) return d;
-    last = Error{retryable_status(done->status) ? Errc::unavailable : Errc::data, what + ": " + registry_error(*done),
-                 "the registry did not accept the blob"};
-    if (last.code != Errc::unavailable) return fail(last);
+    return fail(done->status == 401 || done->status == 403 ? Errc::refused : Errc::data, what + ": " + registry_error(*done),
+                "the registry did not accept the blob (a digest mismatch means the file changed while being sent)");
   }
   return fail(last);
 }
@@ -528,7 +528,7 @@ Result<std::string> Registry::get_blob_bytes(const std::string& repo, const Desc
   }
   HttpRequest req;
   req.url = url("/v2/" + repo + "/blobs/" + d.digest);
-  req.max_response_bytes = static_cast<std::size_t>(d.size);
+  req.max_response_bytes = std::max<std::size_t>(static_cast<std::size_t>(d.size), 64 * 1024);  // room for an error body
   auto r = send(req, repo);
   if (!r) return fail(r.error().with_context(what));
   if (r->status != 200) {
@@ -586,7 +586,9 @@ Status Registry::fetch_blob(const std::string& repo, const Descriptor& d, const 
     HttpRequest req;
     req.url = url("/v2/" + repo + "/blobs/" + d.digest);
     if (have > 0) req.headers.emplace_back("Range", "bytes=" + std::to_string(have) + "-");
-    req.max_response_bytes = static_cast<std::size_t>(d.size - have) + 1;
+    // A registry ignoring the Range sends the whole blob again (200): that is allowed here, and
+    // the sink refuses anything past the descriptor's size.
+    req.max_response_bytes = static_cast<std::size_t>(d.size) + 1;
     req.total_timeout = std::chrono::hours(6);
     req.stall_timeout = options_.stall_timeout;
     req.protocols = options_.scheme;
