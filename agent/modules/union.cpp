@@ -357,6 +357,15 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
     remove_tree(old_base / ("work-" + std::to_string(current->generation)));
   }
   if (auto ok = write_file_atomic(paths_.run_dir / "union.json", dump_json(to_json(next), 2)); !ok) return fail(ok.error());
+  if (next.layers.empty()) {
+    // No union left: the ephemeral upper goes with it, and the run dir's own mount.
+    for (const auto& [dir, lazy] : {std::pair{paths_.run_dir / "upper", true}, std::pair{paths_.run_dir, false}}) {
+      auto mounted = mounter_.is_mount_point(dir);
+      if (mounted && *mounted) {
+        if (auto ok = mounter_.unmount(dir, lazy); !ok) log::warn("modules.cleanup_failed", {{"path", dir.string()}, {"error", ok.error().message}});
+      }
+    }
+  }
   outcome.state = std::move(next);
   for (const auto& e : outcome.excluded) log::warn("modules.excluded", {{"module", e.name}, {"reason", e.reason}});
   return outcome;
