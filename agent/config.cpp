@@ -23,6 +23,28 @@ Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig&
     if (auto it = j.find("ca_fingerprint"); it != j.end()) cfg.ca_fingerprint = it->get<std::string>();
     if (auto it = j.find("token_file"); it != j.end()) cfg.token_file = host_path(*it);
     if (auto it = j.find("labels"); it != j.end()) cfg.labels = it->get<std::map<std::string, std::string>>();
+    // modules (issue 14)
+    if (auto it = j.find("modules"); it != j.end()) {
+      const Json& m = *it;
+      if (!m.is_object()) return fail(Errc::config, path.string() + ": \"modules\" is not an object");
+      cfg.module_registry = m.value("registry", "");
+      cfg.module_registry_plain_http = m.value("plain_http", false);
+      if (auto c = m.find("credentials_file"); c != m.end()) cfg.module_registry_credentials = host_path(*c);
+      if (auto t = m.find("trust"); t != m.end()) cfg.module_trust = *t;
+      cfg.module_config_file = path;
+      if (auto u = m.find("union"); u != m.end()) cfg.module_union = host_path(*u);
+      cfg.module_upper = m.value("upper", "tmpfs");
+      if (auto r = m.find("run_dir"); r != m.end()) cfg.module_run_dir = host_path(*r);
+      if (cfg.module_upper != "tmpfs" && cfg.module_upper != "persist") {
+        return fail(Errc::config, path.string() + ": modules.upper '" + cfg.module_upper + "'", "use tmpfs or persist");
+      }
+      const auto host = cfg.module_registry.substr(0, cfg.module_registry.find('/'));
+      if (cfg.module_registry_plain_http && !host.starts_with("127.0.0.1") && !host.starts_with("localhost") &&
+          !host.starts_with("[::1]")) {
+        return fail(Errc::config, path.string() + ": modules.plain_http for registry '" + host + "', which is not on loopback",
+                    "speak https to a registry off this machine");
+      }
+    }
   } catch (const nlohmann::json::exception& e) {
     return fail(Errc::config, path.string() + ": " + e.what(), "fix the value's type in the config file");
   }
@@ -129,6 +151,8 @@ Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
     cfg.ca_fingerprint = hex;
   }
   if (cfg.token_file.empty()) cfg.token_file = cfg.state_dir() / "bootstrap-token";
+  if (cfg.module_union.empty()) cfg.module_union = cfg.root / "run/cairn/union";  // modules (issue 14)
+  if (cfg.module_run_dir.empty()) cfg.module_run_dir = cfg.root / "run/cairn/modules";
 
   identity::Config id_defaults;
   id_defaults.root = cfg.root;

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/json.hpp"
 #include "common/result.hpp"
 #include "common/root.hpp"
 #include "identity/cascade.hpp"
@@ -61,6 +62,17 @@ struct AgentConfig {
   // room for the kill grace (5 s), the completions and the event flush.
   std::chrono::seconds task_stop_timeout{20};
   std::string services_dir = "/var/lib/cairn/services";  // a host path (used through root)
+  // modules (issue 14), config file section "modules": {"registry": "HOST[:PORT]/PREFIX",
+  // "plain_http": false, "credentials_file": "...", "trust": {"NAME"|"*": ["key.pub", ...]},
+  // "union": "/run/cairn/union", "upper": "tmpfs"|"persist", "run_dir": "/run/cairn/modules"}
+  std::string module_registry;                        // NAME:VERSION is fetched from HOST/PREFIX/NAME:VERSION
+  bool module_registry_plain_http = false;            // http://, only for a registry on loopback
+  std::filesystem::path module_registry_credentials;  // JSON {"username", "password"}, 0600
+  Json module_trust = nullptr;                        // the trust policy (agent/modules/verify.hpp)
+  std::filesystem::path module_config_file;           // resolves the policy's relative key paths
+  std::filesystem::path module_union;                 // union mount point (default <root>/run/cairn/union)
+  std::string module_upper = "tmpfs";                 // upper layer: tmpfs (ephemeral) or persist
+  std::filesystem::path module_run_dir;               // layer mounts, staging (default <root>/run/cairn/modules)
 
   [[nodiscard]] std::filesystem::path state_dir() const { return persist_dir / "cairn"; }
 };

@@ -20,5 +20,9 @@ void add_task(CLI::App& app, const GlobalOptions& global, int& exit_code);      
 // Runs one task kind locally (exec and task run share it; task.cpp).
 CommandOutcome run_task_command(const GlobalOptions& global, const std::string& kind, const Json& args,
                                 std::int64_t timeout_s);
+// modules (issue 14)
+void add_verify(CLI::App& app, const GlobalOptions& global, int& exit_code);   // verify.cpp
+void add_attach(CLI::App& app, const GlobalOptions& global, int& exit_code);   // attach.cpp
+void add_modules(CLI::App& app, const GlobalOptions& global, int& exit_code);  // modules.cpp (modules, detach)
 
 }  // namespace cairn::agent::cli

@@ -12,6 +12,7 @@
 #include "agent/tasks/inventory.hpp"
 #include "agent/tasks/runner.hpp"
 #include "agent/enroll/enroll.hpp"
+#include "agent/modules/attachments.hpp"
 #include "agent/runtime/status_file.hpp"
 #include "agent/runtime/system_stats.hpp"
 #include "agent/transport/control_client.hpp"
@@ -218,6 +219,9 @@ class Loop {
     collect_system_stats(config_.root, config_.persist_dir, hb);
     hb.agent_version = CAIRN_VERSION;
     hb.mount_state = "none";  // modules arrive with the modules issue
+    hb.modules = modules::running_modules(config_);  // modules (issue 14): the running digests
+    const bool all_mounted = std::all_of(hb.modules.begin(), hb.modules.end(), [](const auto& m) { return m.mounted; });
+    if (!hb.modules.empty()) hb.mount_state = all_mounted ? "mounted" : "degraded";
     hb.cert_not_after = format_rfc3339(creds_->cert.not_after);
     hb.labels = config_.labels;
     hb.capabilities = capabilities();

@@ -1,0 +1,49 @@
+// `cairn-agent attach NAME[@VERSION]`: fetch the module from the configured registry, verify
+// it against the trust policy, store it and remount the union with it (atomically: a failure
+// leaves the union as it was).
+#include "agent/cli/commands.hpp"
+#include "agent/cli/modules_report.hpp"
+#include "agent/cli/report.hpp"
+#include "agent/modules/attachments.hpp"
+#include "common/time.hpp"
+
+namespace cairn::agent::cli {
+
+void add_attach(CLI::App& app, const GlobalOptions& global, int& exit_code) {
+  auto* cmd = app.add_subcommand("attach", "fetch, verify and mount a module into the union");
+  auto spec = std::make_shared<std::string>();
+  auto required = std::make_shared<bool>(false);
+  cmd->add_option("NAME[@VERSION]", *spec, "the module (VERSION is its tag; default latest)")->required();
+  cmd->add_flag("--required", *required, "a later change that would leave this module out is refused instead");
+  cmd->callback([&global, &exit_code, spec, required] {
+    exit_code = run_command("attach", global.json, [&]() -> CommandOutcome {
+      CommandOutcome out{.stage = "config"};
+      auto config = load_agent_config(global);
+      if (!config) return out.error = config.error(), out;
+      auto env = modules::modules_env(*config);
+      if (!env) return out.error = env.error(), out;
+      const auto at = spec->find('@');
+      const std::string name = spec->substr(0, at);
+      const std::string version = at == std::string::npos ? "latest" : spec->substr(at + 1);
+      if (!env->registry) {
+        out.error = Error{Errc::config, "no module registry configured", "set modules.registry in the agent's config"};
+        return out;
+      }
+      out.stage = "attach.fetch";
+      auto http = oci::make_registry_http(env->registry->options);
+      oci::Registry registry(*http, env->registry->host, env->registry->options);
+      auto module = modules::fetch_and_verify(*env, registry, name, version, format_rfc3339(SystemClock::instance().now()));
+      if (!module) return out.error = module.error(), out;
+      module->required = *required;
+      out.stage = "attach.mount";
+      auto mounter = modules::make_linux_mounter(config->root);
+      auto change = modules::attach(*env, *mounter, std::move(*module));
+      if (!change) return out.error = change.error(), out;
+      out.details = change_details(*change);
+      out.human = "attached " + name + "\n" + change_human(*change);
+      return out;
+    });
+  });
+}
+
+}  // namespace cairn::agent::cli

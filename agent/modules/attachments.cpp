@@ -1,0 +1,157 @@
+#include "agent/modules/attachments.hpp"
+
+#include <algorithm>
+
+#include "common/module/manifest.hpp"
+#include "common/module/signature.hpp"
+#include "common/oci/module_artifact.hpp"
+
+namespace cairn::agent::modules {
+namespace {
+
+std::vector<Layer> layers_of(const ModuleStore& store, const std::vector<AttachedModule>& attached) {
+  std::vector<Layer> out;
+  for (const auto& a : attached) {
+    Layer l;
+    l.name = a.name;
+    l.version = a.version;
+    l.priority = a.priority;
+    l.image_digest = a.image_digest;
+    l.image = store.blob_path(a.image_digest).value_or(std::filesystem::path());
+    l.required = a.required;
+    l.depends = a.depends;
+    out.push_back(std::move(l));
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<ModulesEnv> modules_env(const AgentConfig& config) {
+  auto policy = trust_policy_from_json(config.module_trust, [&](const std::string& value) {
+    return config_file_path(config.root, config.module_config_file, value);
+  });
+  if (!policy) return fail(policy.error());
+  auto registry = registry_settings(config);
+  if (!registry) return fail(registry.error());
+  auto mode = parse_upper_mode(config.module_upper);
+  if (!mode) return fail(mode.error());
+  ModulesEnv env{.store = ModuleStore(config.state_dir() / "modules"),
+                 .paths = UnionPaths{.mount_point = config.module_union,
+                                     .run_dir = config.module_run_dir,
+                                     .persist_upper = config.state_dir() / "modules/upper",
+                                     .upper_mode = *mode},
+                 .policy = std::move(*policy),
+                 .registry = std::move(*registry)};
+  return env;
+}
+
+Result<ChangeOutcome> apply_set(ModulesEnv& env, Mounter& mounter, std::vector<AttachedModule> next) {
+  auto checks = default_checks([&](const Layer& l) -> Status {
+    auto it = std::find_if(next.begin(), next.end(), [&](const AttachedModule& a) { return a.name == l.name; });
+    if (it == next.end()) return fail(Errc::internal, "layer " + l.name + " without an attached module");
+    return reverify_attached(env.store, *it, env.policy);
+  });
+  UnionManager manager(mounter, env.paths);
+  auto outcome = manager.apply(layers_of(env.store, next), checks);
+  if (!outcome) return fail(outcome.error());
+  ChangeOutcome change;
+  for (auto& a : next) {
+    const bool left_out = std::any_of(outcome->excluded.begin(), outcome->excluded.end(),
+                                      [&](const Exclusion& e) { return e.name == a.name; });
+    if (!left_out) change.attached.push_back(std::move(a));
+  }
+  if (auto ok = env.store.save_attached(change.attached); !ok) return fail(ok.error());
+  auto removed = env.store.collect_garbage(change.attached);
+  if (!removed) return fail(removed.error().with_context("garbage collection"));
+  change.gc_removed = *removed;
+  change.union_outcome = std::move(*outcome);
+  return change;
+}
+
+Result<AttachedModule> fetch_and_verify(ModulesEnv& env, oci::Registry& registry, const std::string& name,
+                                        const std::string& version, const std::string& now_rfc3339) {
+  if (!env.registry) {
+    return fail(Errc::config, "no module registry configured", "set \"registry\" in the \"modules\" section of the agent's config");
+  }
+  auto ref = module_reference(*env.registry, name, version);
+  if (!ref) return fail(ref.error());
+  auto fetched = fetch_module(registry, *ref, env.store);
+  if (!fetched) return fail(fetched.error());
+  VerifyRequest request{.manifest_text = fetched->manifest_text, .signatures = fetched->signatures, .image = fetched->image,
+                        .expect_name = name, .expect_version = version == "latest" ? std::nullopt : std::optional(version),
+                        .enable_verity = true};
+  auto verified = verify_module(request, env.policy);
+  if (!verified) {
+    // What failed verification is not kept: the next attempt fetches it again.
+    std::error_code ec;
+    std::filesystem::remove(fetched->image, ec);
+    return fail(verified.error().with_context("verify " + ref->str()));
+  }
+  auto manifest_digest = env.store.put_bytes(fetched->manifest_text);
+  if (!manifest_digest) return fail(manifest_digest.error());
+  auto signature_digest = env.store.put_bytes(fetched->signatures[verified->signature_index]);
+  if (!signature_digest) return fail(signature_digest.error());
+  const auto& m = verified->manifest;
+  return AttachedModule{.name = m.name, .version = m.version, .priority = m.priority, .required = false,
+                        .depends = m.dependencies, .image_digest = fetched->image_digest,
+                        .fsverity_digest = module::fsverity_display(m.fsverity), .manifest_digest = *manifest_digest,
+                        .signature_digest = *signature_digest, .key_id = verified->key_id, .source = fetched->reference,
+                        .verity = verified->verity, .attached_at = now_rfc3339};
+}
+
+Result<ChangeOutcome> attach(ModulesEnv& env, Mounter& mounter, AttachedModule module) {
+  auto current = env.store.load_attached();
+  if (!current) return fail(current.error());
+  auto next = *current;
+  std::erase_if(next, [&](const AttachedModule& a) { return a.name == module.name; });
+  const std::string name = module.name;
+  next.push_back(std::move(module));
+  auto change = apply_set(env, mounter, std::move(next));
+  if (!change) return fail(change.error());
+  for (const auto& e : change->union_outcome.excluded) {
+    if (e.name != name) continue;
+    // Left out: put the previous set back (the old version of this module, if any).
+    auto restored = apply_set(env, mounter, *current);
+    if (!restored) return fail(restored.error().with_context("module " + name + " was left out (" + e.reason + "), then restoring the previous set"));
+    return fail(Errc::refused, "module " + name + " could not join the union: " + e.reason, "the previous set is mounted again");
+  }
+  return change;
+}
+
+Result<ChangeOutcome> detach(ModulesEnv& env, Mounter& mounter, const std::string& name) {
+  auto current = env.store.load_attached();
+  if (!current) return fail(current.error());
+  auto next = *current;
+  if (std::erase_if(next, [&](const AttachedModule& a) { return a.name == name; }) == 0) {
+    return fail(Errc::usage, "module " + name + " is not attached", "cairn-agent modules lists the attached ones");
+  }
+  for (const auto& a : next) {
+    if (std::find(a.depends.begin(), a.depends.end(), name) != a.depends.end()) {
+      return fail(Errc::refused, "module " + a.name + " depends on " + name, "detach " + a.name + " first");
+    }
+  }
+  return apply_set(env, mounter, std::move(next));
+}
+
+std::vector<protocol::ModuleRef> running_modules(const AgentConfig& config) {
+  std::vector<protocol::ModuleRef> out;
+  ModuleStore store(config.state_dir() / "modules");
+  auto attached = store.load_attached();
+  if (!attached) return out;
+  UnionPaths paths{.mount_point = config.module_union, .run_dir = config.module_run_dir, .persist_upper = {},
+                   .upper_mode = UpperMode::tmpfs};
+  auto mounter = make_linux_mounter(config.root);
+  UnionManager manager(*mounter, paths);
+  auto state = manager.load_state();
+  for (const auto& a : *attached) {
+    bool mounted = false;
+    if (state) {
+      for (const auto& l : state->layers) mounted = mounted || (l.name == a.name && l.image_digest == a.image_digest);
+    }
+    out.push_back({a.name, a.image_digest, mounted});
+  }
+  return out;
+}
+
+}  // namespace cairn::agent::modules

@@ -1,0 +1,54 @@
+// The operations on the node's set of attached modules, over the store, verify, fetch and
+// the union: attach (fetch, verify, store, remount), detach, and reconcile with a desired set.
+// Each change re-verifies every module before it is mounted, applies the union atomically,
+// then saves the attached list and collects the store's garbage.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/config.hpp"
+#include "agent/modules/fetch.hpp"
+#include "agent/modules/mounter.hpp"
+#include "agent/modules/store.hpp"
+#include "agent/modules/union.hpp"
+#include "agent/modules/verify.hpp"
+#include "common/protocol/messages.hpp"
+
+namespace cairn::agent::modules {
+
+struct ModulesEnv {
+  ModuleStore store;
+  UnionPaths paths;
+  TrustPolicy policy;
+  std::optional<RegistrySettings> registry;
+};
+// From the agent's configuration: store <persist>/cairn/modules, run dir <root>/run/cairn/modules.
+Result<ModulesEnv> modules_env(const AgentConfig& config);
+
+struct ChangeOutcome {
+  std::vector<AttachedModule> attached;
+  UnionOutcome union_outcome;
+  std::size_t gc_removed = 0;
+};
+
+// Makes `next` the attached set: re-verifies, mounts the union, saves, collects garbage.
+// Modules the union left out stay out of the saved list (their reasons in union_outcome).
+Result<ChangeOutcome> apply_set(ModulesEnv& env, Mounter& mounter, std::vector<AttachedModule> next);
+
+// Fetches NAME:VERSION from the registry, verifies it against the trust policy (and the
+// expected name and version), stores its parts. Does not attach it.
+Result<AttachedModule> fetch_and_verify(ModulesEnv& env, oci::Registry& registry, const std::string& name,
+                                        const std::string& version, const std::string& now_rfc3339);
+
+// Attach: `module` replaces any attached one of the same name. When the union leaves it out,
+// the previous set is put back and the reason returned as the error.
+Result<ChangeOutcome> attach(ModulesEnv& env, Mounter& mounter, AttachedModule module);
+// Errc::usage when no such module is attached.
+Result<ChangeOutcome> detach(ModulesEnv& env, Mounter& mounter, const std::string& name);
+
+// What the heartbeat reports: each attached module's image digest and whether it is mounted.
+std::vector<protocol::ModuleRef> running_modules(const AgentConfig& config);
+
+}  // namespace cairn::agent::modules

@@ -1,0 +1,399 @@
+#include "agent/modules/union.hpp"
+
+#include <sys/vfs.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <system_error>
+
+#include "common/fs.hpp"
+#include "common/log.hpp"
+
+namespace cairn::agent::modules {
+namespace {
+
+constexpr long kOverlayfsMagic = 0x794c7630;  // OVERLAYFS_SUPER_MAGIC, linux/magic.h
+constexpr std::size_t kMaxStateBytes = 1 << 20;
+
+std::filesystem::path release_file(const std::filesystem::path& dir, const std::string& name) {
+  return dir / "usr/lib/extension-release.d" / ("extension-release." + name);
+}
+
+std::string hex_of(const std::string& digest) {
+  const auto colon = digest.find(':');
+  return colon == std::string::npos ? digest : digest.substr(colon + 1);
+}
+
+// Where a layer's image is mounted: one directory per name and image, so an unchanged
+// module keeps its mount across changes of the set.
+std::filesystem::path layer_dir(const UnionPaths& paths, const Layer& layer) {
+  return paths.run_dir / "layers" / (layer.name + "-" + hex_of(layer.image_digest).substr(0, 16));
+}
+
+void remove_tree(const std::filesystem::path& p) {
+  std::error_code ec;
+  std::filesystem::remove_all(p, ec);
+  if (ec) log::warn("modules.cleanup_failed", {{"path", p.string()}, {"error", ec.message()}});
+}
+
+}  // namespace
+
+std::string_view upper_mode_name(UpperMode mode) { return mode == UpperMode::persist ? "persist" : "tmpfs"; }
+
+Result<UpperMode> parse_upper_mode(std::string_view text) {
+  if (text == "tmpfs") return UpperMode::tmpfs;
+  if (text == "persist") return UpperMode::persist;
+  return fail(Errc::config, "upper mode '" + std::string(text) + "': unknown", "use tmpfs (ephemeral) or persist");
+}
+
+bool valid_module_name(std::string_view name) {
+  if (name.empty() || name.size() > 64 || name == "." || name == "..") return false;
+  const auto ok = [](char c, bool first) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (!first && (c == '.' || c == '_' || c == '-'));
+  };
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    if (!ok(name[i], i == 0)) return false;
+  }
+  return true;
+}
+
+Json to_json(const UnionState& s) {
+  Json layers = Json::array();
+  for (const auto& l : s.layers) {
+    layers.push_back({{"name", l.name}, {"version", l.version}, {"priority", l.priority},
+                      {"image_digest", l.image_digest}, {"dir", l.dir.string()}});
+  }
+  return {{"generation", s.generation}, {"mount_point", s.mount_point.string()},
+          {"upper_mode", upper_mode_name(s.upper_mode)}, {"layers", layers}};
+}
+
+Result<UnionState> union_state_from_json(const Json& j) {
+  try {
+    UnionState s;
+    s.generation = j.at("generation").get<std::uint64_t>();
+    s.mount_point = j.at("mount_point").get<std::string>();
+    auto mode = parse_upper_mode(j.at("upper_mode").get<std::string>());
+    if (!mode) return fail(mode.error());
+    s.upper_mode = *mode;
+    for (const auto& l : j.at("layers")) {
+      s.layers.push_back({l.at("name").get<std::string>(), l.at("version").get<std::string>(),
+                          l.at("priority").get<std::int64_t>(), l.at("image_digest").get<std::string>(),
+                          l.at("dir").get<std::string>()});
+    }
+    return s;
+  } catch (const nlohmann::json::exception& e) {
+    return fail(Errc::data, std::string("union state: ") + e.what(), "unmount the union by hand and remove union.json");
+  }
+}
+
+UnionChecks default_checks(std::function<Status(const Layer&)> before_mount) {
+  UnionChecks c;
+  c.before_mount = std::move(before_mount);
+  c.mounted_layer = [](const Layer& layer, const std::filesystem::path& dir) -> Status {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(release_file(dir, layer.name), ec)) {
+      return fail(Errc::data, "module " + layer.name + ": image lacks usr/lib/extension-release.d/extension-release." + layer.name,
+                  "pack it with cairn-module pack, which writes that file");
+    }
+    return {};
+  };
+  c.merged = [](const std::filesystem::path& merged, const std::vector<Layer>& layers) -> Status {
+    struct statfs st{};
+    if (::statfs(merged.c_str(), &st) != 0 || st.f_type != kOverlayfsMagic) {
+      return fail(Errc::io, "new union at " + merged.string() + " is not an overlayfs mount");
+    }
+    for (const auto& layer : layers) {
+      std::error_code ec;
+      if (!std::filesystem::is_regular_file(release_file(merged, layer.name), ec)) {
+        return fail(Errc::io, "new union at " + merged.string() + " does not show module " + layer.name + "'s extension-release file");
+      }
+    }
+    return {};
+  };
+  return c;
+}
+
+Result<std::vector<Layer>> select_layers(const std::vector<Layer>& desired, const std::vector<Exclusion>& bad_in,
+                                         std::vector<Exclusion>& excluded) {
+  std::map<std::string, const Layer*> by_name;
+  for (const auto& l : desired) {
+    if (!by_name.emplace(l.name, &l).second) {
+      return fail(Errc::data, "module " + l.name + " is in the set twice", "attach one version of a module at a time");
+    }
+  }
+  std::map<std::string, std::string> bad;
+  for (const auto& b : bad_in) bad.emplace(b.name, b.reason);
+  // A dependency outside the set makes its dependant bad, which may in turn leave a
+  // dependency missing for another: iterate to a fixed point (bounded by the set's size).
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (const auto& l : desired) {
+      if (bad.contains(l.name)) continue;
+      for (const auto& d : l.depends) {
+        if (!by_name.contains(d)) {
+          bad.emplace(l.name, "depends on module " + d + ", which is not in the set");
+          changed = true;
+          break;
+        }
+      }
+    }
+  }
+  for (const auto& l : desired) {
+    auto it = bad.find(l.name);
+    if (it == bad.end()) continue;
+    if (l.required) {
+      return fail(Errc::refused, "required module " + l.name + " is bad: " + it->second,
+                  "fix or replace that module; the union is left as it was");
+    }
+    for (const auto& other : desired) {
+      if (bad.contains(other.name)) continue;
+      if (std::find(other.depends.begin(), other.depends.end(), l.name) != other.depends.end()) {
+        return fail(Errc::refused, "module " + l.name + " is bad (" + it->second + ") and module " + other.name + " depends on it",
+                    "fix or replace " + l.name + "; the union is left as it was");
+      }
+    }
+  }
+  std::vector<Layer> out;
+  for (const auto& l : desired) {
+    if (auto it = bad.find(l.name); it != bad.end()) {
+      excluded.push_back({l.name, it->second});
+    } else {
+      out.push_back(l);
+    }
+  }
+  std::stable_sort(out.begin(), out.end(), [](const Layer& a, const Layer& b) {
+    return a.priority != b.priority ? a.priority > b.priority : a.name < b.name;
+  });
+  return out;
+}
+
+Result<UnionState> UnionManager::load_state() const {
+  auto text = read_file_if_exists(paths_.run_dir / "union.json", kMaxStateBytes);
+  if (!text) return fail(text.error());
+  if (!*text) return UnionState{.generation = 0, .mount_point = paths_.mount_point, .upper_mode = paths_.upper_mode, .layers = {}};
+  auto j = parse_json(**text, (paths_.run_dir / "union.json").string());
+  if (!j) return fail(j.error());
+  return union_state_from_json(*j);
+}
+
+Status UnionManager::rollback(const std::vector<std::filesystem::path>& fresh) {
+  Status result;
+  for (const auto& dir : fresh) {
+    if (auto ok = mounter_.unmount(dir, false); !ok) {
+      log::error("modules.rollback_unmount_failed", {{"dir", dir.string()}, {"error", ok.error().message}});
+      if (result) result = ok;
+      continue;
+    }
+    remove_tree(dir);
+  }
+  return result;
+}
+
+Result<std::filesystem::path> UnionManager::prepare_upper_base() {
+  if (paths_.upper_mode == UpperMode::persist) {
+    if (auto ok = make_dirs(paths_.persist_upper); !ok) return fail(ok.error());
+    return paths_.persist_upper;
+  }
+  const auto base = paths_.run_dir / "upper";
+  if (auto ok = make_dirs(base); !ok) return fail(ok.error());
+  auto mounted = mounter_.is_mount_point(base);
+  if (!mounted) return fail(mounted.error());
+  if (!*mounted) {
+    if (auto ok = mounter_.mount_tmpfs(base); !ok) return fail(ok.error());
+  }
+  return base;
+}
+
+Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, const UnionChecks& checks) {
+  for (const auto& l : desired) {
+    if (!valid_module_name(l.name)) {
+      return fail(Errc::data, "module name '" + l.name + "': not [a-z0-9][a-z0-9._-]* of at most 64 characters");
+    }
+  }
+  if (auto ok = make_dirs(paths_.run_dir / "layers"); !ok) return fail(ok.error());
+  if (auto ok = mounter_.make_private_mount(paths_.run_dir); !ok) return fail(ok.error());
+  auto current = load_state();
+  if (!current) return fail(current.error());
+  if (!current->layers.empty() && current->mount_point != paths_.mount_point) {
+    return fail(Errc::config, "the union is mounted at " + current->mount_point.string() + ", the configuration names " + paths_.mount_point.string(),
+                "detach every module before moving the union mount point");
+  }
+  const std::uint64_t gen = current->generation + 1;
+  std::set<std::filesystem::path> kept_dirs;
+  for (const auto& l : current->layers) kept_dirs.insert(l.dir);
+
+  // 1. Each layer mounted (or its mount reused), checked; failures become exclusions.
+  std::vector<std::filesystem::path> fresh;
+  std::vector<Exclusion> bad;
+  std::map<std::string, std::filesystem::path> dirs;
+  for (const auto& layer : desired) {
+    const auto dir = layer_dir(paths_, layer);
+    dirs[layer.name] = dir;
+    if (kept_dirs.contains(dir)) {
+      auto mounted = mounter_.is_mount_point(dir);
+      if (mounted && *mounted) continue;
+    }
+    if (auto ok = checks.before_mount ? checks.before_mount(layer) : Status{}; !ok) {
+      bad.push_back({layer.name, ok.error().message});
+      continue;
+    }
+    if (auto ok = make_dirs(dir); !ok) {
+      (void)rollback(fresh);
+      return fail(ok.error());
+    }
+    if (auto ok = mounter_.mount_image(layer.image, dir); !ok) {
+      bad.push_back({layer.name, ok.error().message});
+      remove_tree(dir);
+      continue;
+    }
+    fresh.push_back(dir);
+    if (auto ok = checks.mounted_layer ? checks.mounted_layer(layer, dir) : Status{}; !ok) {
+      bad.push_back({layer.name, ok.error().message});
+    }
+  }
+
+  // 2. The rules on bad modules.
+  UnionOutcome outcome;
+  auto selected = select_layers(desired, bad, outcome.excluded);
+  if (!selected) {
+    (void)rollback(fresh);
+    return fail(selected.error());
+  }
+  if (selected->empty() && !desired.empty()) {
+    (void)rollback(fresh);
+    std::string reasons;
+    for (const auto& e : outcome.excluded) reasons += (reasons.empty() ? "" : "; ") + e.name + ": " + e.reason;
+    return fail(Errc::refused, "no module of the set can be mounted (" + reasons + ")", "the union is left as it was");
+  }
+  std::set<std::filesystem::path> selected_dirs;
+  for (const auto& l : *selected) selected_dirs.insert(dirs[l.name]);
+  {
+    // Mounted here but left out by the rules: not part of the new union.
+    std::vector<std::filesystem::path> unused;
+    std::vector<std::filesystem::path> still_fresh;
+    for (const auto& d : fresh) (selected_dirs.contains(d) ? still_fresh : unused).push_back(d);
+    (void)rollback(unused);
+    fresh = std::move(still_fresh);
+  }
+
+  UnionState next{.generation = gen, .mount_point = paths_.mount_point, .upper_mode = paths_.upper_mode, .layers = {}};
+  for (const auto& l : *selected) next.layers.push_back({l.name, l.version, l.priority, l.image_digest, dirs[l.name]});
+
+  auto old_mounted = mounter_.is_mount_point(paths_.mount_point);
+  if (!old_mounted) {
+    (void)rollback(fresh);
+    return fail(old_mounted.error());
+  }
+  const bool had_union = !current->layers.empty() && *old_mounted;
+
+  if (!selected->empty()) {
+    // 3. The new union at a staging path, checked.
+    auto base = prepare_upper_base();
+    if (!base) {
+      (void)rollback(fresh);
+      return fail(base.error());
+    }
+    const auto upper = *base / "upper";
+    const auto work = *base / ("work-" + std::to_string(gen));
+    remove_tree(work);
+    const auto staging = paths_.run_dir / ("staging-" + std::to_string(gen));
+    for (const auto& d : {upper, work, staging, paths_.mount_point}) {
+      if (auto ok = make_dirs(d); !ok) {
+        (void)rollback(fresh);
+        return fail(ok.error());
+      }
+    }
+    std::vector<std::filesystem::path> lowers;
+    for (const auto& l : next.layers) lowers.push_back(l.dir);
+    if (auto ok = mounter_.mount_overlay(lowers, upper, work, staging); !ok) {
+      (void)rollback(fresh);
+      remove_tree(work);
+      remove_tree(staging);
+      return fail(ok.error().with_context("new union (the old one stays)"));
+    }
+    const auto undo_staging = [&] {
+      (void)mounter_.unmount(staging, true);
+      remove_tree(staging);
+      remove_tree(work);
+      (void)rollback(fresh);
+    };
+    if (auto ok = checks.merged ? checks.merged(staging, *selected) : Status{}; !ok) {
+      undo_staging();
+      return fail(ok.error().with_context("new union (the old one stays)"));
+    }
+    // 4. The switch: beneath the old union, then the old one off the top.
+    if (auto ok = mounter_.move_mount(staging, paths_.mount_point, had_union); !ok) {
+      undo_staging();
+      return fail(ok.error().with_context("new union (the old one stays)"));
+    }
+    remove_tree(staging);
+    if (had_union) {
+      if (auto ok = mounter_.unmount(paths_.mount_point, true); !ok) {
+        // The new union sits beneath the old one: save the new state so the next change
+        // or teardown knows the new layers, and say so.
+        (void)write_file_atomic(paths_.run_dir / "union.json", dump_json(to_json(next), 2));
+        return fail(ok.error().with_context("switch to the new union (it is mounted beneath the old one)"));
+      }
+    }
+  } else if (had_union) {
+    if (auto ok = mounter_.unmount(paths_.mount_point, true); !ok) return fail(ok.error().with_context("unmount the union"));
+  }
+
+  // 5. The old union is gone: its layers that the new one does not use, and its work dir.
+  for (const auto& l : current->layers) {
+    if (selected_dirs.contains(l.dir)) continue;
+    auto mounted = mounter_.is_mount_point(l.dir);
+    if (mounted && *mounted) {
+      if (auto ok = mounter_.unmount(l.dir, true); !ok) {
+        log::warn("modules.layer_unmount_failed", {{"dir", l.dir.string()}, {"error", ok.error().message}});
+        continue;
+      }
+    }
+    remove_tree(l.dir);
+  }
+  if (current->generation > 0) {
+    const auto old_base = current->upper_mode == UpperMode::persist ? paths_.persist_upper : paths_.run_dir / "upper";
+    remove_tree(old_base / ("work-" + std::to_string(current->generation)));
+  }
+  if (auto ok = write_file_atomic(paths_.run_dir / "union.json", dump_json(to_json(next), 2)); !ok) return fail(ok.error());
+  if (next.layers.empty()) {
+    // No union left: the ephemeral upper goes with it, and the run dir's own mount.
+    for (const auto& [dir, lazy] : {std::pair{paths_.run_dir / "upper", true}, std::pair{paths_.run_dir, false}}) {
+      auto mounted = mounter_.is_mount_point(dir);
+      if (mounted && *mounted) {
+        if (auto ok = mounter_.unmount(dir, lazy); !ok) log::warn("modules.cleanup_failed", {{"path", dir.string()}, {"error", ok.error().message}});
+      }
+    }
+  }
+  outcome.state = std::move(next);
+  for (const auto& e : outcome.excluded) log::warn("modules.excluded", {{"module", e.name}, {"reason", e.reason}});
+  return outcome;
+}
+
+Status UnionManager::teardown() {
+  auto current = load_state();
+  if (!current) return fail(current.error());
+  const auto unmount_if = [&](const std::filesystem::path& p, bool lazy) -> Status {
+    auto mounted = mounter_.is_mount_point(p);
+    if (!mounted) return fail(mounted.error());
+    if (*mounted) return mounter_.unmount(p, lazy);
+    return {};
+  };
+  if (!current->layers.empty()) {
+    if (auto ok = unmount_if(current->mount_point, true); !ok) return ok;
+  }
+  for (const auto& l : current->layers) {
+    if (auto ok = unmount_if(l.dir, true); !ok) return ok;
+    remove_tree(l.dir);
+  }
+  if (auto ok = unmount_if(paths_.run_dir / "upper", true); !ok) return ok;
+  if (current->generation > 0 && current->upper_mode == UpperMode::persist) {
+    remove_tree(paths_.persist_upper / ("work-" + std::to_string(current->generation)));
+  }
+  std::error_code ec;
+  std::filesystem::remove(paths_.run_dir / "union.json", ec);
+  return unmount_if(paths_.run_dir, false);
+}
+
+}  // namespace cairn::agent::modules

@@ -1,0 +1,238 @@
+// The union's rules without root: select_layers (bad modules, dependencies, order) and the
+// UnionManager against a fake Mounter that keeps a mount table (each target a stack).
+#include <doctest/doctest.h>
+
+#include <map>
+
+#include "agent/modules/union.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace cairn;
+using namespace cairn::agent::modules;
+
+namespace {
+
+class FakeMounter final : public Mounter {
+ public:
+  std::map<std::filesystem::path, std::vector<std::string>> table;  // target -> stack of what
+  std::vector<std::filesystem::path> last_lowers;
+  std::string fail_on;  // "image:<name>", "overlay", "move"
+
+  Status mount_image(const std::filesystem::path& image, const std::filesystem::path& target) override {
+    if (fail_on == "image:" + image.filename().string()) return fail(Errc::data, "fake: bad image " + image.string());
+    table[target].push_back("erofs " + image.filename().string());
+    return {};
+  }
+  Status mount_tmpfs(const std::filesystem::path& target) override {
+    table[target].push_back("tmpfs");
+    return {};
+  }
+  Status mount_overlay(const std::vector<std::filesystem::path>& lowers, const std::filesystem::path&,
+                       const std::filesystem::path&, const std::filesystem::path& target) override {
+    if (fail_on == "overlay") return fail(Errc::io, "fake: overlay refused");
+    last_lowers = lowers;
+    std::string what = "overlay";
+    for (const auto& l : lowers) what += " " + l.filename().string();
+    table[target].push_back(what);
+    return {};
+  }
+  Status make_private_mount(const std::filesystem::path& dir) override {
+    if (!mounted(dir)) table[dir].push_back("bind");
+    return {};
+  }
+  Status move_mount(const std::filesystem::path& from, const std::filesystem::path& to, bool beneath) override {
+    if (fail_on == "move") return fail(Errc::io, "fake: move refused");
+    if (!mounted(from)) return fail(Errc::internal, "fake: nothing at " + from.string());
+    if (beneath != mounted(to)) return fail(Errc::internal, "fake: beneath must be used exactly when " + to.string() + " is mounted");
+    auto what = table[from].back();
+    table[from].pop_back();
+    auto& stack = table[to];
+    stack.insert(beneath ? stack.end() - 1 : stack.end(), what);
+    return {};
+  }
+  Status unmount(const std::filesystem::path& target, bool) override {
+    if (!mounted(target)) return fail(Errc::io, "fake: not mounted " + target.string());
+    table[target].pop_back();
+    return {};
+  }
+  Result<bool> is_mount_point(const std::filesystem::path& target) override { return mounted(target); }
+
+  bool mounted(const std::filesystem::path& t) const {
+    auto it = table.find(t);
+    return it != table.end() && !it->second.empty();
+  }
+  std::size_t count(std::string_view prefix) const {
+    std::size_t n = 0;
+    for (const auto& [t, stack] : table) {
+      for (const auto& s : stack) n += s.starts_with(prefix) ? 1 : 0;
+    }
+    return n;
+  }
+  // The table without the targets whose stack is empty.
+  [[nodiscard]] std::map<std::filesystem::path, std::vector<std::string>> live() const {
+    auto out = table;
+    std::erase_if(out, [](const auto& kv) { return kv.second.empty(); });
+    return out;
+  }
+  std::string top(const std::filesystem::path& t) const { return mounted(t) ? table.at(t).back() : ""; }
+};
+
+Layer layer(std::string name, std::int64_t priority, std::vector<std::string> depends = {}) {
+  Layer l;
+  l.name = name;
+  l.version = "1";
+  l.priority = priority;
+  l.image = "/images/" + name;
+  l.image_digest = "sha256:" + std::string(64, static_cast<char>('a' + (name[0] % 6)));
+  l.depends = std::move(depends);
+  return l;
+}
+
+UnionChecks pass_all() {
+  UnionChecks c;
+  c.before_mount = [](const Layer&) -> Status { return {}; };
+  c.mounted_layer = [](const Layer&, const std::filesystem::path&) -> Status { return {}; };
+  c.merged = [](const std::filesystem::path&, const std::vector<Layer>&) -> Status { return {}; };
+  return c;
+}
+
+struct Host {
+  test::TempDir tmp;
+  FakeMounter fake;
+  UnionPaths paths{.mount_point = tmp.path() / "union", .run_dir = tmp.path() / "run", .persist_upper = tmp.path() / "persist",
+                   .upper_mode = UpperMode::tmpfs};
+  UnionManager manager{fake, paths};
+};
+
+}  // namespace
+
+TEST_CASE("layers are stacked by priority, then name; the highest on top") {
+  std::vector<Exclusion> excluded;
+  auto s = select_layers({layer("b", 5), layer("a", 5), layer("top", 90), layer("base", 0)}, {}, excluded);
+  REQUIRE(s);
+  std::vector<std::string> names;
+  for (const auto& l : *s) names.push_back(l.name);
+  CHECK(names == std::vector<std::string>{"top", "a", "b", "base"});
+  CHECK(excluded.empty());
+}
+
+TEST_CASE("the bad-module rules: left out with the reason, unless required or depended on") {
+  std::vector<Exclusion> excluded;
+  SUBCASE("a bad module is left out, the others stay") {
+    auto s = select_layers({layer("a", 1), layer("b", 2)}, {{"b", "sha256 mismatch"}}, excluded);
+    REQUIRE(s);
+    REQUIRE(s->size() == 1);
+    CHECK((*s)[0].name == "a");
+    REQUIRE(excluded.size() == 1);
+    CHECK(excluded[0].reason == "sha256 mismatch");
+  }
+  SUBCASE("a required bad module refuses the change") {
+    auto b = layer("b", 2);
+    b.required = true;
+    auto s = select_layers({layer("a", 1), b}, {{"b", "sha256 mismatch"}}, excluded);
+    REQUIRE_FALSE(s);
+    CHECK(s.error().code == Errc::refused);
+  }
+  SUBCASE("a bad module another one depends on refuses the change") {
+    auto s = select_layers({layer("a", 1, {"b"}), layer("b", 2)}, {{"b", "bad signature"}}, excluded);
+    REQUIRE_FALSE(s);
+    CHECK(s.error().message == "module b is bad (bad signature) and module a depends on it");
+  }
+  SUBCASE("a missing dependency leaves its dependant out, and what depends on that one too") {
+    auto s = select_layers({layer("a", 1, {"gone"}), layer("c", 3)}, {}, excluded);
+    REQUIRE(s);
+    CHECK(s->size() == 1);
+    REQUIRE(excluded.size() == 1);
+    CHECK(excluded[0].name == "a");
+    auto t = select_layers({layer("a", 1, {"gone"}), layer("b", 2, {"a"})}, {}, excluded);
+    REQUIRE_FALSE(t);  // b depends on a, which is bad
+  }
+  SUBCASE("a name twice is refused") {
+    CHECK_FALSE(select_layers({layer("a", 1), layer("a", 2)}, {}, excluded));
+  }
+}
+
+TEST_CASE("the union is built at a staging path and moved in; a second change goes beneath, then the old one leaves") {
+  Host h;
+  auto first = h.manager.apply({layer("a", 1)}, pass_all());
+  REQUIRE_MESSAGE(first, (first ? "" : first.error().message));
+  CHECK(h.fake.top(h.paths.mount_point).starts_with("overlay"));
+  CHECK(h.fake.count("erofs") == 1);
+  auto second = h.manager.apply({layer("a", 1), layer("b", 9)}, pass_all());
+  REQUIRE(second);
+  CHECK(second->state.generation == 2);
+  // b (priority 9) is the top-most lower.
+  REQUIRE(h.fake.last_lowers.size() == 2);
+  CHECK(h.fake.last_lowers[0].filename().string().starts_with("b-"));
+  CHECK(h.fake.table[h.paths.mount_point].size() == 1);  // the old union went from the top
+  CHECK(h.fake.count("erofs") == 2);                     // a's mount reused
+  auto third = h.manager.apply({layer("b", 9)}, pass_all());
+  REQUIRE(third);
+  CHECK(h.fake.count("erofs") == 1);  // a's layer unmounted with the old union
+  REQUIRE(h.manager.apply({}, pass_all()));
+  CHECK_FALSE(h.fake.mounted(h.paths.mount_point));
+  CHECK(h.fake.count("erofs") == 0);
+  REQUIRE(h.manager.teardown());
+  CHECK(h.fake.count("") == 0);
+}
+
+TEST_CASE("a failure while building the new union unmounts what it mounted and keeps the old state") {
+  Host h;
+  REQUIRE(h.manager.apply({layer("a", 1)}, pass_all()));
+  const auto before = h.fake.live();
+  for (const std::string failure : {"overlay", "move"}) {
+    CAPTURE(failure);
+    h.fake.fail_on = failure;
+    auto r = h.manager.apply({layer("a", 1), layer("b", 2)}, pass_all());
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.find("the old one stays") != std::string::npos);
+    CHECK(h.fake.live() == before);
+    CHECK(h.manager.load_state()->generation == 1);
+  }
+  h.fake.fail_on = "";
+  SUBCASE("the union check fails") {
+    auto c = pass_all();
+    c.merged = [](const std::filesystem::path&, const std::vector<Layer>&) -> Status { return fail(Errc::io, "fake: not an overlay"); };
+    auto r = h.manager.apply({layer("a", 1), layer("b", 2)}, c);
+    REQUIRE_FALSE(r);
+    CHECK(h.fake.live() == before);
+  }
+  SUBCASE("a layer whose re-verification fails is left out and never mounted") {
+    auto c = pass_all();
+    c.before_mount = [](const Layer& l) -> Status {
+      if (l.name == "b") return fail(Errc::data, "changed on disk");
+      return {};
+    };
+    auto r = h.manager.apply({layer("a", 1), layer("b", 2)}, c);
+    REQUIRE(r);
+    REQUIRE(r->excluded.size() == 1);
+    CHECK(r->excluded[0].reason == "changed on disk");
+    CHECK(h.fake.count("erofs") == 1);
+  }
+  SUBCASE("an image the kernel refuses is left out") {
+    h.fake.fail_on = "image:b";
+    auto r = h.manager.apply({layer("a", 1), layer("b", 2)}, pass_all());
+    REQUIRE(r);
+    REQUIRE(r->excluded.size() == 1);
+    CHECK(r->excluded[0].reason.find("fake: bad image") != std::string::npos);
+  }
+  SUBCASE("nothing of a non-empty set mountable: refused, the old union stays") {
+    h.fake.fail_on = "image:b";
+    auto r = h.manager.apply({layer("b", 2)}, pass_all());
+    REQUIRE_FALSE(r);
+    CHECK(h.fake.live() == before);
+  }
+  (void)h.manager.teardown();
+}
+
+TEST_CASE("module names that are not safe in a path or in overlayfs options are refused") {
+  Host h;
+  for (const char* name : {"", "..", "a/b", "a:b", "a,b", "A", "-a"}) {
+    CAPTURE(name);
+    CHECK_FALSE(valid_module_name(name));
+    auto l = layer("a", 1);
+    l.name = name;
+    CHECK_FALSE(h.manager.apply({l}, pass_all()));
+  }
+  CHECK(valid_module_name("web-1.2_x"));
+}
