@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   cairn::agent::cli::add_enroll(app, global, exit_code);
   cairn::agent::cli::add_service(app, global, exit_code);
   cairn::agent::cli::add_status(app, global, exit_code);
+  cairn::agent::cli::add_volume_setup(app, global, exit_code);  // persist (issue 15)
+  cairn::agent::cli::add_persist(app, global, exit_code);       // persist (issue 15)
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -12,5 +12,7 @@ void add_identity(CLI::App& app, const GlobalOptions& global, int& exit_code);  
 void add_enroll(CLI::App& app, const GlobalOptions& global, int& exit_code);    // enroll.cpp
 void add_service(CLI::App& app, const GlobalOptions& global, int& exit_code);   // service.cpp
 void add_status(CLI::App& app, const GlobalOptions& global, int& exit_code);    // status.cpp
+void add_volume_setup(CLI::App& app, const GlobalOptions& global, int& exit_code);  // volume_setup.cpp (persist)
+void add_persist(CLI::App& app, const GlobalOptions& global, int& exit_code);       // persist.cpp (persist)
 
 }  // namespace cairn::agent::cli

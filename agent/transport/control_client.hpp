@@ -26,6 +26,9 @@ class ControlClient {
   Result<protocol::CertificateResponse> enroll(std::string_view token, const protocol::EnrollRequest& request);
   Result<protocol::CertificateResponse> rotate(const protocol::RotateRequest& request);
   Result<protocol::HeartbeatResponse> heartbeat(const protocol::HeartbeatRequest& request);
+  // persist (issue 15): POST /v1/persist/escrow-key (mTLS): this node's escrowed /persist key,
+  // as the 32 raw bytes.
+  Result<std::string> escrow_key();
 
   [[nodiscard]] const std::string& base_url() const { return base_url_; }
 
