@@ -16,7 +16,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 #include "common/crypto.hpp"
 
@@ -99,9 +101,18 @@ TPM2B_PUBLIC primary_template() {
 // One connection to the TPM: the TCTI and the ESYS context on it, and the transient objects
 // made through it, flushed when it ends. Opened per operation, so a simulator that serves one
 // client at a time is free between calls.
+// tpm2-tss logs every TPM error on stderr (TSS2_LOG, default warnings): the errors we return
+// say the same with the input and the next step, so its own logging is off unless the
+// operator set TSS2_LOG.
+void quiet_tss2_logging() {
+  static std::once_flag once;
+  std::call_once(once, [] { ::setenv("TSS2_LOG", "all+none", 0); });
+}
+
 class Connection {
  public:
   static Result<Connection> open(const std::string& tcti) {
+    quiet_tss2_logging();
     Connection c;
     TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.c_str(), &c.tcti_);
     if (rc != TSS2_RC_SUCCESS) {
