@@ -96,7 +96,28 @@ class SystemHost final : public VolumeHost {
     auto layout = read_layout(root_, d);
     if (!layout) return fail(layout.error());
     if (!layout->signature.empty()) return layout->signature;
-    return layout->label_type.empty() ? std::string{} : layout->label_type + " partition table";
+    if (!layout->label_type.empty()) return layout->label_type + " partition table";
+    // No known signature is not yet blank: a LUKS volume whose headers were zeroed still has
+    // its encrypted data from 16 MiB on. Blank means zeros over the header area and the start
+    // of the data area (never written by a first boot that stopped before formatting).
+    UniqueFd fd(::open((root_ / host_path.string()).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return fail(Errc::io, "reading " + host_path.string() + ": " + std::strerror(errno));
+    std::array<char, 65536> buf{};
+    std::uint64_t done = 0;
+    constexpr std::uint64_t kBlankCheckBytes = 17 * 1024 * 1024;
+    while (done < kBlankCheckBytes) {
+      const ssize_t n = ::pread(fd.get(), buf.data(), buf.size(), static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return fail(Errc::io, "reading " + host_path.string() + ": " + std::strerror(errno));
+      if (n == 0) break;
+      for (ssize_t i = 0; i < n; ++i) {
+        if (buf[static_cast<std::size_t>(i)] != 0) {
+          return "data of an unknown kind (non-zero bytes at offset " + std::to_string(done + static_cast<std::uint64_t>(i)) + ")";
+        }
+      }
+      done += static_cast<std::uint64_t>(n);
+    }
+    return std::string{};
   }
 
   bool device_mapper_available() override { return persist::device_mapper_available(root_); }

@@ -54,7 +54,7 @@ class VolumeHost {
   virtual Result<PersistTarget> locate(const DiskRule& rule, std::uint64_t min_bytes) = 0;
   virtual Status partition(const PersistTarget& target) = 0;
   virtual Status wait_for_device(const std::filesystem::path& host_path) = 0;
-  // A filesystem, RAID or other signature on the device (empty: none).
+  // What the device holds: a filesystem, RAID or other signature, or non-zero data; empty: blank.
   virtual Result<std::string> signature(const std::filesystem::path& host_path) = 0;
   virtual bool device_mapper_available() = 0;
   virtual Status make_filesystem(const std::filesystem::path& host_path) = 0;  // mkfs.ext4 -b 4096 -O verity
