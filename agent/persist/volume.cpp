@@ -126,12 +126,16 @@ Result<VolumeOutcome> format_and_mount(const VolumeConfig& config, VolumeDeps& d
 }
 
 // The passphrase of the configured key source for this header, or the reason it cannot be had.
-// refused errors are unlock failures (the caller reports them as such).
+// unlock_failure is set when the volume itself refuses (no or a damaged token, a TPM that will
+// not unseal it): the caller reports those as unlock failures. A control service that does not
+// hand out the escrow key (down, or refusing this node's certificate) is not one.
 struct Opening {
   Secret passphrase;
   PcrPolicy policy;  // the token's (for the measured values of a failure)
 };
-Result<Opening> opening_key(const VolumeConfig& config, VolumeDeps& deps, const LuksHeader& header) {
+Result<Opening> opening_key(const VolumeConfig& config, VolumeDeps& deps, const LuksHeader& header,
+                            bool& unlock_failure) {
+  unlock_failure = false;
   Opening o;
   o.policy = config.policy;
   if (config.key_source == KeySource::tpm) {
@@ -141,15 +145,22 @@ Result<Opening> opening_key(const VolumeConfig& config, VolumeDeps& deps, const 
         return fail(Errc::config, "the volume is opened by an escrow key (token cairn-escrow), the config says tpm",
                     "set persist key_source to escrow in the agent config (a TPM is never tried in its place)");
       }
+      unlock_failure = true;
       return fail(Errc::refused, "the LUKS2 header has no cairn-tpm2 token");
     }
     auto decoded = decode_tpm_token(*token);
-    if (!decoded) return fail(Errc::refused, decoded.error().message);
+    if (!decoded) {
+      unlock_failure = true;
+      return fail(Errc::refused, decoded.error().message);
+    }
     o.policy = decoded->sealed.policy;
     auto secret = deps.tpm->unseal(decoded->sealed);
     if (!secret) {
       const auto& e = secret.error();
-      if (e.code == Errc::refused || e.code == Errc::data) return fail(Errc::refused, e.message);
+      if (e.code == Errc::refused || e.code == Errc::data) {
+        unlock_failure = true;
+        return fail(Errc::refused, e.message);
+      }
       return fail(e);
     }
     o.passphrase = passphrase_of(*secret);
@@ -160,6 +171,7 @@ Result<Opening> opening_key(const VolumeConfig& config, VolumeDeps& deps, const 
       return fail(Errc::config, "the volume is opened by the TPM (token cairn-tpm2), the config says escrow",
                   "set persist key_source to tpm in the agent config (escrow is never tried in its place)");
     }
+    unlock_failure = true;
     return fail(Errc::refused, "the LUKS2 header has no cairn-escrow token");
   }
   auto secret = deps.escrow->fetch();
@@ -194,9 +206,10 @@ Result<VolumeOutcome> open_existing(const VolumeConfig& config, VolumeDeps& deps
                                 config.policy));
     case LuksHeader::State::luks2: break;
   }
-  auto opening = opening_key(config, deps, *header);
+  bool unlock_failure = false;
+  auto opening = opening_key(config, deps, *header, unlock_failure);
   if (!opening) {
-    if (opening.error().code != Errc::refused) return fail(opening.error());
+    if (!unlock_failure) return fail(opening.error());
     return fail(unlock_failed(config, deps, target.partition_host_path, header->uuid, opening.error(), config.policy));
   }
   // Check the key against the keyslots first (no device-mapper needed), so a wrong key is an
@@ -323,7 +336,8 @@ Result<RecoveryKey> add_recovery(const VolumeConfig& config, VolumeDeps& deps) {
                 "the volume has a recovery key already" + (slot ? " (keyslot " + std::to_string(*slot) + ")" : std::string{}),
                 "one recovery key per volume; keep the one you have");
   }
-  auto opening = opening_key(config, deps, header);
+  bool unlock_failure = false;
+  auto opening = opening_key(config, deps, header, unlock_failure);
   if (!opening) return fail(opening.error().with_context("opening the volume to add a recovery key"));
   auto key = make_recovery_key();
   if (!key) return fail(key.error());

@@ -195,10 +195,12 @@ class FakeEscrow final : public EscrowSource {
   Result<Secret> fetch() override {
     ++fetches;
     if (!available) return fail(Errc::unavailable, "control did not answer");
+    if (refused) return fail(Errc::refused, "POST /v1/persist/escrow-key: 401 client_cert_required");
     return Secret(key);
   }
   std::string key = std::string(32, 'e');
   bool available = true;
+  bool refused = false;
   int fetches = 0;
 };
 

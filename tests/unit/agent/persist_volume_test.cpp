@@ -240,7 +240,7 @@ TEST_CASE("escrow mode: the control service's key opens the volume; the TPM is n
   CHECK(r.tpm.seals == 0);
 }
 
-TEST_CASE("escrow unavailable is a temporary failure, not an unlock failure") {
+TEST_CASE("escrow unavailable or refused by control is not an unlock failure of the volume") {
   Rig r;
   r.config.key_source = KeySource::escrow;
   REQUIRE(r.boot().has_value());
@@ -248,7 +248,14 @@ TEST_CASE("escrow unavailable is a temporary failure, not an unlock failure") {
   auto out = r.boot();
   REQUIRE_FALSE(out.has_value());
   CHECK(out.error().code == Errc::unavailable);
+  r.escrow.available = true;
+  r.escrow.refused = true;
+  auto refused = r.boot();
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == Errc::refused);
+  CHECK(refused.error().message.find("client_cert_required") != std::string::npos);
   CHECK(r.events.empty());
+  CHECK(r.crypt.formats == 1);
 }
 
 TEST_CASE("the key source is explicit: a TPM volume is not opened by escrow, nor an escrow volume by the TPM") {
