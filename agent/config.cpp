@@ -83,6 +83,41 @@ Status apply_tasks_section(const Json& j, const std::filesystem::path& path, Age
   return {};
 }
 
+// persist (issue 15): the "persist" section.
+Status apply_persist_section(const Json& j, const std::filesystem::path& path, PersistConfig& p) {
+  const auto bad = [&](const std::string& what, const std::string& hint) {
+    return fail(Errc::config, path.string() + ": persist." + what, hint);
+  };
+  if (!j.is_object()) return bad("section: not a JSON object", "\"persist\": {\"disk\": ..., \"key_source\": ...}");
+  for (const auto& [key, value] : j.items()) {
+    if (key == "disk" || key == "key_source" || key == "tcti" || key == "mapper_name") {
+      if (!value.is_string() || value.get<std::string>().empty()) return bad(key + ": not a non-empty string", "see the agent config reference");
+      const auto s = value.get<std::string>();
+      if (key == "disk") p.disk = s;
+      if (key == "tcti") p.tcti = s;
+      if (key == "mapper_name") p.mapper_name = s;
+      if (key == "key_source") {
+        if (s != "tpm" && s != "escrow") return bad("key_source '" + s + "': neither tpm nor escrow", "use \"tpm\" or \"escrow\"");
+        p.key_source = s;
+      }
+    } else if (key == "min_size_mib") {
+      if (!value.is_number_unsigned() || value.get<std::uint64_t>() < 64) return bad("min_size_mib: not a whole number >= 64", "e.g. 1024");
+      p.min_size_mib = value.get<std::uint64_t>();
+    } else if (key == "pcrs") {
+      std::vector<int> pcrs;
+      if (!value.is_array() || value.empty()) return bad("pcrs: not a list of PCR indices", "e.g. [7] or [0, 7]");
+      for (const auto& v : value) {
+        if (!v.is_number_integer() || v.get<int>() < 0 || v.get<int>() > 23) return bad("pcrs: " + dump_json(v) + " is not a PCR index 0-23", "e.g. [7]");
+        pcrs.push_back(v.get<int>());
+      }
+      p.pcrs = std::move(pcrs);
+    } else {
+      return bad(key + ": unknown setting", "known: disk, min_size_mib, pcrs, key_source, tcti, mapper_name");
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 std::filesystem::path config_file_path(const Root& root, const std::filesystem::path& config_file,
@@ -128,6 +163,9 @@ Result<AgentConfig> load_agent_config(const GlobalOptions& o) {
     if (auto applied = apply_file(*j, path, cfg); !applied) return fail(applied.error());
     if (auto it = j->find("identity"); it != j->end()) identity_section = *it;
     if (auto applied = apply_tasks_section(*j, path, cfg); !applied) return fail(applied.error());  // tasks (h-atasks)
+    if (auto it = j->find("persist"); it != j->end()) {  // persist (issue 15)
+      if (auto ok = apply_persist_section(*it, path, cfg.persist); !ok) return fail(ok.error());
+    }
   }
 
   if (!o.persist_dir.empty()) cfg.persist_dir = o.persist_dir;

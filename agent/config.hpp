@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -41,6 +42,21 @@ struct GlobalOptions {
 };
 void add_global_options(CLI::App& app, GlobalOptions& options);
 
+// persist (issue 15): the /persist volume. Config file section "persist":
+//   {"disk": "largest-empty" | "by-path:NAME" | "by-id:NAME" | "device:/dev/NAME",
+//    "min_size_mib": 1024, "pcrs": [7], "key_source": "tpm" | "escrow",
+//    "tcti": "device:/dev/tpmrm0", "mapper_name": "cairn-persist"}
+// key_source is explicit: "escrow" (the control service keeps the key) is used only when set,
+// never as a fallback when the TPM is missing.
+struct PersistConfig {
+  std::string disk = "largest-empty";
+  std::uint64_t min_size_mib = 1024;
+  std::vector<int> pcrs{7};
+  std::string key_source = "tpm";
+  std::string tcti = "device:/dev/tpmrm0";
+  std::string mapper_name = "cairn-persist";
+};
+
 struct AgentConfig {
   Root root;
   std::filesystem::path persist_dir;  // the persist root; the agent's files are under cairn/
@@ -50,6 +66,7 @@ struct AgentConfig {
   std::filesystem::path token_file;   // bootstrap token (default <persist>/cairn/bootstrap-token)
   std::map<std::string, std::string> labels;
   identity::Config identity;
+  PersistConfig persist;  // persist (issue 15)
 
   // tasks (issue 13, h-atasks): the "tasks" section of agent.json,
   //   {"max_concurrent": 2, "exec_allowlist": ["/usr/bin/uptime"], "stop_timeout_s": 20,

@@ -200,6 +200,12 @@ class ControlService {
   virtual ApiResult<Json> admin_cancel_task(std::string_view id) = 0;
   // One pass of the task sweep now (its thread runs the same every task sweep period).
   virtual void sweep_tasks() = 0;
+  // persist (issue 15): POST /v1/persist/escrow-key -> {"node_id", "key": "<hex>"}, the node's
+  // escrowed /persist key, created on the first call (control/service/escrow.hpp). Not pure:
+  // a service without it answers 404.
+  virtual ApiResult<Json> persist_escrow_key(const AuthorizedNode& node) {
+    return refuse(404, "not_found", "node " + node.node_id() + ": this control service keeps no escrow keys");
+  }
 
   // Read only: the states the liveness sweep last set.
   virtual NodeCounts node_counts() = 0;

@@ -1,4 +1,5 @@
 #include "agent/transport/control_client.hpp"
+#include "common/crypto.hpp"  // persist (issue 15): hex_decode
 
 namespace cairn::agent {
 
@@ -94,6 +95,24 @@ Result<protocol::EventBatchResponse> ControlClient::send_events(const protocol::
   auto body = post("/v1/events", protocol::to_json(batch));
   if (!body) return fail(body.error());
   return protocol::decode_event_batch_response(*body);
+}
+
+// persist (issue 15)
+Result<std::string> ControlClient::escrow_key() {
+  auto body = post("/v1/persist/escrow-key", Json::object());
+  if (!body) return fail(body.error());
+  auto j = parse_json(*body, "escrow-key answer");
+  if (!j) return fail(j.error());
+  auto it = j->find("key");
+  if (!j->is_object() || it == j->end() || !it->is_string()) {
+    return fail(Errc::data, "POST " + base_url_ + "/v1/persist/escrow-key: answer without a \"key\"",
+                "check that the control service is of the same version");
+  }
+  auto key = hex_decode(it->get<std::string>());
+  if (!key || key->size() != 32) {
+    return fail(Errc::data, "POST " + base_url_ + "/v1/persist/escrow-key: \"key\" is not 32 bytes in hex");
+  }
+  return key;
 }
 
 }  // namespace cairn::agent

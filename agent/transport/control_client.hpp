@@ -33,6 +33,9 @@ class ControlClient {
   Result<protocol::ExtendResponse> extend(std::string_view task_id, const protocol::ExtendRequest& request);
   Result<protocol::CompleteResponse> complete(std::string_view task_id, const protocol::CompleteRequest& request);
   Result<protocol::EventBatchResponse> send_events(const protocol::EventBatch& batch);
+  // persist (issue 15): POST /v1/persist/escrow-key (mTLS): this node's escrowed /persist key,
+  // as the 32 raw bytes.
+  Result<std::string> escrow_key();
 
   [[nodiscard]] const std::string& base_url() const { return base_url_; }
 

@@ -356,6 +356,13 @@ void route(ControlService& service, const Metrics& metrics, const RouteRequest& 
     if (!request) return done(bad_body(request.error()));
     return done(from_result(service.rotate(*node, *request), [](const auto& v) { return protocol::to_json(v); }));
   }
+  if (path == "/v1/persist/escrow-key") {  // persist (issue 15): the node's own escrowed key
+    if (r.method != "POST") return done(method_not_allowed(r.method, path, "POST"));
+    if (auto refused = untrusted_cert(r, kNodeHint)) return done(std::move(*refused));
+    auto node = service.authorize_node(r.peer);
+    if (!node) return done(from_api_error(node.error()));
+    return done(from_result(service.persist_escrow_key(*node), [](const Json& j) { return j; }));
+  }
   if (path == "/healthz") {
     if (r.method != "GET") return done(method_not_allowed(r.method, path, "GET"));
     return done(Reply{200, "ok", "text/plain; charset=utf-8", false});

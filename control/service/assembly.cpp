@@ -16,6 +16,7 @@
 #include "control/service/auth_cache.hpp"
 #include "control/service/cert_issuer.hpp"
 #include "control/service/enrollment.hpp"
+#include "control/service/escrow.hpp"  // persist (issue 15)
 #include "control/service/event_log.hpp"
 #include "control/service/heartbeat_writer.hpp"
 #include "control/service/id_locks.hpp"
@@ -74,6 +75,11 @@ class ServiceImpl final : public ControlService {
 
   Status start(const StatePaths& state) {
     if (auto ok = register_state_admin(state, *store_, clock_); !ok) return ok;
+    // persist (issue 15): the escrow master key of the state dir, made on the first start.
+    auto escrow_master = load_or_create_escrow_master_key(state.dir / "escrow.key");
+    if (!escrow_master) return fail(escrow_master.error());
+    escrow_store_ = escrow_key_store(*store_);
+    escrow_ = std::make_unique<EscrowKeys>(*escrow_store_, std::move(*escrow_master));
     auto snap = store_->load_auth_snapshot(to_unix_ms(clock_.now()));
     if (!snap) return fail(snap.error());
     auth_.load(*snap);
@@ -145,6 +151,10 @@ class ServiceImpl final : public ControlService {
   ApiResult<Json> admin_show_task(std::string_view id) override { return tasks_.show(id); }
   ApiResult<Json> admin_cancel_task(std::string_view id) override { return tasks_.cancel(id); }
   void sweep_tasks() override { tasks_.sweep_once(); }
+  ApiResult<Json> persist_escrow_key(const AuthorizedNode& node) override {  // persist (issue 15)
+    if (!escrow_) return refuse(503, "unavailable", "the escrow is not open yet", "retry in a moment");
+    return escrow_->key_for(node.node_id());
+  }
 
   NodeCounts node_counts() override { return auth_.counts(); }
   std::int64_t enrollments_total() override { return enrollment_.total(); }
@@ -166,6 +176,8 @@ class ServiceImpl final : public ControlService {
   HeartbeatWriter heartbeats_;
   LivenessSweep liveness_;
   AdminViews admin_;
+  std::unique_ptr<EscrowKeyStore> escrow_store_;  // persist (issue 15)
+  std::unique_ptr<EscrowKeys> escrow_;
 };
 
 }  // namespace
