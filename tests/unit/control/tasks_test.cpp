@@ -272,12 +272,14 @@ TEST_CASE("admission uses the node's last heartbeat with headroom") {
   protocol::HeartbeatRequest absurd;  // a node may send anything: no overflow
   absurd.cpu_count = 0xffffffffu;
   absurd.mem_total_bytes = ~0ULL;
+  absurd.mem_available_bytes = ~0ULL;
   absurd.disk_total_bytes = ~0ULL;
+  absurd.disk_free_bytes = ~0ULL;
   absurd.load1 = -1e300;
   const auto clamped = control::node_budget(absurd, config);
-  CHECK(clamped.mem_bytes > 0);
-  CHECK(clamped.disk_bytes > 0);
-  CHECK(clamped.cpu_millis > 0);
+  CHECK(clamped.mem_bytes == 9'000'000'000'000'000'000);  // clamped, not wrapped
+  CHECK(clamped.disk_bytes == 9'000'000'000'000'000'000);
+  CHECK(clamped.cpu_millis == 9'000'000'000'000'000'000);
 
   TaskFixture f;
   const auto peer = f.enrolled(make_node());
