@@ -107,6 +107,11 @@ CommandOutcome status(const GlobalOptions& global) {
     }
     d["tpm"] = {{"available", true}, {"tcti", (*tpm)->describe()}, {"real", (*tpm)->is_real()}, {"pcrs", pcrs}};
     human += "TPM:         " + (*tpm)->describe() + ((*tpm)->is_real() ? " (hardware)" : " (not a hardware TPM)") + "\n";
+    if (values) {
+      for (const auto& v : *values) human += "PCR " + std::to_string(v.index) + ":       " + v.sha256_hex + " (sha256, now)\n";
+    } else {
+      human += "PCRs:        unreadable: " + values.error().message + "\n";
+    }
   } else {
     d["tpm"] = {{"available", false}, {"tcti", config->persist.tcti}, {"real", false}, {"error", tpm.error().message}};
     human += "TPM:         none (" + tpm.error().message + ")\n";
