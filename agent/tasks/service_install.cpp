@@ -214,11 +214,15 @@ TaskResult ServiceInstallKind::run(const Json& args, const TaskContext& ctx) {
 
   // 3. Replacing: the old service stops first; then the new tree takes the name at once
   //    (RENAME_EXCHANGE), so NAME is always a whole tree, old or new.
+  auto before = (*systemd)->active_state(unit);
+  if (!before) return failed(FailureReason::internal, before.error().message);
+  const bool was_running = *before == "active" || *before == "activating" || *before == "reloading";
   if (auto ok = stop_and_wait(**systemd, unit, ctx); !ok) {
     return failed(FailureReason::internal, "stop the running " + unit + ": " + ok.error().message);
   }
   const auto target = dir / spec->name;
-  if (std::filesystem::exists(std::filesystem::symlink_status(target, ec))) {
+  const bool replaced = std::filesystem::exists(std::filesystem::symlink_status(target, ec));
+  if (replaced) {
     if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) != 0) {
       return failed(FailureReason::internal, "replace " + target.string() + ": " + std::strerror(errno));
     }
@@ -230,6 +234,26 @@ TaskResult ServiceInstallKind::run(const Json& args, const TaskContext& ctx) {
 
   // 4. The unit, enabled for boot (the wants link systemctl enable would make), started.
   const auto units = ctx.root / settings_.units_dir;
+  auto old_unit = read_file_if_exists(units / unit, 1 << 20);
+  if (!old_unit) return failed(FailureReason::internal, old_unit.error().message);
+  // A replacement that does not start gives way to the version it replaced: its tree and
+  // unit come back, and it is started again if it was running.
+  const auto give_way = [&](TaskResult r) {
+    if (!replaced) return r;
+    std::error_code e;
+    (void)(*systemd)->stop_unit(unit);
+    if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) != 0) {
+      r.error += "; putting the previous version back failed: " + std::string(std::strerror(errno));
+      return r;
+    }
+    Status restored = *old_unit ? write_file_atomic(units / unit, **old_unit, 0644) : Status{};
+    if (!*old_unit) std::filesystem::remove(units / unit, e);
+    if (restored) restored = (*systemd)->daemon_reload();
+    if (restored && was_running) restored = (*systemd)->start_unit(unit);
+    r.error += restored ? "; the previous version was put back" + std::string(was_running ? " and started" : "")
+                        : "; putting the previous version back failed: " + restored.error().message;
+    return r;
+  };
   if (auto ok = write_file_atomic(units / unit, render_unit(*spec, host_dir), 0644); !ok) {
     return failed(FailureReason::internal, ok.error().message);
   }
@@ -239,7 +263,7 @@ TaskResult ServiceInstallKind::run(const Json& args, const TaskContext& ctx) {
   std::filesystem::create_symlink("../" + unit, wants / unit, ec);
   if (ec) return failed(FailureReason::internal, "enable " + unit + ": " + ec.message());
   if (auto ok = (*systemd)->daemon_reload(); !ok) return failed(FailureReason::internal, ok.error().message);
-  if (auto ok = (*systemd)->start_unit(unit); !ok) return failed(FailureReason::internal, ok.error().message);
+  if (auto ok = (*systemd)->start_unit(unit); !ok) return give_way(failed(FailureReason::internal, ok.error().message));
 
   const auto deadline = ctx.clock.monotonic() + std::chrono::seconds(spec->start_timeout_s);
   std::string state;
@@ -249,10 +273,11 @@ TaskResult ServiceInstallKind::run(const Json& args, const TaskContext& ctx) {
     state = *s;
     if (state == "active") break;
     if (state == "failed") {
-      return failed(FailureReason::exit_nonzero, unit + " failed to start; see journalctl -u " + unit);
+      return give_way(failed(FailureReason::exit_nonzero, unit + " failed to start; see journalctl -u " + unit));
     }
     if (ctx.clock.monotonic() >= deadline) {
-      return failed(FailureReason::timeout, unit + " not active after " + std::to_string(spec->start_timeout_s) + " s (" + state + ")");
+      return give_way(failed(FailureReason::timeout,
+                             unit + " not active after " + std::to_string(spec->start_timeout_s) + " s (" + state + ")"));
     }
     if (ctx.clock.sleep_until(ctx.clock.monotonic() + kPoll, ctx.cancel_fd)) {
       TaskResult r;

@@ -275,6 +275,22 @@ TEST_CASE("a unit that fails to start is reported exit_nonzero with where to loo
   CHECK(r.error.find("journalctl -u cairn-web.service") != std::string::npos);
 }
 
+TEST_CASE("a replacement that fails to start gives way to the version it replaced") {
+  Node node;
+  REQUIRE(node.install(good_tar("v1")).ok());
+  const auto unit_v1 = test::slurp(node.unit_file());
+  node.systemd->state_after_start = "failed";
+  auto r = node.install(tar_entry("bin/web", '0', "#!/bin/sh\nexit 1\n", "", 0755) + tar_end(), {{"memory_max", "1G"}});
+  CHECK(r.reason == FailureReason::exit_nonzero);
+  CHECK(r.error.find("previous version was put back and started") != std::string::npos);
+  CHECK(test::slurp(node.services() / "web/conf/app.conf") == "v1\n");  // the old tree, whole
+  CHECK(test::slurp(node.unit_file()) == unit_v1);
+  CHECK(node.calls() == std::vector<std::string>{"reload", "start cairn-web.service", "stop cairn-web.service", "reload",
+                                                 "start cairn-web.service", "stop cairn-web.service", "reload",
+                                                 "start cairn-web.service"});
+  CHECK(node.leftovers().empty());
+}
+
 TEST_CASE("without systemd the install fails before touching an installed service") {
   Node node;
   node.systemd->reachable = false;
