@@ -32,6 +32,14 @@ std::string trim(std::string s) {
   return s;
 }
 
+// The relay of a guestfwd connection: busybox's nc (busybox-static, needed for the initramfs).
+std::string busybox_path() {
+  for (const char* p : {"/bin/busybox", "/usr/bin/busybox"}) {
+    if (::access(p, X_OK) == 0) return p;
+  }
+  return "busybox";
+}
+
 }  // namespace
 
 Host probe_host() {
@@ -39,6 +47,10 @@ Host probe_host() {
   host.qemu = find_in_path("qemu-system-x86_64");
   if (host.qemu.empty()) {
     host.missing = "no qemu-system-x86_64 (apt-get install qemu-system-x86)";
+    return host;
+  }
+  if (busybox_path() == "busybox") {
+    host.missing = "no busybox (apt-get install busybox-static)";
     return host;
   }
   const std::string build = env_or("CAIRN_INITRAMFS_BUILD");
@@ -73,9 +85,11 @@ Result<std::filesystem::path> build_initramfs(const std::filesystem::path& out, 
 
 std::vector<std::string> qemu_argv(const std::string& qemu, const VmSpec& spec) {
   std::string netdev = "user,id=n0,restrict=on";
+  // cmd: spawns the relay once per guest connection; the chardev form (tcp:HOST:PORT)
+  // connects once when QEMU starts and serves a single guest connection.
   for (const auto& f : spec.forwards) {
-    netdev += ",guestfwd=tcp:" + f.guest_ip + ":" + std::to_string(f.guest_port) + "-tcp:127.0.0.1:" +
-              std::to_string(f.host_port);
+    netdev += ",guestfwd=tcp:" + f.guest_ip + ":" + std::to_string(f.guest_port) + "-cmd:" + busybox_path() +
+              " nc 127.0.0.1 " + std::to_string(f.host_port);
   }
   std::vector<std::string> argv = {qemu,
                                    "-machine", "q35",

@@ -1,7 +1,8 @@
 // The QEMU harness of the VM tests: Debian's kernel and our initramfs in qemu-system-x86_64,
 // the serial console in a file the test polls with deadlines, identity and configuration over
 // fw-cfg, and the network only through user networking with restrict=on: the guest reaches
-// nothing but the guestfwd ports the test names (services it started on 127.0.0.1).
+// nothing but the guestfwd ports the test names (services it started on 127.0.0.1), each
+// guest connection relayed by `busybox nc 127.0.0.1 PORT`.
 #pragma once
 
 #include <signal.h>
