@@ -126,12 +126,7 @@ void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       auto stage = [&](const std::string& name, const boot::RetryPolicy& policy,
                        const std::function<Result<boot::StageOutcome>()>& body) {
         out.stage = name;
-        auto ok = runner.run(name, policy, [&]() -> Result<boot::StageOutcome> {
-          auto r = body();
-          if (r) log::info("boot.progress", {{"stage", name}, {"uptime_ms", uptime_ms(config->root)}});
-          return r;
-        });
-        return ok;
+        return runner.run(name, policy, body);
       };
 
       // identity: fw-cfg and the cloud metadata servers can take a moment after the drivers load.
