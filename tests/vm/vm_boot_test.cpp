@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "common/json.hpp"
 #include "common/uuid.hpp"
@@ -158,6 +159,42 @@ TEST_CASE("a VM boots Debian's kernel and our initramfs, enrolls with its fw-cfg
   std::cout << " handoff_ms=" << handoff << " first_heartbeat_rtt_ms=" << first_hb_ms
             << " first_heartbeat_at_ms~=" << (handoff >= 0 && first_hb_ms >= 0 ? handoff + first_hb_ms : -1) << "\n";
   CHECK(handoff > 0);
+  vm->stop();
+}
+
+TEST_CASE("a VM whose control service does not answer says on the console what it waits for and retries") {
+  const auto host = vm::probe_host();
+  if (!host.missing.empty()) CAIRN_SKIP(host.missing);
+  TempDir dir;
+  const auto initrd = vm::build_initramfs(dir.path() / "initrd.cpio.zst", dir.path());
+  REQUIRE_MESSAGE(initrd.has_value(), (initrd ? "" : initrd.error().message));
+  // No guestfwd: with restrict=on, 10.0.2.100:8443 leads nowhere.
+  vm::VmSpec spec{
+      .kernel = host.kernel,
+      .initrd = *initrd,
+      .append = "quiet cairn.control=https://" + std::string(kControlGuestIp) + ":" + std::to_string(kControlGuestPort) +
+                " cairn.ca=" + std::string(64, 'a') + " cairn.token=not-a-real-token",
+      .fw_cfg = {{.name = "opt/org.cairn/instance_uuid", .value = random_uuid().str()}},
+      .serial_log = dir.path() / "serial.log",
+      .qemu_log = dir.path() / "qemu.log",
+      .accel = vm::choose_accel(host, *initrd, dir.path()),
+  };
+  auto vm = vm::Vm::start(host, spec);
+  REQUIRE_MESSAGE(vm.has_value(), (vm ? "" : vm.error().message));
+  const bool retried = vm->wait_serial("event=boot.retry stage=enroll attempt=2 ", 120s);
+  INFO("serial console:\n" << vm->serial() << "\nqemu:\n" << slurp(spec.qemu_log));
+  REQUIRE(retried);
+  const std::string log = vm->serial();
+  CHECK(log.find("event=boot.stage stage=identity ok=true") != std::string::npos);
+  CHECK(log.find("max_attempts=unlimited") != std::string::npos);
+  CHECK(log.find("next_attempt_ms=") != std::string::npos);
+  CHECK(log.find("10.0.2.100:8443") != std::string::npos);   // the error names what it waits for
+  CHECK(log.find("event=boot.handoff") == std::string::npos);  // and it did not go on without it
+  // The agent never prints the token (only the kernel may echo its own command line).
+  std::stringstream lines(log);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("not-a-real-token") != std::string::npos) CHECK_MESSAGE(line.find("ommand line") != std::string::npos, line);
+  }
   vm->stop();
 }
 
