@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   cairn::agent::cli::add_modules(app, global, exit_code);
   cairn::agent::cli::add_volume_setup(app, global, exit_code);  // persist (issue 15)
   cairn::agent::cli::add_persist(app, global, exit_code);       // persist (issue 15)
+  cairn::agent::cli::add_boot(app, global, exit_code);          // boot (issue 16)
+  cairn::agent::cli::add_config(app, global, exit_code);        // boot (issue 16): config --explain
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -26,5 +26,7 @@ void add_attach(CLI::App& app, const GlobalOptions& global, int& exit_code);   /
 void add_modules(CLI::App& app, const GlobalOptions& global, int& exit_code);  // modules.cpp (modules, detach)
 void add_volume_setup(CLI::App& app, const GlobalOptions& global, int& exit_code);  // volume_setup.cpp (persist)
 void add_persist(CLI::App& app, const GlobalOptions& global, int& exit_code);       // persist.cpp (persist)
+void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code);          // boot.cpp (boot, issue 16)
+void add_config(CLI::App& app, const GlobalOptions& global, int& exit_code);        // config_explain.cpp (boot)
 
 }  // namespace cairn::agent::cli

@@ -1,0 +1,163 @@
+// The boot's bootstrap sources (kernel command line, fw-cfg) and its stage runner's retry
+// policy, on a ManualClock (no sleeping).
+#include <doctest/doctest.h>
+
+#include <fstream>
+
+#include "agent/boot/bootstrap.hpp"
+#include "agent/boot/stages.hpp"
+#include "tests/support/manual_clock.hpp"
+#include "tests/support/temp_dir.hpp"
+
+namespace cairn::agent::boot {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST_CASE("the kernel command line gives the control URL, CA fingerprint, token and persist mode") {
+  const auto b = parse_kernel_cmdline(
+      "BOOT_IMAGE=/vmlinuz console=ttyS0 cairn.control=https://10.0.2.100:8443 cairn.ca=0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789ABCDEF "
+      "cairn.token=tok.secret cairn.persist=disk cairn.id=0f0e cairn.debug=verbose quiet\n");
+  REQUIRE(b.has_value());
+  REQUIRE(b->control_url.has_value());
+  CHECK(b->control_url->value == "https://10.0.2.100:8443");
+  CHECK(b->control_url->source == kCmdlineSource);
+  CHECK(b->ca_fingerprint->value == "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");  // lower case
+  CHECK(b->token->value == "tok.secret");
+  CHECK(b->persist->value == "disk");
+}
+
+TEST_CASE("a cairn.* option the boot does not know, an empty value or a bad persist mode stops it with its name") {
+  auto typo = parse_kernel_cmdline("console=ttyS0 cairn.contrl=https://x");
+  REQUIRE_FALSE(typo.has_value());
+  CHECK(typo.error().code == Errc::config);
+  CHECK(typo.error().message.find("cairn.contrl") != std::string::npos);
+
+  auto http = parse_kernel_cmdline("cairn.control=http://10.0.2.100:8443");
+  REQUIRE_FALSE(http.has_value());
+  CHECK(http.error().message.find("not https://") != std::string::npos);
+
+  auto short_ca = parse_kernel_cmdline("cairn.ca=abcd01");
+  REQUIRE_FALSE(short_ca.has_value());
+  CHECK(short_ca.error().message.find("not a SHA-256") != std::string::npos);
+
+  auto empty = parse_kernel_cmdline("cairn.token=");
+  REQUIRE_FALSE(empty.has_value());
+  CHECK(empty.error().message.find("token is empty") != std::string::npos);
+
+  auto persist = parse_kernel_cmdline("cairn.persist=nvme");
+  REQUIRE_FALSE(persist.has_value());
+  CHECK(persist.error().hint.find("tmpfs") != std::string::npos);
+
+  CHECK_FALSE(parse_kernel_cmdline(std::string(kMaxCmdlineBytes + 1, 'a')).has_value());
+}
+
+TEST_CASE("fw-cfg config is a JSON object of strings; the command line wins over it") {
+  auto fw = parse_fw_cfg_config(R"({"control_url": "https://fw:1", "token": "fwtok", "persist": "tmpfs"})");
+  REQUIRE(fw.has_value());
+  CHECK(fw->token->source == kFwCfgSource);
+  auto cmd = parse_kernel_cmdline("cairn.control=https://cmd:2");
+  REQUIRE(cmd.has_value());
+  const auto merged = merge(*cmd, *fw);
+  CHECK(merged.control_url->value == "https://cmd:2");
+  CHECK(merged.token->value == "fwtok");
+
+  CHECK_FALSE(parse_fw_cfg_config("[1]").has_value());
+  CHECK_FALSE(parse_fw_cfg_config(R"({"token": 5})").has_value());
+  CHECK_FALSE(parse_fw_cfg_config(R"({"tokn": "x"})").has_value());
+  CHECK_FALSE(parse_fw_cfg_config("{").has_value());
+}
+
+TEST_CASE("read_bootstrap reads /proc/cmdline and the fw-cfg entry through the root") {
+  test::TempDir dir;
+  const Root root(dir.path());
+  std::filesystem::create_directories(root / "proc");
+  std::ofstream(root / "proc/cmdline") << "console=ttyS0 cairn.ca=" << std::string(64, 'f') << "\n";
+  auto only_cmdline = read_bootstrap(root);
+  REQUIRE(only_cmdline.has_value());
+  CHECK(only_cmdline->ca_fingerprint->value == std::string(64, 'f'));
+  CHECK_FALSE(only_cmdline->token.has_value());
+
+  std::filesystem::create_directories((root / kFwCfgConfigPath).parent_path());
+  std::ofstream(root / kFwCfgConfigPath) << R"({"token": "from-fw", "ca_fingerprint": ")" << std::string(64, 'e') << R"("})";
+  auto both = read_bootstrap(root);
+  REQUIRE(both.has_value());
+  CHECK(both->ca_fingerprint->value == std::string(64, 'f'));
+  CHECK(both->token->value == "from-fw");
+}
+
+TEST_CASE("the config file and flags win over the bootstrap values; persist defaults to diskless") {
+  AgentConfig config;
+  config.control_url = "https://configured:1";
+  Bootstrap b;
+  b.control_url = Value{"https://boot:2", std::string(kCmdlineSource)};
+  b.ca_fingerprint = Value{"aa", std::string(kCmdlineSource)};
+  const auto used = apply(config, b);
+  CHECK(config.control_url == "https://configured:1");
+  CHECK(used.control_url->source == "config file or flag");
+  CHECK(config.ca_fingerprint == "aa");
+  CHECK(used.ca_fingerprint->source == kCmdlineSource);
+  CHECK(used.persist->value == "tmpfs");
+  CHECK(used.persist->source == "default");
+}
+
+TEST_CASE("a temporary failure is retried with growing delays; a configuration error is not") {
+  test::ManualClock clock;
+  std::vector<std::chrono::milliseconds> waits;
+  StageRunner runner(clock, [&](Clock::MonoTime deadline) {
+    waits.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock.monotonic()));
+    clock.advance(deadline - clock.monotonic());
+    return false;
+  });
+  int calls = 0;
+  auto ok = runner.run("enroll", {.max_attempts = 0, .first_delay = 100ms, .max_delay = 300ms},
+                       [&]() -> Result<StageOutcome> {
+                         if (++calls < 5) return fail(Errc::unavailable, "control did not answer", "");
+                         return StageOutcome{.note = "enrolled"};
+                       });
+  CHECK(ok.has_value());
+  CHECK(calls == 5);
+  CHECK(waits == std::vector<std::chrono::milliseconds>{100ms, 200ms, 300ms, 300ms});
+  REQUIRE(runner.records().size() == 1);
+  CHECK(runner.records()[0].attempts == 5);
+  CHECK(runner.records()[0].duration_ms == 900);
+
+  calls = 0;
+  auto bad = runner.run("persist", {.max_attempts = 5}, [&]() -> Result<StageOutcome> {
+    ++calls;
+    return fail(Errc::config, "no disk", "attach one");
+  });
+  REQUIRE_FALSE(bad.has_value());
+  CHECK(calls == 1);
+  CHECK(bad.error().code == Errc::config);
+  CHECK(bad.error().message.find("boot stage persist") != std::string::npos);
+  CHECK_FALSE(runner.records().back().ok);
+}
+
+TEST_CASE("a stage gives up after its attempts, and a stop signal ends the wait") {
+  test::ManualClock clock;
+  int calls = 0;
+  StageRunner counted(clock, [&](Clock::MonoTime deadline) {
+    clock.advance(deadline - clock.monotonic());
+    return false;
+  });
+  auto out = counted.run("identity", {.max_attempts = 3, .first_delay = 10ms}, [&]() -> Result<StageOutcome> {
+    ++calls;
+    return fail(Errc::temporary, "fw-cfg not there yet", "");
+  });
+  CHECK_FALSE(out.has_value());
+  CHECK(calls == 3);
+
+  StageRunner stopped(clock, [](Clock::MonoTime) { return true; });
+  calls = 0;
+  auto s = stopped.run("enroll", {.max_attempts = 0}, [&]() -> Result<StageOutcome> {
+    ++calls;
+    return fail(Errc::unavailable, "down", "");
+  });
+  REQUIRE_FALSE(s.has_value());
+  CHECK(calls == 1);
+  CHECK(s.error().message.find("stopped by a signal") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace cairn::agent::boot
