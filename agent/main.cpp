@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   cairn::agent::cli::add_status(app, global, exit_code);
   cairn::agent::cli::add_verify(app, global, exit_code);   // modules (issue 14)
   cairn::agent::cli::add_attach(app, global, exit_code);
+  cairn::agent::cli::add_update(app, global, exit_code);
   cairn::agent::cli::add_modules(app, global, exit_code);
   try {
     app.parse(argc, argv);

@@ -15,6 +15,7 @@ void add_status(CLI::App& app, const GlobalOptions& global, int& exit_code);    
 // modules (issue 14)
 void add_verify(CLI::App& app, const GlobalOptions& global, int& exit_code);   // verify.cpp
 void add_attach(CLI::App& app, const GlobalOptions& global, int& exit_code);   // attach.cpp
+void add_update(CLI::App& app, const GlobalOptions& global, int& exit_code);   // attach.cpp
 void add_modules(CLI::App& app, const GlobalOptions& global, int& exit_code);  // modules.cpp (modules, detach)
 
 }  // namespace cairn::agent::cli
