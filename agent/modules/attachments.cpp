@@ -143,7 +143,11 @@ Result<ChangeOutcome> detach(ModulesEnv& env, Mounter& mounter, const std::strin
 Status save_desired(const AgentConfig& config, const std::vector<protocol::ModuleRef>& desired) {
   Json list = Json::array();
   for (const auto& d : desired) list.push_back({{"name", d.name}, {"digest", d.digest}});
-  return write_file_atomic(config.state_dir() / "modules/desired.json", dump_json({{"desired", list}}, 2) + "\n");
+  const auto path = config.state_dir() / "modules/desired.json";
+  const auto text = dump_json({{"desired", list}}, 2) + "\n";
+  // Every heartbeat brings it: written (and fsynced) only when it changed.
+  if (auto old = read_file_if_exists(path, 1 << 20); old && *old && **old == text) return {};
+  return write_file_atomic(path, text);
 }
 
 Result<std::optional<std::vector<protocol::ModuleRef>>> load_desired(const AgentConfig& config) {
