@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   cairn::agent::cli::add_task(app, global, exit_code);
   cairn::agent::cli::add_verify(app, global, exit_code);   // modules (issue 14)
   cairn::agent::cli::add_attach(app, global, exit_code);
+  cairn::agent::cli::add_update(app, global, exit_code);
   cairn::agent::cli::add_modules(app, global, exit_code);
   cairn::agent::cli::add_volume_setup(app, global, exit_code);  // persist (issue 15)
   cairn::agent::cli::add_persist(app, global, exit_code);       // persist (issue 15)

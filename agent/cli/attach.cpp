@@ -46,4 +46,43 @@ void add_attach(CLI::App& app, const GlobalOptions& global, int& exit_code) {
   });
 }
 
+void add_update(CLI::App& app, const GlobalOptions& global, int& exit_code) {
+  auto* cmd = app.add_subcommand("update", "reconcile the attached modules with the desired set from the control service");
+  cmd->callback([&global, &exit_code] {
+    exit_code = run_command("update", global.json, [&]() -> CommandOutcome {
+      CommandOutcome out{.stage = "config"};
+      auto config = load_agent_config(global);
+      if (!config) return out.error = config.error(), out;
+      auto env = modules::modules_env(*config);
+      if (!env) return out.error = env.error(), out;
+      if (!env->registry) {
+        out.error = Error{Errc::config, "no module registry configured", "set modules.registry in the agent's config"};
+        return out;
+      }
+      out.stage = "update.desired";
+      auto desired = modules::load_desired(*config);
+      if (!desired) return out.error = desired.error(), out;
+      if (!*desired) {
+        out.error = Error{Errc::temporary, "no desired module set received yet",
+                          "the service stores it from each heartbeat reply; start cairn-agent service and retry"};
+        return out;
+      }
+      out.stage = "update";
+      auto http = oci::make_registry_http(env->registry->options);
+      oci::Registry registry(*http, env->registry->host, env->registry->options);
+      auto mounter = modules::make_linux_mounter(config->root);
+      auto result = modules::update(*env, *mounter, registry, **desired, format_rfc3339(SystemClock::instance().now()));
+      if (!result) return out.error = result.error(), out;
+      out.details = change_details(result->change);
+      Json failed = Json::array();
+      for (const auto& f : result->failed) failed.push_back({{"name", f.name}, {"reason", f.reason}});
+      out.details["failed"] = failed;
+      out.human = change_human(result->change);
+      for (const auto& f : result->failed) out.human += "  FAILED " + f.name + ": " + f.reason + "\n";
+      if (result->first_error) out.error = *result->first_error;  // the others were applied
+      return out;
+    });
+  });
+}
+
 }  // namespace cairn::agent::cli

@@ -23,6 +23,7 @@ CommandOutcome run_task_command(const GlobalOptions& global, const std::string& 
 // modules (issue 14)
 void add_verify(CLI::App& app, const GlobalOptions& global, int& exit_code);   // verify.cpp
 void add_attach(CLI::App& app, const GlobalOptions& global, int& exit_code);   // attach.cpp
+void add_update(CLI::App& app, const GlobalOptions& global, int& exit_code);   // attach.cpp
 void add_modules(CLI::App& app, const GlobalOptions& global, int& exit_code);  // modules.cpp (modules, detach)
 void add_volume_setup(CLI::App& app, const GlobalOptions& global, int& exit_code);  // volume_setup.cpp (persist)
 void add_persist(CLI::App& app, const GlobalOptions& global, int& exit_code);       // persist.cpp (persist)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/fs.hpp"
 #include "common/module/manifest.hpp"
 #include "common/module/signature.hpp"
 #include "common/oci/module_artifact.hpp"
@@ -76,17 +77,22 @@ Result<AttachedModule> fetch_and_verify(ModulesEnv& env, oci::Registry& registry
   }
   auto ref = module_reference(*env.registry, name, version);
   if (!ref) return fail(ref.error());
-  auto fetched = fetch_module(registry, *ref, env.store);
+  return fetch_and_verify_ref(env, registry, *ref, name, version == "latest" ? std::nullopt : std::optional(version), now_rfc3339);
+}
+
+Result<AttachedModule> fetch_and_verify_ref(ModulesEnv& env, oci::Registry& registry, const oci::Reference& ref,
+                                            const std::string& name, std::optional<std::string> version,
+                                            const std::string& now_rfc3339) {
+  auto fetched = fetch_module(registry, ref, env.store);
   if (!fetched) return fail(fetched.error());
   VerifyRequest request{.manifest_text = fetched->manifest_text, .signatures = fetched->signatures, .image = fetched->image,
-                        .expect_name = name, .expect_version = version == "latest" ? std::nullopt : std::optional(version),
-                        .enable_verity = true};
+                        .expect_name = name, .expect_version = std::move(version), .enable_verity = true};
   auto verified = verify_module(request, env.policy);
   if (!verified) {
     // What failed verification is not kept: the next attempt fetches it again.
     std::error_code ec;
     std::filesystem::remove(fetched->image, ec);
-    return fail(verified.error().with_context("verify " + ref->str()));
+    return fail(verified.error().with_context("verify " + ref.str()));
   }
   auto manifest_digest = env.store.put_bytes(fetched->manifest_text);
   if (!manifest_digest) return fail(manifest_digest.error());
@@ -132,6 +138,61 @@ Result<ChangeOutcome> detach(ModulesEnv& env, Mounter& mounter, const std::strin
     }
   }
   return apply_set(env, mounter, std::move(next));
+}
+
+Status save_desired(const AgentConfig& config, const std::vector<protocol::ModuleRef>& desired) {
+  Json list = Json::array();
+  for (const auto& d : desired) list.push_back({{"name", d.name}, {"digest", d.digest}});
+  const auto path = config.state_dir() / "modules/desired.json";
+  const auto text = dump_json({{"desired", list}}, 2) + "\n";
+  // Every heartbeat brings it: written (and fsynced) only when it changed.
+  if (auto old = read_file_if_exists(path, 1 << 20); old && *old && **old == text) return {};
+  return write_file_atomic(path, text);
+}
+
+Result<std::optional<std::vector<protocol::ModuleRef>>> load_desired(const AgentConfig& config) {
+  const auto path = config.state_dir() / "modules/desired.json";
+  auto text = read_file_if_exists(path, 1 << 20);
+  if (!text) return fail(text.error());
+  if (!*text) return std::optional<std::vector<protocol::ModuleRef>>{};
+  return decode_json<std::optional<std::vector<protocol::ModuleRef>>>(**text, path.string(), [](const Json& j) {
+    std::vector<protocol::ModuleRef> out;
+    for (const auto& d : j.at("desired")) out.push_back({d.at("name").get<std::string>(), d.at("digest").get<std::string>(), false});
+    return std::optional(out);
+  });
+}
+
+Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, oci::Registry& registry,
+                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339) {
+  if (!env.registry) {
+    return fail(Errc::config, "no module registry configured", "set \"registry\" in the \"modules\" section of the agent's config");
+  }
+  auto current = env.store.load_attached();
+  if (!current) return fail(current.error());
+  UpdateOutcome out;
+  std::vector<AttachedModule> next;
+  for (const auto& d : desired) {
+    auto it = std::find_if(current->begin(), current->end(), [&](const AttachedModule& a) { return a.name == d.name; });
+    if (it != current->end() && it->source.ends_with("@" + d.digest)) {
+      next.push_back(*it);  // already the desired one
+      continue;
+    }
+    auto ref = oci::parse_reference(env.registry->host + "/" + (env.registry->prefix.empty() ? "" : env.registry->prefix + "/") +
+                                    d.name + "@" + d.digest);
+    Result<AttachedModule> fetched = ref ? fetch_and_verify_ref(env, registry, *ref, d.name, std::nullopt, now_rfc3339)
+                                         : Result<AttachedModule>(fail(ref.error()));
+    if (!fetched) {
+      out.failed.push_back({d.name, fetched.error().message});
+      if (!out.first_error) out.first_error = fetched.error();
+      if (it != current->end()) next.push_back(*it);  // keep what runs until the new one verifies
+      continue;
+    }
+    next.push_back(std::move(*fetched));
+  }
+  auto change = apply_set(env, mounter, std::move(next));
+  if (!change) return fail(change.error());
+  out.change = std::move(*change);
+  return out;
 }
 
 std::vector<protocol::ModuleRef> running_modules(const AgentConfig& config) {

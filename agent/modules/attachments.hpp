@@ -42,11 +42,31 @@ Result<ChangeOutcome> apply_set(ModulesEnv& env, Mounter& mounter, std::vector<A
 Result<AttachedModule> fetch_and_verify(ModulesEnv& env, oci::Registry& registry, const std::string& name,
                                         const std::string& version, const std::string& now_rfc3339);
 
+// The same for a reference pinned by digest (`update`): HOST/PREFIX/NAME@sha256:...
+Result<AttachedModule> fetch_and_verify_ref(ModulesEnv& env, oci::Registry& registry, const oci::Reference& ref,
+                                            const std::string& name, std::optional<std::string> version,
+                                            const std::string& now_rfc3339);
+
 // Attach: `module` replaces any attached one of the same name. When the union leaves it out,
 // the previous set is put back and the reason returned as the error.
 Result<ChangeOutcome> attach(ModulesEnv& env, Mounter& mounter, AttachedModule module);
 // Errc::usage when no such module is attached.
 Result<ChangeOutcome> detach(ModulesEnv& env, Mounter& mounter, const std::string& name);
+
+// The desired set of the last heartbeat reply, kept for `update` (<persist>/cairn/modules/desired.json).
+Status save_desired(const AgentConfig& config, const std::vector<protocol::ModuleRef>& desired);
+Result<std::optional<std::vector<protocol::ModuleRef>>> load_desired(const AgentConfig& config);
+
+struct UpdateOutcome {
+  ChangeOutcome change;
+  std::vector<Exclusion> failed;  // desired modules that could not be fetched or verified
+  std::optional<Error> first_error;
+};
+// Reconciles the attached set with `desired` (name + OCI manifest digest): fetches and verifies
+// what is new, drops what is no longer desired, applies the union once. A module that fails is
+// left out with its reason (an attached older version of it stays); the others proceed.
+Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, oci::Registry& registry,
+                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339);
 
 // What the heartbeat reports: each attached module's image digest and whether it is mounted.
 std::vector<protocol::ModuleRef> running_modules(const AgentConfig& config);

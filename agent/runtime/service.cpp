@@ -254,6 +254,7 @@ class Loop {
       status_.next_interval_s = std::clamp<std::int64_t>(answer->next_interval_s, 1, 3600);
       status_.consecutive_failures = 0;
       write_status(config_.state_dir(), status_);
+      (void)modules::save_desired(config_, answer->desired_modules);  // modules (issue 14): for `cairn-agent update`
       log::debug("heartbeat.ok", {{"node", node_id_}, {"ms", took.count()}, {"acked", status_.heartbeats_acked}});
       notify("STATUS=heartbeat ok at " + format_rfc3339(*status_.last_ok));
       for (const auto& id : answer->cancel_tasks) runner_->cancel(id);

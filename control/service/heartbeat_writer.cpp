@@ -6,6 +6,7 @@
 
 #include "common/log.hpp"
 #include "common/time.hpp"
+#include "control/service/module_catalog.hpp"  // modules (issue 14)
 
 namespace cairn::control {
 
@@ -83,8 +84,10 @@ void HeartbeatWriter::commit(std::vector<Pending>& batch) {
   protocol::HeartbeatResponse reply;
   reply.server_time = format_rfc3339(clock_.now());
   reply.next_interval_s = config_.heartbeat_interval.count();
+  const auto catalog = load_catalog(store_);  // modules (issue 14): the desired sets, read once per batch
   for (std::size_t i = 0; i < batch.size(); ++i) {
     ApiResult<protocol::HeartbeatResponse> answer = reply;
+    answer->desired_modules = catalog.desired_refs(records[i].node_id, records[i].request.labels);  // modules (issue 14)
     if (!results) {
       answer = std::unexpected(api_error(503, "store_error", results.error().message, "retry after a backoff"));
     } else if (!(*results)[i]) {

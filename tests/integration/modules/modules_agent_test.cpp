@@ -32,7 +32,7 @@ struct Node {
   std::filesystem::path config = host.tmp.path() / "agent.json";
 
   // Packs, signs (with `key`, or unsigned when null) and pushes NAME:TAG to registry `reg_host`.
-  void publish(const std::string& reg_host, const std::string& name, const std::string& tag, const EVP_PKEY* key,
+  std::string publish(const std::string& reg_host, const std::string& name, const std::string& tag, const EVP_PKEY* key,
                const std::map<std::string, std::string>& files, std::string repo = {}) {
     if (repo.empty()) repo = name;
     auto layer = host.module(name, 10, files);
@@ -51,6 +51,7 @@ struct Node {
     // Beside the image, as cairn-module pack and sign leave them (for `verify PATH`).
     REQUIRE(write_file_atomic(layer.image.parent_path() / (name + ".manifest.json"), manifest_text));
     if (!sig.empty()) REQUIRE(write_file_atomic(layer.image.parent_path() / (name + ".sig"), sig));
+    return pushed->manifest.digest;
   }
 
   void configure(const std::string& reg_host) {
@@ -171,6 +172,47 @@ TEST_CASE("detaching the last module unmounts the union and collects the store's
   CHECK(std::distance(std::filesystem::directory_iterator(blobs), {}) == 0);
   CHECK(wait_for([&] { return loops_under(node.host.tmp.path()).empty(); }, 5s));
   CHECK(wait_for([&] { return mounts_under(node.host.tmp.path()).empty(); }, 5s));
+}
+
+TEST_CASE("update reconciles with the desired set of the last heartbeat; a bad module does not block the others") {
+  if (auto why = mount_tests_unavailable()) CAIRN_SKIP(*why);
+  RegistryProcess reg;
+  if (!reg.error().empty()) CAIRN_SKIP(reg.error());
+  if (std::getenv("CAIRN_AGENT") == nullptr) CAIRN_SKIP("CAIRN_AGENT is not set (run through meson test)");
+  Node node;
+  node.configure(reg.host());
+  auto no_set = node.agent({"update"});
+  CHECK(no_set.code == 75);  // no heartbeat reply stored yet
+  const auto web = node.publish(reg.host(), "web", "1.0", node.fleet_key.get(), {{"srv/web", "w"}});
+  const auto api = node.publish(reg.host(), "api", "1.0", node.fleet_key.get(), {{"srv/api", "a"}});
+  const auto bare = node.publish(reg.host(), "bare", "1.0", nullptr, {{"srv/bare", "b"}});
+  const auto desired = [&](std::vector<std::pair<std::string, std::string>> set) {
+    Json list = Json::array();
+    for (const auto& [n, d] : set) list.push_back({{"name", n}, {"digest", d}});
+    // What the service writes from each heartbeat reply (agent/runtime/service.cpp).
+    REQUIRE(write_file_atomic(node.host.tmp.path() / "persist/cairn/modules/desired.json", dump_json({{"desired", list}})));
+  };
+  desired({{"web", web}, {"api", api}, {"bare", bare}});
+  auto r = node.agent({"update"});
+  INFO(r.err);
+  CHECK(r.code == 77);  // bare is unsigned: reported, and the others are applied
+  REQUIRE(r.json["details"]["failed"].size() == 1);
+  CHECK(r.json["details"]["failed"][0]["name"] == "bare");
+  CHECK(read_text(node.host.paths.mount_point / "srv/web") == "w");
+  CHECK(read_text(node.host.paths.mount_point / "srv/api") == "a");
+  CHECK_FALSE(std::filesystem::exists(node.host.paths.mount_point / "srv/bare"));
+
+  desired({{"api", api}});
+  auto r2 = node.agent({"update"});
+  REQUIRE(r2.code == 0);
+  CHECK_FALSE(std::filesystem::exists(node.host.paths.mount_point / "srv/web"));
+  CHECK(read_text(node.host.paths.mount_point / "srv/api") == "a");
+  CHECK(r2.json["details"]["attached"].size() == 1);
+
+  desired({});
+  REQUIRE(node.agent({"update"}).code == 0);
+  CHECK(wait_for([&] { return mounts_under(node.host.tmp.path()).empty(); }, 5s));
+  CHECK(wait_for([&] { return loops_under(node.host.tmp.path()).empty(); }, 5s));
 }
 
 }  // namespace
