@@ -298,6 +298,67 @@ TEST_CASE("a dropped blob download resumes with Range; a truncated or altered bl
   }
 }
 
+TEST_CASE("a registry that stalls mid-blob is given up on after the stall timeout; the next run resumes the partial file") {
+  test::RegistryProcess reg;
+  if (!reg.error().empty()) CAIRN_SKIP(reg.error());
+  test::TempDir dir;
+  const Module m = make_module(dir.path(), 600000);
+  auto http = make_http_client();
+  {
+    oci::Registry direct(*http, reg.host(), plain());
+    REQUIRE(oci::push_module(direct, *oci::parse_reference(reg.host() + "/cairn/stall:1"), m.image, m.manifest_text,
+                             m.signature_text)
+                .has_value());
+  }
+  test::RegistryProxy proxy(reg.base_url());
+  auto ref = oci::parse_reference(proxy.host() + "/cairn/stall:1");
+  REQUIRE(ref.has_value());
+  auto options = plain();
+  options.attempts = 2;
+  options.stall_timeout = std::chrono::seconds(1);
+  RecordingClock clock;
+  oci::Registry registry(*http, proxy.host(), options, clock);
+  auto resolved = oci::resolve_module(registry, *ref);
+  REQUIRE(resolved.has_value());
+  std::atomic<bool> stall{true};
+  std::atomic<int> image_gets{0};
+  proxy.before = [&](const test::HttpServer::Request& r) -> std::optional<test::HttpServer::Response> {
+    if (!is_blob_get(r) || r.path.find(resolved->image.digest) == std::string::npos) return std::nullopt;
+    if (image_gets++ == 0) return std::nullopt;  // the first answer is cut short below
+    if (!stall) return std::nullopt;
+    test::HttpServer::Response silent;
+    silent.never_answer = true;
+    return silent;
+  };
+  proxy.after = [&](const test::HttpServer::Request& r, test::HttpServer::Response& out) {
+    if (is_blob_get(r) && r.path.find(resolved->image.digest) != std::string::npos && image_gets.load() == 1) {
+      out.body.resize(250000);
+    }
+  };
+  const auto dest = dir.path() / "stalled.erofs";
+  const auto started = std::chrono::steady_clock::now();
+  auto s = oci::fetch_image(registry, *ref, *resolved, dest);
+  REQUIRE_FALSE(s.has_value());
+  CHECK(s.error().code == Errc::unavailable);
+  CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(20));
+  CHECK_FALSE(std::filesystem::exists(dest));
+  REQUIRE(std::filesystem::exists(dest.string() + ".partial"));
+  CHECK(std::filesystem::file_size(dest.string() + ".partial") == 250000);
+
+  // A later run (a new client) picks up the partial file and asks only for the rest.
+  stall = false;
+  std::string range;
+  proxy.after = [&](const test::HttpServer::Request& r, test::HttpServer::Response&) {
+    if (is_blob_get(r) && r.path.find(resolved->image.digest) != std::string::npos) range = r.header("range");
+  };
+  oci::Registry later(*http, proxy.host(), plain());
+  REQUIRE(oci::fetch_image(later, *ref, *resolved, dest).has_value());
+  CHECK(range == "bytes=250000-");
+  auto d = module::digest_file(dest);
+  REQUIRE(d.has_value());
+  CHECK(d->sha256 == m.manifest.sha256);
+}
+
 TEST_CASE("manifests with absurd sizes or of other artifacts are refused") {
   test::RegistryProcess reg;
   if (!reg.error().empty()) CAIRN_SKIP(reg.error());

@@ -74,17 +74,26 @@ TEST_CASE("the fs-verity digest equals fsverity-utils for empty, tiny, block-edg
 
 TEST_CASE("one thread and two threads give the same digests, and the sha256 is the file's") {
   test::TempDir dir;
-  const auto path = dir.path() / "img";
-  write_pattern(path, (3 << 20) + 12345);
-  auto one = digest_file(path, 1);
-  auto two = digest_file(path, 2);
-  REQUIRE(one.has_value());
-  REQUIRE(two.has_value());
-  CHECK(one->sha256 == two->sha256);
-  CHECK(one->fsverity == two->fsverity);
-  auto whole = read_file(path, 8 << 20);
-  REQUIRE(whole.has_value());
-  CHECK(one->sha256 == sha256_hex(*whole));
+  // Around the 1 MiB read chunks and their halves (each thread reads one half).
+  const std::uint64_t sizes[] = {(3 << 20) + 12345, (1 << 20) + 700000, 2 << 20, 512 << 10, (512 << 10) + 1, 4096};
+  for (const auto size : sizes) {
+    CAPTURE(size);
+    const auto path = dir.path() / ("img" + std::to_string(size));
+    write_pattern(path, size);
+    auto one = digest_file(path, 1);
+    auto two = digest_file(path, 2);
+    REQUIRE(one.has_value());
+    REQUIRE(two.has_value());
+    CHECK(one->sha256 == two->sha256);
+    CHECK(one->fsverity == two->fsverity);
+    CHECK(two->size == size);
+    auto whole = read_file(path, 8 << 20);
+    REQUIRE(whole.has_value());
+    CHECK(one->sha256 == sha256_hex(*whole));
+    FsverityStream stream;
+    stream.update(*whole);
+    CHECK(stream.finish_hex() == two->fsverity);
+  }
 }
 
 TEST_CASE("the streaming digest does not depend on how the bytes are chunked") {
