@@ -14,11 +14,14 @@
 
 #include <chrono>
 #include <cstring>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 #include "tests/support/process.hpp"
+
+extern char** environ;
 
 namespace cairn::test {
 namespace {
@@ -35,6 +38,15 @@ pid_t spawn_as(const std::vector<std::string>& argv, uid_t uid, gid_t gid, const
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  // The environment is built here: between fork and exec only async-signal-safe calls.
+  std::vector<std::string> env_strings = {"LC_ALL=C"};
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::string_view(*e).starts_with("LC_ALL=")) continue;
+    env_strings.emplace_back(*e);
+  }
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid != 0) return pid;
@@ -50,8 +62,7 @@ pid_t spawn_as(const std::vector<std::string>& argv, uid_t uid, gid_t gid, const
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != parent) ::_exit(1);
   if (::chdir(cwd.c_str()) != 0) ::_exit(126);
-  ::setenv("LC_ALL", "C", 1);
-  ::execv(args[0], args.data());
+  ::execve(args[0], args.data(), envp.data());
   ::_exit(127);
 }
 
