@@ -22,8 +22,8 @@
 #include "control/service/id_locks.hpp"
 #include "control/service/liveness.hpp"
 #include "control/service/rotation.hpp"
-#include "control/store/open_store.hpp"
 #include "control/service/task_queue.hpp"
+#include "control/store/open_store.hpp"
 #include "control/store/store.hpp"
 
 namespace cairn::control {

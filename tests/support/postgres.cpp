@@ -14,11 +14,14 @@
 
 #include <chrono>
 #include <cstring>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 #include "tests/support/process.hpp"
+
+extern char** environ;
 
 namespace cairn::test {
 namespace {
@@ -35,6 +38,15 @@ pid_t spawn_as(const std::vector<std::string>& argv, uid_t uid, gid_t gid, const
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  // The environment is built here: between fork and exec only async-signal-safe calls.
+  std::vector<std::string> env_strings = {"LC_ALL=C"};
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::string_view(*e).starts_with("LC_ALL=")) continue;
+    env_strings.emplace_back(*e);
+  }
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid != 0) return pid;
@@ -50,8 +62,7 @@ pid_t spawn_as(const std::vector<std::string>& argv, uid_t uid, gid_t gid, const
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != parent) ::_exit(1);
   if (::chdir(cwd.c_str()) != 0) ::_exit(126);
-  ::setenv("LC_ALL", "C", 1);
-  ::execv(args[0], args.data());
+  ::execve(args[0], args.data(), envp.data());
   ::_exit(127);
 }
 
@@ -199,9 +210,14 @@ std::string PostgresServer::url(const std::string& database) const {
 }
 
 Result<std::string> PostgresServer::psql(const std::string& database, const std::string& sql) {
-  const auto r = run_capture({(bin_dir() / "psql").string(), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h",
-                              "127.0.0.1", "-p", std::to_string(port_), "-U", kSuperuser, "-d", database, "-c", sql},
-                             dir_, std::chrono::seconds(60));
+  std::vector<std::string> argv = {(bin_dir() / "psql").string(), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"};
+  if (database.starts_with("postgresql://")) {
+    argv.insert(argv.end(), {"-d", database});  // a URL (with its search_path) says it all
+  } else {
+    argv.insert(argv.end(), {"-h", "127.0.0.1", "-p", std::to_string(port_), "-U", kSuperuser, "-d", database});
+  }
+  argv.insert(argv.end(), {"-c", sql});
+  const auto r = run_capture(argv, dir_, std::chrono::seconds(60));
   if (r.exit_code != 0) return fail(Errc::io, "psql '" + sql + "': " + r.err);
   return r.out;
 }
@@ -230,8 +246,13 @@ PostgresServer* shared_postgres(std::string& why) {
 }
 
 Result<std::string> fresh_postgres_database(PostgresServer& server) {
+  // A schema per case, not a database: CREATE DATABASE copies and syncs a template (seconds
+  // on a busy disk with fsync on); a schema is a catalog row. The URL's search_path points
+  // every unqualified name of the store at it.
   static int counter = 0;
-  return server.create_database("t" + std::to_string(::getpid()) + "_" + std::to_string(++counter));
+  const std::string schema = "t" + std::to_string(::getpid()) + "_" + std::to_string(++counter);
+  if (auto ok = server.psql("postgres", "CREATE SCHEMA " + schema); !ok) return fail(ok.error());
+  return server.url("postgres") + "?options=-c%20search_path%3D" + schema;
 }
 
 }  // namespace cairn::test

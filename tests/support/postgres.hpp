@@ -35,7 +35,8 @@ class PostgresServer {
   [[nodiscard]] std::string url(const std::string& database = "postgres") const;
   // CREATE DATABASE name (one per test case keeps cases apart); the URL of it.
   Result<std::string> create_database(const std::string& name);
-  // Runs one SQL command through psql on `database`; its stdout (unaligned, tuples only).
+  // Runs one SQL command through psql on `database` (a name, or a URL such as
+  // fresh_postgres_database's); its stdout (unaligned, tuples only).
   Result<std::string> psql(const std::string& database, const std::string& sql);
   [[nodiscard]] const std::filesystem::path& dir() const { return dir_; }
   // Stops (SIGKILL: a crash) or restarts the server on the same port and data dir.
@@ -57,7 +58,8 @@ class PostgresServer {
 // One server per test binary, started at first use and stopped at exit. nullptr when it
 // cannot run, with `why` set (skip with it when PostgreSQL is missing; fail otherwise).
 PostgresServer* shared_postgres(std::string& why);
-// A fresh database on the shared server for one test case (name made unique): its URL.
+// A fresh, empty place on the shared server for one test case: a new schema, named in the
+// returned URL's search_path (cheap; a database per case costs seconds with fsync on).
 Result<std::string> fresh_postgres_database(PostgresServer& server);
 
 }  // namespace cairn::test

@@ -343,7 +343,7 @@ TEST_CASE("50 nodes complete 10,000 tasks through two replicas exactly once, acr
   CHECK(completions.size() == static_cast<std::size_t>(kTasks));
   CHECK(twice == 0);
   // from the store: every task succeeded, with exactly one successful attempt
-  const std::string db = database->substr(database->rfind('/') + 1);
+  const std::string& db = *database;
   auto succeeded = pg->psql(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'");
   REQUIRE(succeeded);
   CHECK(one_line(*succeeded) == std::to_string(kTasks));

@@ -129,7 +129,7 @@ TEST_CASE("postgres: replicas opening a new database at once apply each migratio
   CHECK_MESSAGE(opened == 4, (errors.empty() ? "" : errors.front()));
   auto store = open(url);
   CHECK(store->schema_version() == 2);
-  auto versions = server->psql(url.substr(url.rfind('/') + 1), "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version");
+  auto versions = server->psql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version");
   REQUIRE(versions);
   CHECK(*versions == "1,2\n");
 }
@@ -137,8 +137,7 @@ TEST_CASE("postgres: replicas opening a new database at once apply each migratio
 TEST_CASE("postgres: a database from a newer cairn-control is refused; errors name the URL without its password") {
   FRESH_DATABASE(server, url);
   auto store = open(url);
-  const std::string db = url.substr(url.rfind('/') + 1);
-  REQUIRE(server->psql(db, "INSERT INTO schema_version VALUES (99, 0)"));
+  REQUIRE(server->psql(url, "INSERT INTO schema_version VALUES (99, 0)"));
   auto again = control::open_postgres_store(url);
   REQUIRE(!again);
   CHECK(again.error().code == Errc::config);
@@ -467,9 +466,8 @@ TEST_CASE("postgres: two stores on one database (replicas) lease 2,000 tasks con
   CHECK(errors == 0);
   CHECK(completed.size() == static_cast<std::size_t>(kTasks));
   CHECK(std::all_of(completed.begin(), completed.end(), [](const auto& kv) { return kv.second == 1; }));
-  const std::string db = url.substr(url.rfind('/') + 1);
-  CHECK(*server->psql(db, "SELECT count(*) FROM task_attempts") == std::to_string(kTasks) + "\n");
-  CHECK(*server->psql(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded' AND attempts = 1") ==
+  CHECK(*server->psql(url, "SELECT count(*) FROM task_attempts") == std::to_string(kTasks) + "\n");
+  CHECK(*server->psql(url, "SELECT count(*) FROM tasks WHERE state = 'succeeded' AND attempts = 1") ==
         std::to_string(kTasks) + "\n");
 }
 
