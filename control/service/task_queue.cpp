@@ -20,6 +20,7 @@ constexpr std::size_t kMaxSelectorEntries = 32;
 constexpr std::size_t kMaxCapabilities = 32;
 constexpr std::size_t kMaxErrorBytes = 4096;
 constexpr std::int64_t kMaxTasksListed = 10'000;
+constexpr std::int64_t kMaxReservation = std::int64_t{1} << 50;  // 1 PiB, or 10^12 CPUs in millis
 constexpr std::array<std::string_view, 5> kKinds = {"exec", "service.install", "service.remove", "inventory",
                                                     "reboot"};
 
@@ -180,7 +181,12 @@ std::int64_t retry_backoff_ms(std::int64_t attempt, std::int64_t base_ms, std::i
 }
 
 TaskResources node_budget(const protocol::HeartbeatRequest& hb, const ServiceConfig& config) {
-  auto i64 = [](double v) { return static_cast<std::int64_t>(std::floor(v)); };
+  // A node reports what it likes: clamp before converting (a double past int64 is UB).
+  auto i64 = [](double v) {
+    constexpr double kLimit = 9.0e18;
+    if (!std::isfinite(v)) return std::int64_t{0};
+    return static_cast<std::int64_t>(std::floor(std::clamp(v, -kLimit, kLimit)));
+  };
   TaskResources b;
   b.cpu_millis = i64(static_cast<double>(hb.cpu_count) * 1000.0 * config.headroom_cpu - hb.load1 * 1000.0);
   const double mem_used = static_cast<double>(hb.mem_total_bytes) - static_cast<double>(hb.mem_available_bytes);
@@ -264,7 +270,10 @@ ApiResult<TaskRecord> task_from_submission(const Json& body, std::int64_t now_ms
                            : k == "disk_bytes" ? &t.min.disk_bytes
                                                : nullptr;
       if (slot == nullptr) return invalid("min." + k.substr(0, 40), "unknown resource", "use cpu_millis, mem_bytes, disk_bytes");
-      if (!v.is_number_integer() || v.get<std::int64_t>() < 0) return invalid("min." + k, "must be a whole number, 0 or more");
+      // Capped so that sums of reservations can never overflow.
+      if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > kMaxReservation) {
+        return invalid("min." + k, "must be a whole number from 0 to 2^50");
+      }
       *slot = v.get<std::int64_t>();
     }
   }

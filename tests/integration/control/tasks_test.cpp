@@ -194,6 +194,19 @@ TEST_CASE("cancel reaches a running task through the heartbeat, the lease reques
   REQUIRE(leased.body["tasks"].size() == 1);
   CHECK(heartbeat(server, a, {id}).body["cancel_tasks"].empty());
 
+  // Output of gigabytes never reaches the store: a body over the server's cap is refused
+  // and the task keeps its lease; so is output over the per-task cap in a small body.
+  protocol::CompleteRequest huge;
+  huge.fence = 1;
+  huge.outcome = "succeeded";
+  huge.output = std::string(2 << 20, 'x');
+  auto refused_big = post_json(as_node(server, a), server.url("/v1/tasks/" + id + "/complete"), protocol::to_json(huge));
+  CHECK(refused_big.status == 413);
+  huge.output = std::string(protocol::kMaxTaskOutputBytes + 1, 'x');
+  auto refused_cap = post_json(as_node(server, a), server.url("/v1/tasks/" + id + "/complete"), protocol::to_json(huge));
+  CHECK(refused_cap.status == 400);
+  CHECK(show(server, id)["state"] == "leased");
+
   const auto cancel = server.cli({"task", "cancel", id});
   REQUIRE_MESSAGE(cancel.exit_code == 0, cancel.err);
   CHECK(cancel.out.find("told to stop") != std::string::npos);

@@ -110,6 +110,10 @@ TEST_CASE("submit refuses unknown kinds and malformed arguments, naming the fiel
   bad_attempts["max_attempts"] = 0;
   r = f.service->admin_submit_task(bad_attempts);
   CHECK(r.error().body.message.find("max_attempts") != std::string::npos);
+  Json greedy = exec_task();
+  greedy["min"] = {{"mem_bytes", std::int64_t{1} << 62}};
+  r = f.service->admin_submit_task(greedy);
+  CHECK(r.error().body.message.find("min.mem_bytes") != std::string::npos);
   Json unknown = exec_task();
   unknown["priority"] = 1;
   r = f.service->admin_submit_task(unknown);
@@ -265,6 +269,17 @@ TEST_CASE("admission uses the node's last heartbeat with headroom") {
   CHECK(budget.cpu_millis == 4 * 800 - 500);
   CHECK(budget.mem_bytes == static_cast<std::int64_t>((8ULL << 30) * 8 / 10 - (2ULL << 30)));
   CHECK(budget.disk_bytes == static_cast<std::int64_t>((100ULL << 30) * 9 / 10 - (30ULL << 30)));
+  protocol::HeartbeatRequest absurd;  // a node may send anything: no overflow
+  absurd.cpu_count = 0xffffffffu;
+  absurd.mem_total_bytes = ~0ULL;
+  absurd.mem_available_bytes = ~0ULL;
+  absurd.disk_total_bytes = ~0ULL;
+  absurd.disk_free_bytes = ~0ULL;
+  absurd.load1 = -1e300;
+  const auto clamped = control::node_budget(absurd, config);
+  CHECK(clamped.mem_bytes == 9'000'000'000'000'000'000);  // clamped, not wrapped
+  CHECK(clamped.disk_bytes == 9'000'000'000'000'000'000);
+  CHECK(clamped.cpu_millis == 9'000'000'000'000'000'000);
 
   TaskFixture f;
   const auto peer = f.enrolled(make_node());
