@@ -138,9 +138,18 @@ Result<ExtractStats> extract_archive(const std::filesystem::path& archive_path, 
       if (!t || ::fstat(t.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
         return fail(bad(name, std::string("hard link to '") + hard + "', not a file unpacked before it"));
       }
+      // Without CAP_DAC_READ_SEARCH, AT_EMPTY_PATH fails and the link is made by name: follow
+      // a final symlink there (AT_SYMLINK_FOLLOW), then check the new name is the very file
+      // open_beneath found, never a second name for a symlink that could point out of the tree.
       if (::linkat(t.get(), "", parent->get(), leaf.c_str(), AT_EMPTY_PATH) != 0 &&
-          ::linkat(root.get(), join(*target, target->size()).c_str(), parent->get(), leaf.c_str(), 0) != 0) {
+          ::linkat(root.get(), join(*target, target->size()).c_str(), parent->get(), leaf.c_str(), AT_SYMLINK_FOLLOW) != 0) {
         return fail(Errc::io, "archive entry '" + name + "': link: " + std::strerror(errno));
+      }
+      struct stat made {};
+      if (::fstatat(parent->get(), leaf.c_str(), &made, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(made.st_mode) ||
+          made.st_dev != st.st_dev || made.st_ino != st.st_ino) {
+        ::unlinkat(parent->get(), leaf.c_str(), 0);
+        return fail(bad(name, std::string("hard link to '") + hard + "' did not resolve to the file unpacked before it"));
       }
       continue;
     }

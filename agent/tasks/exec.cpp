@@ -206,7 +206,15 @@ TaskResult ExecKind::run(const Json& args, const TaskContext& ctx) {
   auto parsed = parse_exec_args(args, settings_);
   if (!parsed) return failed(FailureReason::invalid_args, parsed.error().message);
   std::map<std::string, std::string> env_map{{"PATH", kDefaultPath}, {"HOME", "/"}, {"LANG", "C.UTF-8"}};
-  for (const auto& [k, v] : parsed->env) env_map[k] = v;
+  const bool allowlisted = !settings_.exec_allowlist.empty();
+  for (const auto& [k, v] : parsed->env) {
+    // Under an allowlist the task may not choose which binary a name resolves to, nor inject
+    // code into it: its PATH and the dynamic loader's variables are refused.
+    if (allowlisted && (k == "PATH" || k.starts_with("LD_"))) {
+      return failed(FailureReason::invalid_args, "exec: env " + k + " is not allowed on a node with an exec allowlist");
+    }
+    env_map[k] = v;
+  }
   std::vector<std::string> env;
   for (const auto& [k, v] : env_map) env.push_back(k + "=" + v);
   const std::string program = resolve_program(parsed->argv.front(), env_map["PATH"]);

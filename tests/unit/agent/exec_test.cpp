@@ -151,6 +151,14 @@ TEST_CASE("exec refuses what the allowlist does not name, whatever the task asks
   CHECK(r.output.empty());
   // A bare name is not its path: the allowlist is matched exactly.
   CHECK(run({{"argv", {"true"}}}, seconds(10), settings).reason == FailureReason::invalid_args);
+  // Nor may the task pick which binary an allowed name resolves to, or preload code into it.
+  KindSettings by_name{.exec_allowlist = {"true"}};
+  CHECK(run({{"argv", {"true"}}}, seconds(10), by_name).outcome == "succeeded");
+  for (const char* var : {"PATH", "LD_PRELOAD", "LD_LIBRARY_PATH"}) {
+    auto refused = run({{"argv", {"true"}}, {"env", {{var, "/tmp"}}}}, seconds(10), by_name);
+    CHECK_MESSAGE(refused.reason == FailureReason::invalid_args, var);
+    CHECK(refused.error.find(var) != std::string::npos);
+  }
 }
 
 TEST_CASE("exec refuses malformed arguments as invalid_args") {
