@@ -151,6 +151,14 @@ Result<InitReport> init_state(const StatePaths& state, const InitOptions& option
     if (auto ok = write_file_atomic(out.path, out.data, out.mode); !ok) return fail(ok.error());
     report.written.push_back(out.path);
   }
+  // The escrow master key (nodes without a TPM): made here, with the CA, so every replica
+  // started from a copy of this dir reads the same escrowed keys. Never replaced, even by a
+  // forced init: the escrowed volume keys would become unreadable.
+  const auto escrow_key = state.dir / "escrow.key";
+  if (!std::filesystem::exists(escrow_key)) {
+    if (auto ok = write_file_atomic(escrow_key, random_hex(32) + "\n", 0600); !ok) return fail(ok.error());
+    report.written.push_back(escrow_key);
+  }
   return report;
 }
 

@@ -76,6 +76,12 @@ class ServiceImpl final : public ControlService {
   Status start(const StatePaths& state) {
     if (auto ok = register_state_admin(state, *store_, clock_); !ok) return ok;
     // persist (issue 15): the escrow master key of the state dir, made on the first start.
+    // Replicas must share it (it is made by `init`): on PostgreSQL a missing one is an error,
+    // not a new key that the other replicas could not read.
+    if (is_postgres_url(config_.database) && !std::filesystem::exists(state.dir / "escrow.key")) {
+      return fail(Errc::config, (state.dir / "escrow.key").string() + ": missing",
+                  "copy escrow.key from the state dir of the first replica (made by cairn-control init)");
+    }
     auto escrow_master = load_or_create_escrow_master_key(state.dir / "escrow.key");
     if (!escrow_master) return fail(escrow_master.error());
     escrow_store_ = escrow_key_store(*store_);

@@ -39,9 +39,10 @@ TEST_CASE("init writes the CA, server and admin credentials with 0600 keys") {
   options.admin_name = "alice";
   auto report = control::init_state(state, options, clock);
   REQUIRE_MESSAGE(report, (report ? "" : report.error().message));
-  CHECK(report->written.size() == 6);
+  CHECK(report->written.size() == 7);  // + escrow.key, shared by replicas copied from this dir
   CHECK(report->created_ca);
   CHECK(mode_of(state.dir) == 0700);
+  CHECK(mode_of(state.dir / "escrow.key") == 0600);
   for (const auto& key : {state.ca_key(), state.server_key(), state.admin_key()}) {
     CHECK(mode_of(key) == 0600);
     CHECK(parse_private_key_pem(read(key)));
