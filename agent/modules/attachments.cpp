@@ -89,9 +89,12 @@ Result<AttachedModule> fetch_and_verify_ref(ModulesEnv& env, oci::Registry& regi
                         .expect_name = name, .expect_version = std::move(version), .enable_verity = true};
   auto verified = verify_module(request, env.policy);
   if (!verified) {
-    // What failed verification is not kept: the next attempt fetches it again.
-    std::error_code ec;
-    std::filesystem::remove(fetched->image, ec);
+    // What this fetch downloaded and failed verification is not kept: the next attempt
+    // fetches it again. An image the store held before may belong to an attached module.
+    if (fetched->downloaded) {
+      std::error_code ec;
+      std::filesystem::remove(fetched->image, ec);
+    }
     return fail(verified.error().with_context("verify " + ref.str()));
   }
   auto manifest_digest = env.store.put_bytes(fetched->manifest_text);

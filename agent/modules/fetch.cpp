@@ -64,6 +64,7 @@ Result<FetchedModule> fetch_module(oci::Registry& registry, const oci::Reference
   if (!store.has_blob(out.image_digest)) {
     if (auto ok = make_dirs(dest->parent_path()); !ok) return fail(ok.error());
     if (auto ok = oci::fetch_image(registry, ref, *resolved, *dest); !ok) return fail(ok.error().with_context("fetch " + ref.str() + " image"));
+    out.downloaded = true;
   }
   return out;
 }

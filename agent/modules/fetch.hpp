@@ -35,6 +35,9 @@ struct FetchedModule {
   std::vector<std::string> signatures;
   std::string image_digest;  // sha256:<hex>, a blob of the store now
   std::filesystem::path image;
+  // This fetch wrote the image; false: the store already held it (maybe for an attached
+  // module), so a failed verification must not remove it.
+  bool downloaded = false;
 };
 Result<FetchedModule> fetch_module(oci::Registry& registry, const oci::Reference& ref, ModuleStore& store);
 
