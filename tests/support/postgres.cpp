@@ -56,14 +56,23 @@ pid_t spawn_as(const std::vector<std::string>& argv, uid_t uid, gid_t gid, const
     ::dup2(fd, STDOUT_FILENO);
     ::dup2(fd, STDERR_FILENO);
   }
+  // Each failure before exec says which step failed (write(2) is async-signal-safe), so the
+  // parent's error names it instead of showing an empty log.
+  const auto die = [](const char* what) {
+    [[maybe_unused]] const auto n = ::write(STDERR_FILENO, what, std::strlen(what));
+    ::_exit(126);
+  };
   if (::getuid() != uid) {
-    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(126);
+    if (::setgroups(0, nullptr) != 0) die("cairn test fixture: setgroups failed before exec\n");
+    if (::setgid(gid) != 0) die("cairn test fixture: setgid to the postgres group failed before exec\n");
+    if (::setuid(uid) != 0) die("cairn test fixture: setuid to the postgres user failed before exec\n");
   }
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != parent) ::_exit(1);
-  if (::chdir(cwd.c_str()) != 0) ::_exit(126);
+  if (::chdir(cwd.c_str()) != 0) die("cairn test fixture: chdir failed before exec\n");
   ::execve(args[0], args.data(), envp.data());
-  ::_exit(127);
+  die("cairn test fixture: execve failed\n");
+  return -1;  // not reached: die() exits
 }
 
 std::optional<int> wait_pid(pid_t pid, std::chrono::milliseconds timeout) {
@@ -137,7 +146,7 @@ Result<std::unique_ptr<PostgresServer>> PostgresServer::start() {
   const auto rc = wait_pid(init, 120s);
   if (!rc || *rc != 0) {
     if (!rc) ::kill(init, SIGKILL), wait_pid(init, 5s);
-    return fail(Errc::io, "initdb failed; log:\n" + slurp(log));
+    return fail(Errc::io, "initdb failed (exit " + (rc ? std::to_string(*rc) : std::string("timeout")) + "); log:\n" + slurp(log));
   }
   // A port taken between probing and binding: try another.
   for (int attempt = 0; attempt < 3; ++attempt) {
