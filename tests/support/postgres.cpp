@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -103,6 +104,22 @@ int free_loopback_port() {
   return port;
 }
 
+// The first directory on the way to `dir` (itself included) that uid/gid may not search, or
+// nothing. A chroot whose own root is 0700 (a mktemp -d made into a root) hides every path
+// from the postgres user, so its server could never reach its data directory.
+std::optional<std::filesystem::path> unsearchable_ancestor(const std::filesystem::path& dir, uid_t uid, gid_t gid) {
+  std::filesystem::path walk = "/";
+  std::vector<std::filesystem::path> chain = {walk};
+  for (const auto& part : std::filesystem::absolute(dir).relative_path()) chain.push_back(walk /= part);
+  for (const auto& p : chain) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) return p;
+    const mode_t need = st.st_uid == uid ? S_IXUSR : st.st_gid == gid ? S_IXGRP : S_IXOTH;
+    if ((st.st_mode & need) == 0) return p;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::filesystem::path PostgresServer::bin_dir() {
@@ -116,8 +133,18 @@ std::optional<std::string> PostgresServer::unavailable_reason() {
     return std::string("PostgreSQL 15 is not installed (") + kBinDir +
            "/postgres missing); install the Debian package 'postgresql' (tools/install-deps)";
   }
-  if (::getuid() == 0 && ::getpwnam("postgres") == nullptr) {
-    return std::string("running as root and no 'postgres' user to run the server as (PostgreSQL refuses root)");
+  if (::getuid() == 0) {
+    const passwd* pw = ::getpwnam("postgres");
+    if (pw == nullptr) {
+      return std::string("running as root and no 'postgres' user to run the server as (PostgreSQL refuses root)");
+    }
+    std::error_code ec;
+    const auto tmp = std::filesystem::temp_directory_path(ec);
+    if (auto blocked = unsearchable_ancestor(ec ? std::filesystem::path("/tmp") : tmp, pw->pw_uid, pw->pw_gid)) {
+      return "the 'postgres' user cannot search " + blocked->string() +
+             " (its mode hides every data directory from the server, which refuses to run as root); "
+             "this happens in a chroot whose root directory is 0700: chmod 0755 it";
+    }
   }
   return std::nullopt;
 }
