@@ -6,11 +6,11 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
-#include <condition_variable>
+#include <chrono>
 #include <cstring>
 #include <functional>
-#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -111,6 +111,18 @@ struct FsverityStream::Impl {
   }
 };
 
+void FsverityStream::hash_blocks(const void* data, std::size_t count, unsigned char* hashes) {
+  BlockHasher hasher;
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < count; ++i) hasher.hash(p + i * kVerityBlockSize, kVerityBlockSize, hashes + i * kHashSize);
+}
+
+void FsverityStream::add_block_hashes(const unsigned char* hashes, std::size_t count) {
+  if (impl_->data_fill != 0) throw std::logic_error("FsverityStream::add_block_hashes after a partial block");
+  for (std::size_t i = 0; i < count; ++i) impl_->push_hash(0, hashes + i * kHashSize);
+  size_ += static_cast<std::uint64_t>(count) * kVerityBlockSize;
+}
+
 FsverityStream::FsverityStream() : impl_(std::make_unique<Impl>()) { impl_->levels.reserve(12); }
 FsverityStream::~FsverityStream() = default;
 FsverityStream::FsverityStream(FsverityStream&&) noexcept = default;
@@ -190,68 +202,100 @@ std::string fsverity_display(std::string_view hex) { return "sha256:" + std::str
 
 namespace {
 
-// The second thread of digest_file: runs one job at a time for the reader.
+// Waits until pred() holds: first spinning for up to kSpin (a round of digest_file lasts a few
+// hundred microseconds, and waking a sleeping thread, a halted vCPU in a VM even more so, can
+// cost tens of them each round), then sleeping on `word` until it differs from `seen`.
+constexpr auto kSpin = std::chrono::microseconds(50);
+template <class Pred>
+void await(const std::atomic<std::uint32_t>& word, std::uint32_t seen, Pred pred) {
+  const auto until = std::chrono::steady_clock::now() + kSpin;
+  for (unsigned i = 1; !pred(); ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+    if (i % 64 == 0 && std::chrono::steady_clock::now() > until) {
+      while (!pred()) word.wait(seen, std::memory_order_acquire);
+      return;
+    }
+  }
+}
+
+// The second thread of digest_file: runs one job at a time for the caller.
 class Worker {
  public:
   Worker() : thread_([this] { run(); }) {}
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker() {
-    {
-      std::lock_guard lock(mutex_);
-      stop_ = true;
-    }
-    cv_.notify_all();
+    stop_.store(true, std::memory_order_relaxed);
+    posted_.fetch_add(1, std::memory_order_release);
+    posted_.notify_one();
     thread_.join();
   }
-  void start(std::function<void()> job) {
-    {
-      std::lock_guard lock(mutex_);
-      job_ = std::move(job);
-    }
-    cv_.notify_all();
+  // The job must stay valid until wait() returns.
+  void start(const std::function<void()>& job) {
+    job_ = &job;
+    posted_.fetch_add(1, std::memory_order_release);
+    posted_.notify_one();
   }
   void wait() {
-    std::unique_lock lock(mutex_);
-    cv_.wait(lock, [this] { return !job_; });
+    const auto want = posted_.load(std::memory_order_relaxed);
+    for (auto seen = done_.load(std::memory_order_acquire); seen != want; seen = done_.load(std::memory_order_acquire)) {
+      await(done_, seen, [&] { return done_.load(std::memory_order_acquire) != seen; });
+    }
   }
 
  private:
   void run() {
-    std::unique_lock lock(mutex_);
+    std::uint32_t seen = 0;
     for (;;) {
-      cv_.wait(lock, [this] { return job_ || stop_; });
-      if (job_) {
-        auto job = job_;
-        lock.unlock();
-        job();
-        lock.lock();
-        job_ = nullptr;
-        cv_.notify_all();
-      } else if (stop_) {
-        return;
-      }
+      await(posted_, seen, [&] { return posted_.load(std::memory_order_acquire) != seen; });
+      seen = posted_.load(std::memory_order_acquire);
+      if (stop_.load(std::memory_order_relaxed)) return;
+      (*job_)();
+      done_.store(seen, std::memory_order_release);
+      done_.notify_one();
     }
   }
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::function<void()> job_;
-  bool stop_ = false;
-  std::thread thread_;
+  std::atomic<std::uint32_t> posted_{0};
+  std::atomic<std::uint32_t> done_{0};
+  std::atomic<bool> stop_{false};
+  const std::function<void()>* job_ = nullptr;
+  std::thread thread_;  // last: starts once the members above exist
 };
 
-// Reads up to buf.size() bytes; fewer only at end of file.
-Result<std::size_t> read_full(int fd, std::vector<unsigned char>& buf, const std::filesystem::path& path) {
+// Reads up to `want` bytes at `offset`; fewer only at end of file. Returns errno on failure.
+struct ReadResult {
   std::size_t got = 0;
-  while (got < buf.size()) {
-    const ssize_t n = ::read(fd, buf.data() + got, buf.size() - got);
+  int error = 0;
+};
+ReadResult read_at(int fd, unsigned char* dst, std::size_t want, std::uint64_t offset) {
+  ReadResult r;
+  while (r.got < want) {
+    const ssize_t n = ::pread(fd, dst + r.got, want - r.got, static_cast<off_t>(offset + r.got));
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail(Errc::io, path.string() + ": read: " + std::strerror(errno));
+    if (n < 0) {
+      r.error = errno;
+      break;
+    }
     if (n == 0) break;
-    got += static_cast<std::size_t>(n);
+    r.got += static_cast<std::size_t>(n);
   }
-  return got;
+  return r;
 }
+
+// Reading: a chunk is read as kPieces pieces, each by whichever thread is free. Hashing: the
+// Merkle tree's data blocks (level 0, almost all of its work) in groups of kLeafGroup blocks,
+// also by whichever thread is free. Small items keep the two threads' finishing times close (the
+// first to finish a round waits for the other); two 1 MiB chunks stay in the caches meanwhile.
+constexpr std::size_t kChunk = std::size_t{1} << 20;
+constexpr std::size_t kPieces = 8;
+constexpr std::size_t kPiece = kChunk / kPieces;
+constexpr std::size_t kLeafGroup = 8;
+constexpr std::size_t kChunkBlocks = kChunk / kVerityBlockSize;
+static_assert(kChunk % kPieces == 0 && kPiece % kVerityBlockSize == 0);
 
 }  // namespace
 
@@ -259,65 +303,78 @@ Result<FileDigests> digest_file(const std::filesystem::path& path, int threads, 
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return fail(Errc::io, path.string() + ": " + std::strerror(errno), "check the path and its permissions");
   ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-  constexpr std::size_t kChunk = 1 << 20;  // 1 MiB: in L2/L3 for both threads
-  std::array<std::vector<unsigned char>, 2> bufs{std::vector<unsigned char>(kChunk),
-                                                 std::vector<unsigned char>(kChunk)};
-  Sha256Stream sha;
-  FsverityStream verity;
-  std::uint64_t total = 0;
+  const int raw = fd.get();
+  auto read_error = [&](int err) { return fail(Errc::io, path.string() + ": read: " + std::strerror(err)); };
   auto too_big = [&] {
     return fail(Errc::data, path.string() + ": larger than " + std::to_string(max_size) + " bytes",
                 "a module image this large is refused; check the file");
   };
+  std::array<std::vector<unsigned char>, 2> bufs{std::vector<unsigned char>(kChunk), std::vector<unsigned char>(kChunk)};
+  Sha256Stream sha;
+  FsverityStream verity;
+  std::uint64_t total = 0;
   if (threads <= 1) {
     for (;;) {
-      auto n = read_full(fd.get(), bufs[0], path);
-      if (!n) return fail(n.error());
-      if (*n == 0) break;
-      total += *n;
+      const auto r = read_at(raw, bufs[0].data(), kChunk, total);
+      if (r.error != 0) return read_error(r.error);
+      if (r.got == 0) break;
+      total += r.got;
       if (total > max_size) return too_big();
-      sha.update(bufs[0].data(), *n);
-      verity.update(bufs[0].data(), *n);
+      sha.update(bufs[0].data(), r.got);
+      verity.update(bufs[0].data(), r.got);
     }
   } else {
-    // Copying from the page cache costs about a sixth of hashing the bytes, so each thread
-    // reads half of the next chunk (pread, disjoint) beside its hash: the worker the SHA-256,
-    // this thread the Merkle tree. The two sides stay about even.
+    // The file's SHA-256 is one sequential hash: the worker runs it over the current chunk.
+    // Everything else is split in small items that either thread takes when free: the reads of
+    // the next chunk, then the Merkle leaves of the current one. Both threads stay busy until
+    // the chunk is done whatever the page-cache copy costs, so each does about half of
+    // (SHA-256 + Merkle tree + copy) instead of one hash plus a fixed share of the copy.
     Worker worker;
-    const int raw = fd.get();
-    auto read_at = [&](unsigned char* dst, std::size_t want, std::uint64_t offset) -> Result<std::size_t> {
-      std::size_t got = 0;
-      while (got < want) {
-        const ssize_t n = ::pread(raw, dst + got, want - got, static_cast<off_t>(offset + got));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return fail(Errc::io, path.string() + ": read: " + std::strerror(errno));
-        if (n == 0) break;
-        got += static_cast<std::size_t>(n);
-      }
-      return got;
-    };
-    constexpr std::size_t kHalf = kChunk / 2;
-    auto n = read_at(bufs[0].data(), kChunk, 0);
-    if (!n) return fail(n.error());
+    std::array<Hash, kChunkBlocks> leaves{};
+    std::array<ReadResult, kPieces> pieces{};
+    auto first = read_at(raw, bufs[0].data(), kChunk, 0);
+    if (first.error != 0) return read_error(first.error);
     std::size_t cur = 0;
-    std::size_t len = *n;
+    std::size_t len = first.got;
     while (len > 0) {
+      // Leaves in parallel only while every chunk so far was whole blocks (a short read ended
+      // the previous chunk only at end of file, but the file may have grown since).
+      const bool aligned = total % kVerityBlockSize == 0;
       total += len;
       if (total > max_size) return too_big();
+      const unsigned char* data = bufs[cur].data();
+      unsigned char* next = bufs[cur ^ 1].data();
       const std::uint64_t next_offset = total;
-      Result<std::size_t> first = 0;
-      worker.start([&, cur, len, next_offset] {
-        sha.update(bufs[cur].data(), len);
-        first = read_at(bufs[cur ^ 1].data(), kHalf, next_offset);
-      });
-      verity.update(bufs[cur].data(), len);
-      auto second = read_at(bufs[cur ^ 1].data() + kHalf, kHalf, next_offset + kHalf);
+      const std::size_t blocks = aligned ? len / kVerityBlockSize : 0;
+      const std::size_t items = kPieces + (blocks + kLeafGroup - 1) / kLeafGroup;
+      std::atomic<std::size_t> taken{0};
+      auto work = [&] {
+        for (std::size_t i = taken.fetch_add(1); i < items; i = taken.fetch_add(1)) {
+          if (i < kPieces) {
+            pieces[i] = read_at(raw, next + i * kPiece, kPiece, next_offset + i * kPiece);
+          } else {
+            const std::size_t b = (i - kPieces) * kLeafGroup;
+            FsverityStream::hash_blocks(data + b * kVerityBlockSize, std::min(kLeafGroup, blocks - b), leaves[b].data());
+          }
+        }
+      };
+      const std::function<void()> job = [&] {
+        sha.update(data, len);
+        work();
+      };
+      worker.start(job);
+      work();
       worker.wait();
-      if (!first) return fail(first.error());
-      if (!second) return fail(second.error());
+      verity.add_block_hashes(leaves[0].data(), blocks);
+      verity.update(data + blocks * kVerityBlockSize, len - blocks * kVerityBlockSize);
+      // The next chunk: its pieces up to the first short one (end of file).
       cur ^= 1;
-      // A short first half is the end of the file: the second half then holds nothing of it.
-      len = *first < kHalf ? *first : kHalf + *second;
+      len = 0;
+      for (const auto& piece : pieces) {
+        if (piece.error != 0) return read_error(piece.error);
+        len += piece.got;
+        if (piece.got < kPiece) break;
+      }
     }
   }
   FileDigests out;

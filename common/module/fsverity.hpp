@@ -48,6 +48,13 @@ class FsverityStream {
   void update(std::string_view data) { update(data.data(), data.size()); }
   // Lower-case hex of SHA-256(fsverity_descriptor); the stream is then spent.
   std::string finish_hex();
+
+  // For hashing the data blocks on several threads: hash_blocks writes the level-0 hash of each
+  // of `count` whole 4 KiB blocks (32 bytes each, thread-safe: no shared state), and
+  // add_block_hashes appends such hashes in file order, as update() of those blocks would.
+  // add_block_hashes needs every update() so far to have been a whole number of blocks.
+  static void hash_blocks(const void* data, std::size_t count, unsigned char* hashes);
+  void add_block_hashes(const unsigned char* hashes, std::size_t count);
   // The Merkle tree root hash alone (hex), valid after finish_hex(); all zeros for an empty file.
   [[nodiscard]] const std::string& root_hash_hex() const { return root_hex_; }
   [[nodiscard]] std::uint64_t size() const { return size_; }
@@ -65,9 +72,11 @@ struct FileDigests {
   std::string fsverity;  // hex (print as "sha256:" + hex, as fsverity-utils does)
 };
 
-// Reads the file once and computes both digests. threads = 2 runs the file SHA-256 and the
-// Merkle tree on two threads over the same buffers (the two are different hashes over the
-// same bytes, so one core must hash every byte twice); threads = 1 does both on the caller's.
+// Reads the file once and computes both digests. threads = 2 uses a second thread: it runs the
+// file's SHA-256 (one sequential hash) over each 1 MiB chunk while the caller hashes the chunk's
+// Merkle leaves and reads the next chunk; each of the two takes what is left of that work when
+// it is free, so both stay busy (every byte is hashed twice, for two different hashes).
+// threads = 1 does both on the caller's.
 // max_size caps the file (a larger one is Errc::data). Errors: Errc::io naming the path.
 Result<FileDigests> digest_file(const std::filesystem::path& path, int threads = 2,
                                 std::uint64_t max_size = UINT64_MAX);

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <fstream>
 #include <random>
+#include <stdexcept>
+#include <vector>
 
 #include "common/crypto.hpp"
 #include "common/fs.hpp"
@@ -74,8 +76,11 @@ TEST_CASE("the fs-verity digest equals fsverity-utils for empty, tiny, block-edg
 
 TEST_CASE("one thread and two threads give the same digests, and the sha256 is the file's") {
   test::TempDir dir;
-  // Around the 1 MiB read chunks and their halves (each thread reads one half).
-  const std::uint64_t sizes[] = {(3 << 20) + 12345, (1 << 20) + 700000, 2 << 20, 512 << 10, (512 << 10) + 1, 4096};
+  // Around the 1 MiB read chunks, their 128 KiB read pieces (either thread reads any piece) and
+  // the 64 KiB groups of Merkle leaves (either thread hashes any group).
+  const std::uint64_t sizes[] = {(3 << 20) + 12345, (1 << 20) + 700000, 2 << 20, (2 << 20) - 1, (2 << 20) + 1,
+                                 512 << 10, (512 << 10) + 1, (5 << 17) + 1, (7 << 17) - 4096, (1 << 20) + (3 << 16) + 4095,
+                                 4096, 4095, 1};
   for (const auto size : sizes) {
     CAPTURE(size);
     const auto path = dir.path() / ("img" + std::to_string(size));
@@ -106,25 +111,65 @@ TEST_CASE("the streaming digest does not depend on how the bytes are chunked") {
   CHECK(whole.finish_hex() == pieces.finish_hex());
 }
 
+TEST_CASE("block hashes computed apart and added in file order give the streaming digest") {
+  std::string data(4096 * 40 + 123, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 131 + (i >> 12));
+  FsverityStream whole;
+  whole.update(data);
+  const std::string expected = whole.finish_hex();
+
+  // 40 whole blocks hashed in two groups, out of order, then the 123-byte tail through update().
+  std::vector<unsigned char> hashes(40 * 32);
+  FsverityStream::hash_blocks(data.data() + 16 * 4096, 24, hashes.data() + 16 * 32);
+  FsverityStream::hash_blocks(data.data(), 16, hashes.data());
+  FsverityStream apart;
+  apart.add_block_hashes(hashes.data(), 16);
+  apart.add_block_hashes(hashes.data() + 16 * 32, 24);
+  apart.update(std::string_view(data).substr(40 * 4096));
+  CHECK(apart.size() == data.size());
+  CHECK(apart.finish_hex() == expected);
+
+  // Hashes in the wrong order give another digest: the order is the caller's to keep.
+  FsverityStream swapped;
+  swapped.add_block_hashes(hashes.data() + 16 * 32, 24);
+  swapped.add_block_hashes(hashes.data(), 16);
+  swapped.update(std::string_view(data).substr(40 * 4096));
+  CHECK(swapped.finish_hex() != expected);
+
+  // After a partial block, whole-block hashes no longer line up with the file: refused.
+  FsverityStream partial;
+  partial.update(std::string_view(data).substr(0, 100));
+  CHECK_THROWS_AS(partial.add_block_hashes(hashes.data(), 1), std::logic_error);
+}
+
 TEST_CASE("one flipped bit changes both digests") {
   test::TempDir dir;
   const auto path = dir.path() / "img";
-  write_pattern(path, 1 << 20);
+  write_pattern(path, 3 << 20);
   auto before = digest_file(path);
   REQUIRE(before.has_value());
-  {
-    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(700000);
-    char c = 0;
-    f.read(&c, 1);
-    c = static_cast<char>(c ^ 0x10);
-    f.seekp(700000);
-    f.write(&c, 1);
+  // In the first chunk, and in a later one (read by either thread, hashed by either).
+  for (const std::streamoff at : {std::streamoff{700000}, std::streamoff{(2 << 20) + 300000}}) {
+    CAPTURE(at);
+    auto flip = [&] {
+      std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(at);
+      char c = 0;
+      f.read(&c, 1);
+      c = static_cast<char>(c ^ 0x10);
+      f.seekp(at);
+      f.write(&c, 1);
+    };
+    flip();
+    auto after = digest_file(path);
+    REQUIRE(after.has_value());
+    CHECK(after->sha256 != before->sha256);
+    CHECK(after->fsverity != before->fsverity);
+    flip();  // back
+    auto again = digest_file(path);
+    REQUIRE(again.has_value());
+    CHECK(again->fsverity == before->fsverity);
   }
-  auto after = digest_file(path);
-  REQUIRE(after.has_value());
-  CHECK(after->sha256 != before->sha256);
-  CHECK(after->fsverity != before->fsverity);
 }
 
 TEST_CASE("a file over the size cap and a missing file are refused") {
