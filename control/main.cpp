@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   cairn::control::cli::add_events(app, exit_code);
   cairn::control::cli::add_admin(app, exit_code);
   cairn::control::cli::add_task(app, exit_code);
+  cairn::control::cli::add_module(app, exit_code);  // modules (h-modctl)
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -207,6 +207,19 @@ class ControlService {
     return refuse(404, "not_found", "node " + node.node_id() + ": this control service keeps no escrow keys");
   }
 
+  // modules (h-modctl): the module catalog and its assignments (control/service/module_catalog.hpp
+  // lists the bodies). Not pure: a service without a catalog answers 404.
+  virtual ApiResult<Json> admin_list_modules() { return refuse(404, "not_found", "this control service has no module catalog"); }
+  virtual ApiResult<Json> admin_add_module(const Json& /*body*/) {
+    return refuse(404, "not_found", "this control service has no module catalog");
+  }
+  virtual ApiResult<Json> admin_assign_module(const Json& /*body*/) {
+    return refuse(404, "not_found", "this control service has no module catalog");
+  }
+  virtual ApiResult<Json> admin_unassign_module(std::string_view /*id*/) {
+    return refuse(404, "not_found", "this control service has no module catalog");
+  }
+
   // Read only: the states the liveness sweep last set.
   virtual NodeCounts node_counts() = 0;
   virtual std::int64_t enrollments_total() = 0;

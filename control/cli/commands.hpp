@@ -13,5 +13,6 @@ void add_node(CLI::App& app, int& exit_code);   // node.cpp: node list/show/revo
 void add_events(CLI::App& app, int& exit_code); // events.cpp: events [--node] [--since]
 void add_admin(CLI::App& app, int& exit_code);  // admin.cpp: admin create/list/revoke
 void add_task(CLI::App& app, int& exit_code);   // task.cpp: task submit/list/show/cancel
+void add_module(CLI::App& app, int& exit_code); // module.cpp: module add/list/assign/unassign (h-modctl)
 
 }  // namespace cairn::control::cli

@@ -264,6 +264,31 @@ Reply route_admin(ControlService& service, const RouteRequest& r, std::string_vi
       return from_result(service.admin_cancel_task(id), identity);
     }
   }
+  // modules (h-modctl): the module catalog and assignments
+  constexpr std::string_view kModules = "/v1/admin/modules";
+  constexpr std::string_view kAssignments = "/v1/admin/modules/assignments";
+  if (path == kModules) {
+    if (get) return from_result(service.admin_list_modules(), identity);
+    if (!post) return method_not_allowed(r.method, path, "GET or POST");
+    Reply refused;
+    auto body = object_body(r, "module add body", "{\"reference\", \"manifest\", \"signatures\", \"trust_keys\"}", refused);
+    if (!body) return refused;
+    return from_result(service.admin_add_module(*body), identity);
+  }
+  if (path == kAssignments) {
+    if (!post) return method_not_allowed(r.method, path, "POST");
+    Reply refused;
+    auto body = object_body(r, "module assign body", "{\"module\": \"NAME@VERSION\", \"node\" | \"selector\"}", refused);
+    if (!body) return refused;
+    return from_result(service.admin_assign_module(*body), identity);
+  }
+  if (path.starts_with(std::string(kAssignments) + "/")) {
+    auto [id, tail] = split_id(path.substr(kAssignments.size() + 1));
+    if (!id.empty() && tail == "/delete") {
+      if (!post) return method_not_allowed(r.method, path, "POST");
+      return from_result(service.admin_unassign_module(id), identity);
+    }
+  }
   if (path == kNodes) {
     if (!get) return method_not_allowed(r.method, path, "GET");
     return from_result(service.admin_list_nodes(), identity);

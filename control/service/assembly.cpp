@@ -21,6 +21,7 @@
 #include "control/service/heartbeat_writer.hpp"
 #include "control/service/id_locks.hpp"
 #include "control/service/liveness.hpp"
+#include "control/service/module_catalog.hpp"  // modules (h-modctl)
 #include "control/service/rotation.hpp"
 #include "control/service/task_queue.hpp"
 #include "control/store/open_store.hpp"
@@ -160,6 +161,18 @@ class ServiceImpl final : public ControlService {
   ApiResult<Json> persist_escrow_key(const AuthorizedNode& node) override {  // persist (issue 15)
     if (!escrow_) return refuse(503, "unavailable", "the escrow is not open yet", "retry in a moment");
     return escrow_->key_for(node.node_id());
+  }
+
+  // modules (h-modctl): the catalog's admin API (control/service/module_catalog.hpp)
+  ApiResult<Json> admin_list_modules() override { return control::admin_list_modules(*store_); }
+  ApiResult<Json> admin_add_module(const Json& body) override {
+    return control::admin_add_module(*store_, body, to_unix_ms(clock_.now()));
+  }
+  ApiResult<Json> admin_assign_module(const Json& body) override {
+    return control::admin_assign_module(*store_, body, to_unix_ms(clock_.now()));
+  }
+  ApiResult<Json> admin_unassign_module(std::string_view id) override {
+    return control::admin_unassign_module(*store_, id);
   }
 
   NodeCounts node_counts() override { return auth_.counts(); }

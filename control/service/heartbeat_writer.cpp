@@ -87,7 +87,8 @@ void HeartbeatWriter::commit(std::vector<Pending>& batch) {
   const auto catalog = load_catalog(store_);  // modules (issue 14): the desired sets, read once per batch
   for (std::size_t i = 0; i < batch.size(); ++i) {
     ApiResult<protocol::HeartbeatResponse> answer = reply;
-    answer->desired_modules = catalog.desired_refs(records[i].node_id, records[i].request.labels);  // modules (issue 14)
+    // modules (issue 14): selectors match the node's stored labels, not its heartbeat's (h-modctl)
+    answer->desired_modules = desired_for_node(store_, catalog, records[i].node_id);
     if (!results) {
       answer = std::unexpected(api_error(503, "store_error", results.error().message, "retry after a backoff"));
     } else if (!(*results)[i]) {

@@ -14,6 +14,7 @@
 #include "common/json.hpp"
 #include "common/protocol/messages.hpp"
 #include "common/result.hpp"
+#include "control/api_error.hpp"
 #include "control/store/store.hpp"
 #include "control/store/task_records.hpp"
 
@@ -32,15 +33,20 @@ class CatalogStore {
 };
 std::unique_ptr<CatalogStore> catalog_store(Store& store);
 
+// `cairn-control module add`: what the operator has after `cairn-module pack/sign/push`. The
+// module manifest (exactly the bytes pushed: its sha256 is the stored manifest digest) gives
+// name, version, priority, size, sha256, fs-verity digest and dependencies; one of the
+// signatures must verify with one of the trust keys, so the catalog only lists modules its
+// trust policy accepts.
 struct ModuleAdd {
-  std::string name;
-  std::string version;
-  std::string reference;        // REGISTRY/REPO@sha256:<hex> (a tag alone can move: refused)
-  std::string manifest_digest;  // optional: sha256:<hex> of the module manifest
-  std::int64_t priority = 0;
-  std::vector<std::string> trust_key_pems;  // public keys allowed to sign this module (at least one)
+  std::string reference;                   // REGISTRY/REPO@sha256:<hex> (a tag alone can move: refused)
+  std::string manifest_text;               // the module manifest file
+  std::vector<std::string> signatures;     // .sig files (JSON); at least one must verify
+  std::vector<std::string> trust_key_pems; // public keys allowed to sign this module (1..16)
+  bool required = false;                   // nodes refuse a change that would leave it out
 };
-// Validates and stores (name, version); the trust policy is {"keys": [{"id", "pem"}]}.
+// Validates, verifies and stores (name, version); the trust policy is {"keys": [{"id", "pem"}]}.
+// Errc::data for malformed input, Errc::refused when no signature verifies with a trust key.
 Result<ModuleRecord> add_module(CatalogStore& store, const ModuleAdd& add, std::int64_t now_ms);
 
 struct AssignSpec {
@@ -49,7 +55,8 @@ struct AssignSpec {
   std::optional<std::string> node_id;  // exactly one of node_id and a non-empty selector
   Labels selector;
 };
-// The module must be in the catalog. `id` is the new assignment's UUID.
+// The module must be in the catalog, and so must each module it depends on (some version).
+// `id` is the new assignment's UUID.
 Result<AssignmentRecord> assign_module(CatalogStore& store, const AssignSpec& spec, std::string id, std::int64_t now_ms);
 
 struct DesiredModule {
@@ -78,6 +85,22 @@ struct CatalogSnapshot {
   [[nodiscard]] std::vector<protocol::ModuleRef> desired_refs(std::string_view node_id, const Labels& labels) const;
 };
 CatalogSnapshot load_catalog(Store& store);
+// The desired set of one node, matched against the labels STORED for it (token labels merged
+// with those it asked for at enrollment), never the labels of its heartbeat: a node cannot
+// pull modules by claiming labels. Reads the node only when a selector assignment exists.
+std::vector<protocol::ModuleRef> desired_for_node(Store& store, const CatalogSnapshot& catalog,
+                                                  std::string_view node_id);
+
+// The admin API (/v1/admin/modules..., see control/service.hpp), over the Store:
+//   GET  /v1/admin/modules                      -> {"modules": [...], "assignments": [...]}
+//   POST /v1/admin/modules                      {"reference", "manifest", "signatures": [..],
+//                                                "trust_keys": [PEM..], "required"} -> the module
+//   POST /v1/admin/modules/assignments          {"module": "NAME@VERSION", "node" | "selector"} -> the assignment
+//   POST /v1/admin/modules/assignments/{id}/delete -> {"id", "deleted": true}
+ApiResult<Json> admin_list_modules(Store& store);
+ApiResult<Json> admin_add_module(Store& store, const Json& body, std::int64_t now_ms);
+ApiResult<Json> admin_assign_module(Store& store, const Json& body, std::int64_t now_ms);
+ApiResult<Json> admin_unassign_module(Store& store, std::string_view id);
 Json to_json(const ModuleRecord& m);
 Json to_json(const AssignmentRecord& a);
 

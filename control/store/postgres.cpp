@@ -501,6 +501,12 @@ CREATE TABLE escrow_keys (
   key     BYTEA NOT NULL
 );
 )sql"},
+    // modules (h-modctl): the module manifest `module add` verified (name, version, digests,
+    // dependencies) and whether a node refuses a change that would leave the module out.
+    {3, R"sql(
+ALTER TABLE modules ADD COLUMN manifest TEXT NOT NULL DEFAULT '';
+ALTER TABLE modules ADD COLUMN required BOOLEAN NOT NULL DEFAULT FALSE;
+)sql"},
 };
 
 // Any number: the key of the advisory lock that serialises migrations across replicas.
@@ -1412,24 +1418,25 @@ SELECT count(*) FROM gone)sql",
   Status upsert_module(const ModuleRecord& m) override {
     Params p;
     p.add(m.name).add(m.version).add(m.reference).add(m.manifest_digest).add(m.priority).add(m.trust_json);
-    p.add(m.added_at_ms);
+    p.add(m.added_at_ms).add(m.manifest_json).add(m.required);
     return run_status(
-        "INSERT INTO modules (name, version, reference, manifest_digest, priority, trust, added_at_ms) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name, version) DO UPDATE SET "
+        "INSERT INTO modules (name, version, reference, manifest_digest, priority, trust, added_at_ms, manifest, "
+        "required) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name, version) DO UPDATE SET "
         "reference = excluded.reference, manifest_digest = excluded.manifest_digest, "
-        "priority = excluded.priority, trust = excluded.trust",
+        "priority = excluded.priority, trust = excluded.trust, manifest = excluded.manifest, "
+        "required = excluded.required",
         p);
   }
 
   Result<std::vector<ModuleRecord>> list_modules() override {
     auto rows = run(
-        "SELECT name, version, reference, manifest_digest, priority, trust, added_at_ms FROM modules "
-        "ORDER BY name, added_at_ms, version",
+        "SELECT name, version, reference, manifest_digest, priority, trust, added_at_ms, manifest, required "
+        "FROM modules ORDER BY name, added_at_ms, version",
         Params());
     if (!rows) return fail(rows.error());
     return collect(*rows, [](const Rows& q, int r) {
       return ModuleRecord{q.text(r, 0), q.text(r, 1), q.text(r, 2), q.text(r, 3), q.int64(r, 4), q.text(r, 5),
-                          q.int64(r, 6)};
+                          q.int64(r, 6), q.text(r, 7), q.boolean(r, 8)};
     });
   }
 

@@ -206,6 +206,12 @@ CREATE TABLE escrow_keys (
   stored_at_ms INTEGER NOT NULL
 );
 )sql"},
+    // modules (h-modctl): the module manifest `module add` verified (name, version, digests,
+    // dependencies) and whether a node refuses a change that would leave the module out.
+    {4, R"sql(
+ALTER TABLE modules ADD COLUMN manifest TEXT NOT NULL DEFAULT '';
+ALTER TABLE modules ADD COLUMN required INTEGER NOT NULL DEFAULT 0;
+)sql"},
 };
 
 std::string labels_text(const Labels& labels) { return dump_json(Json(labels)); }
@@ -1286,25 +1292,27 @@ class SqliteStore final : public Store {
   Status upsert_module(const ModuleRecord& m) override {
     std::lock_guard lock(mutex_);
     auto q = query(
-        "INSERT INTO modules (name, version, reference, manifest_digest, priority, trust, added_at_ms) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name, version) DO UPDATE SET "
+        "INSERT INTO modules (name, version, reference, manifest_digest, priority, trust, added_at_ms, manifest, "
+        "required) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (name, version) DO UPDATE SET "
         "reference = excluded.reference, manifest_digest = excluded.manifest_digest, "
-        "priority = excluded.priority, trust = excluded.trust");
+        "priority = excluded.priority, trust = excluded.trust, manifest = excluded.manifest, "
+        "required = excluded.required");
     if (!q) return fail(q.error());
     q->bind(1, std::string_view(m.name)).bind(2, std::string_view(m.version)).bind(3, std::string_view(m.reference));
     q->bind(4, std::string_view(m.manifest_digest)).bind(5, m.priority).bind(6, std::string_view(m.trust_json));
-    q->bind(7, m.added_at_ms);
+    q->bind(7, m.added_at_ms).bind(8, std::string_view(m.manifest_json)).bind(9, std::int64_t{m.required ? 1 : 0});
     return q->run();
   }
 
   Result<std::vector<ModuleRecord>> list_modules() override {
     std::lock_guard lock(mutex_);
     auto q = query(
-        "SELECT name, version, reference, manifest_digest, priority, trust, added_at_ms FROM modules "
-        "ORDER BY name, added_at_ms, version");
+        "SELECT name, version, reference, manifest_digest, priority, trust, added_at_ms, manifest, required "
+        "FROM modules ORDER BY name, added_at_ms, version");
     if (!q) return fail(q.error());
     return collect(*q, [](const Query& r) {
-      return ModuleRecord{r.text(0), r.text(1), r.text(2), r.text(3), r.int64(4), r.text(5), r.int64(6)};
+      return ModuleRecord{r.text(0), r.text(1), r.text(2), r.text(3), r.int64(4), r.text(5), r.int64(6),
+                          r.text(7), r.int64(8) != 0};
     });
   }
 

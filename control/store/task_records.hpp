@@ -144,6 +144,10 @@ struct ModuleRecord {
   std::int64_t priority = 0;
   std::string trust_json = "{}";  // trust policy: allowed public keys for this name
   std::int64_t added_at_ms = 0;
+  // modules (h-modctl): the module manifest as added (verified against trust_json when added:
+  // name, version, size, sha256, fs-verity digest, dependencies) and the required flag.
+  std::string manifest_json{};
+  bool required = false;
 };
 
 // An assignment: a module version for one node or for every node whose labels match.
