@@ -6,9 +6,11 @@
 // control/service/assembly.cpp alone includes every part and implements open_service.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -122,6 +124,22 @@ struct TaskFilter {
   std::int64_t limit = 1000;
 };
 
+// Tasks in /metrics (h-taskbatch). Counters count what THIS replica did since it started;
+// by_state is the store's (all replicas), read at most every TaskQueue::kCountsMaxAge.
+inline constexpr std::array<double, 10> kTaskLeaseBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                             0.05,  0.1,    0.25,  0.5,  1.0};
+struct TaskMetrics {
+  std::map<std::string, std::int64_t> by_state;  // empty when the store could not be read
+  std::int64_t lease_requests = 0;               // lease calls that reached the store
+  std::int64_t leased = 0;                       // tasks handed out by those calls
+  std::map<std::string, std::int64_t> completions;  // by outcome: "succeeded", "cancelled", or the failure reason
+  std::int64_t expirations = 0;                     // leases that ran out (sweep)
+  std::int64_t dead = 0;                            // tasks that ended dead
+  std::array<std::int64_t, kTaskLeaseBuckets.size() + 1> lease_latency_buckets{};  // last: +Inf (not cumulative)
+  double lease_latency_sum_s = 0;
+  std::int64_t lease_latency_count = 0;
+};
+
 class ControlService {
  public:
   virtual ~ControlService() = default;
@@ -200,6 +218,21 @@ class ControlService {
   virtual ApiResult<Json> admin_cancel_task(std::string_view id) = 0;
   // One pass of the task sweep now (its thread runs the same every task sweep period).
   virtual void sweep_tasks() = 0;
+  // Task batches (h-taskbatch): one store transaction per request.
+  //   POST /v1/tasks/complete         CompleteBatchRequest -> CompleteBatchResponse (an answer per item)
+  //   POST /v1/admin/tasks/batch      {"tasks": [submission, ...]} -> {"tasks": [task + "created"], "created": N}
+  virtual ApiResult<protocol::CompleteBatchResponse> complete_tasks(const AuthorizedNode& node,
+                                                                    const protocol::CompleteBatchRequest& request) {
+    (void)request;
+    return refuse(404, "not_found", "node " + node.node_id() + ": this control service completes tasks one at a time",
+                  "POST /v1/tasks/{id}/complete");
+  }
+  // For /metrics; none from a service without a task queue.
+  virtual std::optional<TaskMetrics> task_metrics() { return std::nullopt; }
+  virtual ApiResult<Json> admin_submit_tasks(const Json& body) {
+    (void)body;
+    return refuse(404, "not_found", "this control service takes tasks one at a time", "POST /v1/admin/tasks");
+  }
   // persist (issue 15): POST /v1/persist/escrow-key -> {"node_id", "key": "<hex>"}, the node's
   // escrowed /persist key, created on the first call (control/service/escrow.hpp). Not pure:
   // a service without it answers 404.

@@ -56,6 +56,9 @@ class ControlTaskChannel final : public tasks::TaskChannel {
   Result<protocol::CompleteResponse> complete(const std::string& id, const protocol::CompleteRequest& r) override {
     return client_.complete(id, r);
   }
+  Result<protocol::CompleteBatchResponse> complete_batch(const protocol::CompleteBatchRequest& batch) override {
+    return client_.complete_batch(batch);  // tasks (h-taskbatch)
+  }
 
  private:
   ControlClient client_;

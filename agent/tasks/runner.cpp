@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "common/json.hpp"
 #include "common/log.hpp"
 
 namespace cairn::agent::tasks {
@@ -151,6 +152,101 @@ void Runner::drain(Clock::MonoTime deadline) {
   }
 }
 
+Result<protocol::CompleteBatchResponse> TaskChannel::complete_batch(const protocol::CompleteBatchRequest& batch) {
+  protocol::CompleteBatchResponse out;
+  for (const auto& item : batch.completions) {
+    protocol::CompleteItemResult r;
+    r.id = item.id;
+    auto answer = complete(item.id, item.request);
+    if (answer) {
+      r.state = answer->state;
+    } else {
+      // back to a status the runner reads the same way (lease_gone)
+      const Errc code = answer.error().code;
+      r.status = code == Errc::refused ? 409 : code == Errc::data ? 400 : code == Errc::internal ? 404 : 503;
+      r.code = std::string(errc_name(code));
+      r.message = answer.error().message;
+      r.hint = answer.error().hint;
+    }
+    out.results.push_back(std::move(r));
+  }
+  return out;
+}
+
+namespace {
+
+// An item's answer as complete() would have given it (statuses as the control client maps
+// them: errc_for_http_status).
+Result<protocol::CompleteResponse> item_answer(const protocol::CompleteItemResult& r) {
+  if (r.ok()) return protocol::CompleteResponse{r.state};
+  Errc code = Errc::internal;  // 404, 405: the protocol disagrees
+  if (r.status == 401 || r.status == 403 || r.status == 409) code = Errc::refused;
+  else if (r.status == 429 || r.status == 503) code = Errc::temporary;
+  else if (r.status >= 500) code = Errc::unavailable;
+  else if (r.status == 400 || r.status == 413 || r.status == 422) code = Errc::data;
+  return fail(code, "complete task " + r.id + ": " + r.code + ": " + r.message, r.hint);
+}
+
+}  // namespace
+
+std::size_t Runner::completions_waiting() {
+  std::lock_guard lock(complete_m_);
+  return complete_queue_.size();
+}
+
+Result<protocol::CompleteResponse> Runner::complete_together(TaskChannel& channel, const std::string& id,
+                                                             const protocol::CompleteRequest& request) {
+  PendingCompletion me;
+  me.id = id;
+  me.request = &request;
+  me.json_bytes = dump_json(protocol::to_json(request)).size() + id.size() + 16;
+  std::unique_lock lock(complete_m_);
+  complete_queue_.push_back(&me);
+  while (!me.answer) {
+    if (complete_busy_) {
+      complete_cv_.wait(lock);
+      continue;
+    }
+    // This thread sends what is queued now (its own completion among them, or ahead of it).
+    complete_busy_ = true;
+    std::vector<PendingCompletion*> batch;
+    std::size_t bytes = 0;
+    auto it = complete_queue_.begin();
+    while (it != complete_queue_.end() && batch.size() < protocol::kMaxCompleteBatch &&
+           (batch.empty() || bytes + (*it)->json_bytes <= kMaxCompleteBatchBytes)) {
+      bytes += (*it)->json_bytes;
+      batch.push_back(*it);
+      ++it;
+    }
+    complete_queue_.erase(complete_queue_.begin(), it);
+    lock.unlock();
+    // Answers are made here and handed over under the lock (the waiters read them there).
+    std::vector<std::optional<Result<protocol::CompleteResponse>>> answers(batch.size());
+    if (batch.size() == 1) {
+      answers[0] = channel.complete(batch[0]->id, *batch[0]->request);
+    } else {
+      protocol::CompleteBatchRequest body;
+      for (const auto* p : batch) body.completions.push_back({p->id, *p->request});
+      auto sent = channel.complete_batch(body);
+      if (sent && sent->results.size() == batch.size()) {
+        for (std::size_t i = 0; i < batch.size(); ++i) answers[i] = item_answer(sent->results[i]);
+      } else {
+        // A control service without batches (404), or the request failed as a whole: each
+        // completion on its own, which answers each exactly (a retry is harmless: idempotent).
+        log::warn("task.complete_batch_failed",
+                  {{"tasks", static_cast<std::int64_t>(batch.size())},
+                   {"error", sent ? std::string("answer of another length") : sent.error().message}});
+        for (std::size_t i = 0; i < batch.size(); ++i) answers[i] = channel.complete(batch[i]->id, *batch[i]->request);
+      }
+    }
+    lock.lock();
+    for (std::size_t i = 0; i < batch.size(); ++i) batch[i]->answer = std::move(answers[i]);
+    complete_busy_ = false;
+    complete_cv_.notify_all();
+  }
+  return std::move(*me.answer);
+}
+
 void Runner::supervise(Slot& slot) {
   const protocol::LeasedTask& t = slot.task;
   event("info", "task.started", describe(t) + " started");
@@ -204,7 +300,7 @@ void Runner::supervise(Slot& slot) {
     }
     int tries = 0;
     for (;;) {
-      auto answer = channel->complete(t.id, request);
+      auto answer = complete_together(*channel, t.id, request);
       ++tries;
       if (answer) {
         if (result.after_complete && request.outcome == "succeeded") {

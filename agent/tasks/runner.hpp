@@ -2,6 +2,9 @@
 // the kind (a second thread) and keeps its lease: extends it at a third of its length,
 // stops the task when control says it was cancelled or the lease is lost, and completes it
 // with its outcome, exit code and capped output. Every transition goes to the event buffer.
+// Tasks that finish together are completed together: while one thread's completion is in
+// flight, the others queue theirs, and the next sends every queued one in one request
+// (group commit; no timer: a lone task is completed at once, alone).
 //
 // How a task ends when it is stopped:
 //   cancelled by an operator -> complete "cancelled"
@@ -14,10 +17,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -38,6 +43,9 @@ class TaskChannel {
   virtual Result<protocol::ExtendResponse> extend(const std::string& id, const protocol::ExtendRequest& request) = 0;
   virtual Result<protocol::CompleteResponse> complete(const std::string& id,
                                                       const protocol::CompleteRequest& request) = 0;
+  // Several completions in one request (POST /v1/tasks/complete), one answer per item. The
+  // default sends them one by one (a channel to a control service without batches).
+  virtual Result<protocol::CompleteBatchResponse> complete_batch(const protocol::CompleteBatchRequest& batch);
 };
 using ChannelFactory = std::function<std::unique_ptr<TaskChannel>()>;
 
@@ -60,6 +68,8 @@ class Runner {
   [[nodiscard]] std::size_t free_slots() const;
   [[nodiscard]] std::vector<std::string> running_ids() const;
   [[nodiscard]] std::size_t running_count() const;
+  // Completions queued behind the one in flight (they go together in the next request).
+  [[nodiscard]] std::size_t completions_waiting();
 
   // Starts a leased task on its own thread (the caller leased at most free_slots()).
   void start(protocol::LeasedTask task);
@@ -84,6 +94,15 @@ class Runner {
     std::thread thread;
   };
   void supervise(Slot& slot);
+  // This task's completion, sent with those of other tasks finishing at the same time.
+  Result<protocol::CompleteResponse> complete_together(TaskChannel& channel, const std::string& id,
+                                                       const protocol::CompleteRequest& request);
+  struct PendingCompletion {
+    std::string id;
+    const protocol::CompleteRequest* request = nullptr;
+    std::size_t json_bytes = 0;
+    std::optional<Result<protocol::CompleteResponse>> answer;
+  };
   void stop_slot(Slot& slot, Stop why);
   void event(std::string_view severity, std::string_view kind, const std::string& message);
 
@@ -96,7 +115,17 @@ class Runner {
   UniqueFd finished_;
   mutable std::mutex m_;
   std::map<std::string, std::unique_ptr<Slot>> slots_;
+
+  // batch complete: completions waiting for a request, and whether one is in flight
+  std::mutex complete_m_;
+  std::condition_variable complete_cv_;
+  std::vector<PendingCompletion*> complete_queue_;
+  bool complete_busy_ = false;
 };
+
+// A request carries at most this many completions and about this many bytes of JSON (the
+// control service takes 1 MiB bodies).
+inline constexpr std::size_t kMaxCompleteBatchBytes = 768 * 1024;
 
 // The CompleteRequest of a finished attempt.
 protocol::CompleteRequest completion(const TaskResult& result, std::int64_t fence);

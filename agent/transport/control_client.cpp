@@ -91,6 +91,13 @@ Result<protocol::CompleteResponse> ControlClient::complete(std::string_view task
   return protocol::decode_complete_response(*body);
 }
 
+// tasks (h-taskbatch)
+Result<protocol::CompleteBatchResponse> ControlClient::complete_batch(const protocol::CompleteBatchRequest& batch) {
+  auto body = post("/v1/tasks/complete", protocol::to_json(batch));
+  if (!body) return fail(body.error());
+  return protocol::decode_complete_batch_response(*body);
+}
+
 Result<protocol::EventBatchResponse> ControlClient::send_events(const protocol::EventBatch& batch) {
   auto body = post("/v1/events", protocol::to_json(batch));
   if (!body) return fail(body.error());

@@ -32,6 +32,8 @@ class ControlClient {
   Result<protocol::LeaseResponse> lease(const protocol::LeaseRequest& request);
   Result<protocol::ExtendResponse> extend(std::string_view task_id, const protocol::ExtendRequest& request);
   Result<protocol::CompleteResponse> complete(std::string_view task_id, const protocol::CompleteRequest& request);
+  // tasks (h-taskbatch): POST /v1/tasks/complete, several completions, an answer per item.
+  Result<protocol::CompleteBatchResponse> complete_batch(const protocol::CompleteBatchRequest& batch);
   Result<protocol::EventBatchResponse> send_events(const protocol::EventBatch& batch);
   // persist (issue 15): POST /v1/persist/escrow-key (mTLS): this node's escrowed /persist key,
   // as the 32 raw bytes.

@@ -181,8 +181,12 @@ Result<ExtendResponse> decode_extend_response(std::string_view body) {
   });
 }
 
-Result<CompleteRequest> decode_complete_request(std::string_view body) {
-  auto decoded = decode_object<std::pair<CompleteRequest, std::string>>(body, "complete request", [](const Json& j) {
+namespace {
+
+// A CompleteRequest from its JSON object (throws nlohmann's exceptions on a wrong type: the
+// callers run it inside decode_object), checked; `what` names it in errors.
+Result<CompleteRequest> complete_from(const Json& j, const std::string& what) {
+  auto decoded = [&] {
     CompleteRequest v;
     std::string reason;
     v.fence = j.at("fence").get<std::int64_t>();
@@ -195,24 +199,101 @@ Result<CompleteRequest> decode_complete_request(std::string_view body) {
     get_opt(j, "output_bytes", v.output_bytes);
     get_opt(j, "duration_ms", v.duration_ms);
     return std::pair{std::move(v), std::move(reason)};
-  });
-  if (!decoded) return fail(decoded.error());
-  auto& [v, reason] = *decoded;
+  }();
+  auto& [v, reason] = decoded;
   if (v.outcome != "succeeded" && v.outcome != "failed" && v.outcome != "cancelled") {
-    return fail(Errc::data, "complete request: outcome '" + v.outcome + "' is not succeeded, failed or cancelled");
+    return fail(Errc::data, what + ": outcome '" + v.outcome.substr(0, 40) + "' is not succeeded, failed or cancelled");
   }
   if (!reason.empty()) {
     v.reason = failure_reason_from(reason);
-    if (!v.reason) return fail(Errc::data, "complete request: unknown failure reason '" + reason + "'");
+    if (!v.reason) return fail(Errc::data, what + ": unknown failure reason '" + reason.substr(0, 40) + "'");
   }
   if (v.outcome == "failed" && !v.reason) {
-    return fail(Errc::data, "complete request: a failed outcome needs a reason");
+    return fail(Errc::data, what + ": a failed outcome needs a reason");
   }
   if (v.output.size() > kMaxTaskOutputBytes) {
-    return fail(Errc::data, "complete request: output of " + std::to_string(v.output.size()) +
+    return fail(Errc::data, what + ": output of " + std::to_string(v.output.size()) +
                                 " bytes is over the cap of " + std::to_string(kMaxTaskOutputBytes));
   }
   return std::move(v);
+}
+
+}  // namespace
+
+Result<CompleteRequest> decode_complete_request(std::string_view body) {
+  auto decoded = decode_object<Result<CompleteRequest>>(body, "complete request",
+                                                        [](const Json& j) { return complete_from(j, "complete request"); });
+  if (!decoded) return fail(decoded.error());
+  return std::move(*decoded);
+}
+
+Json to_json(const CompleteBatchRequest& v) {
+  Json items = Json::array();
+  for (const auto& c : v.completions) {
+    Json j = to_json(c.request);
+    j["id"] = c.id;
+    items.push_back(std::move(j));
+  }
+  return {{"completions", std::move(items)}};
+}
+
+Json to_json(const CompleteBatchResponse& v) {
+  Json items = Json::array();
+  for (const auto& r : v.results) {
+    if (r.ok()) {
+      items.push_back({{"id", r.id}, {"status", r.status}, {"state", r.state}});
+    } else {
+      items.push_back({{"id", r.id},
+                       {"status", r.status},
+                       {"error", {{"code", r.code}, {"message", r.message}, {"hint", r.hint}}}});
+    }
+  }
+  return {{"results", std::move(items)}};
+}
+
+Result<CompleteBatchRequest> decode_complete_batch_request(std::string_view body) {
+  auto decoded = decode_object<Result<CompleteBatchRequest>>(body, "complete batch", [](const Json& j) -> Result<CompleteBatchRequest> {
+    const Json& items = j.at("completions");
+    if (!items.is_array()) return fail(Errc::data, "complete batch: completions must be an array");
+    if (items.size() > kMaxCompleteBatch) {
+      return fail(Errc::data, "complete batch: " + std::to_string(items.size()) + " completions, over the cap of " +
+                                  std::to_string(kMaxCompleteBatch), "send smaller batches");
+    }
+    CompleteBatchRequest v;
+    std::size_t index = 0;
+    for (const auto& item : items) {
+      const std::string what = "complete batch item " + std::to_string(index++);
+      if (!item.is_object()) return fail(Errc::data, what + ": expected a JSON object");
+      CompleteItem c;
+      c.id = item.at("id").get<std::string>();
+      auto request = complete_from(item, what);
+      if (!request) return fail(request.error());
+      c.request = std::move(*request);
+      v.completions.push_back(std::move(c));
+    }
+    return v;
+  });
+  if (!decoded) return fail(decoded.error());
+  return std::move(*decoded);
+}
+
+Result<CompleteBatchResponse> decode_complete_batch_response(std::string_view body) {
+  return decode_object<CompleteBatchResponse>(body, "complete batch response", [](const Json& j) {
+    CompleteBatchResponse v;
+    for (const auto& item : j.at("results")) {
+      CompleteItemResult r;
+      r.id = item.at("id").get<std::string>();
+      r.status = item.at("status").get<int>();
+      get_opt(item, "state", r.state);
+      if (auto e = item.find("error"); e != item.end() && e->is_object()) {
+        get_opt(*e, "code", r.code);
+        get_opt(*e, "message", r.message);
+        get_opt(*e, "hint", r.hint);
+      }
+      v.results.push_back(std::move(r));
+    }
+    return v;
+  });
 }
 
 Result<CompleteResponse> decode_complete_response(std::string_view body) {

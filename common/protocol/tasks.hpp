@@ -86,6 +86,32 @@ struct CompleteResponse {
   std::string state;  // the task's state after this completion
 };
 
+// POST /v1/tasks/complete (node cert): several completions in one request and one commit
+// (tasks that finished together). Each item is a CompleteRequest with its task id, and gets
+// its own answer, in the same order: the state after it, or the refusal a single complete
+// would get (404 task_not_found, 409 stale_fence / task_finished, 400 invalid_request); one
+// stale fence refuses that task only. The whole body stays under the server's body limit.
+inline constexpr std::size_t kMaxCompleteBatch = 64;
+struct CompleteItem {
+  std::string id;
+  CompleteRequest request;
+};
+struct CompleteBatchRequest {
+  std::vector<CompleteItem> completions;
+};
+struct CompleteItemResult {
+  std::string id;
+  int status = 200;   // as the single complete would answer
+  std::string state;  // when 200
+  std::string code;   // when refused: the error code, message and hint
+  std::string message;
+  std::string hint;
+  [[nodiscard]] bool ok() const { return status == 200; }
+};
+struct CompleteBatchResponse {
+  std::vector<CompleteItemResult> results;
+};
+
 // POST /v1/events (node cert): a batch; each id is stored once per node.
 struct EventBatch {
   std::vector<Event> events;
@@ -103,6 +129,8 @@ Json to_json(const ExtendRequest& v);
 Json to_json(const ExtendResponse& v);
 Json to_json(const CompleteRequest& v);
 Json to_json(const CompleteResponse& v);
+Json to_json(const CompleteBatchRequest& v);
+Json to_json(const CompleteBatchResponse& v);
 Json to_json(const Event& v);
 Json to_json(const EventBatch& v);
 Json to_json(const EventBatchResponse& v);
@@ -113,6 +141,8 @@ Result<ExtendRequest> decode_extend_request(std::string_view body);
 Result<ExtendResponse> decode_extend_response(std::string_view body);
 Result<CompleteRequest> decode_complete_request(std::string_view body);
 Result<CompleteResponse> decode_complete_response(std::string_view body);
+Result<CompleteBatchRequest> decode_complete_batch_request(std::string_view body);
+Result<CompleteBatchResponse> decode_complete_batch_response(std::string_view body);
 Result<EventBatch> decode_event_batch(std::string_view body);
 Result<EventBatchResponse> decode_event_batch_response(std::string_view body);
 

@@ -5,6 +5,7 @@
 #include <memory>
 #include <sstream>
 
+#include "common/fs.hpp"
 #include "common/uuid.hpp"
 #include "control/cli/admin_client.hpp"
 #include "control/cli/commands.hpp"
@@ -27,7 +28,16 @@ struct SubmitOptions {
   std::string idempotency_key;
   std::string args_json;
   std::vector<std::string> args;  // after --: the argv of an exec task
+  std::string batch;              // --batch FILE.json: many submissions at once
 };
+
+// A batch file: a JSON array of submissions (the bodies of POST /v1/admin/tasks), or an
+// object {"tasks": [...]}. Sent in requests of at most kBatchTasks tasks and kBatchBytes
+// (the server takes 1 MiB bodies); each request is one transaction. Give each task an
+// idempotency key and a failed run can simply be run again.
+constexpr std::size_t kBatchTasks = 1000;
+constexpr std::size_t kBatchBytes = 768 * 1024;
+constexpr std::size_t kBatchFileMax = 256 * 1024 * 1024;
 
 struct ListOptions {
   std::string state;
@@ -105,7 +115,66 @@ Result<Json> submission(const SubmitOptions& o) {
   return body;
 }
 
+Status submit_batch(const AdminOptions& admin, const SubmitOptions& o) {
+  if (!o.kind.empty() || !o.node.empty() || !o.selector.empty() || !o.args.empty() || !o.args_json.empty()) {
+    return fail(Errc::usage, "--batch takes every field from the file; drop the other task options",
+                "put kind, node, selector, args, ... in each object of " + o.batch);
+  }
+  auto text = read_file(o.batch, kBatchFileMax);
+  if (!text) return fail(text.error());
+  auto parsed = parse_json(*text, o.batch);
+  if (!parsed) return fail(Errc::data, parsed.error().message, "the file must hold JSON: [{\"kind\": \"exec\", ...}]");
+  const Json* items = &*parsed;
+  if (parsed->is_object()) {
+    auto it = parsed->find("tasks");
+    if (it == parsed->end()) return fail(Errc::data, o.batch + ": an object without \"tasks\"", "give [{...}] or {\"tasks\": [{...}]}");
+    items = &*it;
+  }
+  if (!items->is_array()) return fail(Errc::data, o.batch + ": expected an array of task submissions");
+  Json tasks = Json::array();
+  std::int64_t created = 0;
+  std::size_t sent = 0;
+  auto flush = [&](Json& chunk) -> Status {
+    if (chunk.empty()) return {};
+    Json body = {{"tasks", std::move(chunk)}};
+    chunk = Json::array();
+    auto answer = admin_call(admin, "POST", "/v1/admin/tasks/batch", &body);
+    if (!answer) {
+      return fail(answer.error().with_context(o.batch + ": after " + std::to_string(sent) + " tasks were taken"));
+    }
+    created += answer->value("created", std::int64_t{0});
+    if (auto it = answer->find("tasks"); it != answer->end() && it->is_array()) {
+      for (auto& t : *it) tasks.push_back(std::move(t));
+      sent += it->size();
+    }
+    return {};
+  };
+  Json chunk = Json::array();
+  std::size_t chunk_bytes = 0;
+  for (const auto& item : *items) {
+    const std::size_t size = dump_json(item).size() + 1;
+    if (!chunk.empty() && (chunk.size() >= kBatchTasks || chunk_bytes + size > kBatchBytes)) {
+      if (auto ok = flush(chunk); !ok) return ok;
+      chunk_bytes = 0;
+    }
+    chunk.push_back(item);
+    chunk_bytes += size;
+  }
+  if (auto ok = flush(chunk); !ok) return ok;
+  Json answer = {{"tasks", tasks}, {"created", created}};
+  std::ostringstream human;
+  human << created << " of " << tasks.size() << " tasks queued";
+  if (static_cast<std::size_t>(created) < tasks.size()) {
+    human << "; " << (tasks.size() - static_cast<std::size_t>(created))
+          << " named an idempotency key already submitted (not submitted again)";
+  }
+  print_json_or(admin, answer, human.str());
+  return {};
+}
+
 Status submit(const AdminOptions& admin, const SubmitOptions& o) {
+  if (!o.batch.empty()) return submit_batch(admin, o);
+  if (o.kind.empty()) return fail(Errc::usage, "--kind is required (or --batch FILE.json)");
   auto body = submission(o);
   if (!body) return fail(body.error());
   auto answer = admin_call(admin, "POST", "/v1/admin/tasks", &*body);
@@ -216,7 +285,10 @@ void add_task(CLI::App& app, int& exit_code) {
   auto* submit_cmd = task->add_subcommand(
       "submit", "Queue a task: cairn-control task submit --kind exec [--node ID | --selector k=v] -- ARGV...");
   add_admin_options(*submit_cmd, *admin_submit);
-  submit_cmd->add_option("--kind", so->kind, "exec, service.install, service.remove, inventory or reboot")->required();
+  submit_cmd->add_option("--kind", so->kind, "exec, service.install, service.remove, inventory or reboot");
+  submit_cmd->add_option("--batch", so->batch,
+                         "Submit every task of a JSON file: [{\"kind\", \"args\", \"node\", ...}] (one transaction "
+                         "per request)");
   submit_cmd->add_option("--node", so->node, "Run on this node (UUID)");
   submit_cmd->add_option("--selector", so->selector, "Run on a node whose labels match: k=v,k2=v2");
   submit_cmd->add_option("--capability", so->capabilities, "A capability the node must have (repeatable)");

@@ -20,6 +20,54 @@ std::string_view endpoint_name(Endpoint e) {
 
 Metrics::Metrics() = default;
 
+namespace {
+
+// Tasks (h-taskbatch): the store's counts by state, this replica's counters, the lease
+// latency (the store's lease call).
+void render_tasks(std::string& out, const TaskMetrics& m) {
+  auto it = std::back_inserter(out);
+  if (!m.by_state.empty()) {
+    out += "# HELP cairn_tasks Stored tasks by state (all replicas; read at most every 5 s).\n";
+    out += "# TYPE cairn_tasks gauge\n";
+    for (const auto& [state, n] : m.by_state) fmt::format_to(it, "cairn_tasks{{state=\"{}\"}} {}\n", state, n);
+    const auto queued = m.by_state.find("queued");
+    out += "# HELP cairn_task_queue_depth Tasks waiting for a node (queued).\n";
+    out += "# TYPE cairn_task_queue_depth gauge\n";
+    fmt::format_to(it, "cairn_task_queue_depth {}\n", queued == m.by_state.end() ? 0 : queued->second);
+  }
+  out += "# HELP cairn_task_lease_requests_total Lease requests that reached the store.\n";
+  out += "# TYPE cairn_task_lease_requests_total counter\n";
+  fmt::format_to(it, "cairn_task_lease_requests_total {}\n", m.lease_requests);
+  out += "# HELP cairn_task_leases_total Tasks leased to nodes.\n";
+  out += "# TYPE cairn_task_leases_total counter\n";
+  fmt::format_to(it, "cairn_task_leases_total {}\n", m.leased);
+  out += "# HELP cairn_task_completions_total Completions accepted, by outcome (succeeded, cancelled) or failure "
+         "reason.\n";
+  out += "# TYPE cairn_task_completions_total counter\n";
+  for (const auto& [reason, n] : m.completions) {
+    fmt::format_to(it, "cairn_task_completions_total{{reason=\"{}\"}} {}\n", reason, n);
+  }
+  out += "# HELP cairn_task_lease_expirations_total Leases that ran out before their task completed.\n";
+  out += "# TYPE cairn_task_lease_expirations_total counter\n";
+  fmt::format_to(it, "cairn_task_lease_expirations_total {}\n", m.expirations);
+  out += "# HELP cairn_task_dead_total Tasks that ended dead (transient failures until max attempts).\n";
+  out += "# TYPE cairn_task_dead_total counter\n";
+  fmt::format_to(it, "cairn_task_dead_total {}\n", m.dead);
+  out += "# HELP cairn_task_lease_duration_seconds Time the store took to lease (placement, admission, update).\n";
+  out += "# TYPE cairn_task_lease_duration_seconds histogram\n";
+  std::int64_t cumulative = 0;
+  for (std::size_t b = 0; b < kTaskLeaseBuckets.size(); ++b) {
+    cumulative += m.lease_latency_buckets[b];
+    fmt::format_to(it, "cairn_task_lease_duration_seconds_bucket{{le=\"{}\"}} {}\n", kTaskLeaseBuckets[b], cumulative);
+  }
+  cumulative += m.lease_latency_buckets.back();
+  fmt::format_to(it, "cairn_task_lease_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
+  fmt::format_to(it, "cairn_task_lease_duration_seconds_sum {:.6f}\n", m.lease_latency_sum_s);
+  fmt::format_to(it, "cairn_task_lease_duration_seconds_count {}\n", m.lease_latency_count);
+}
+
+}  // namespace
+
 void Metrics::record_request(Endpoint endpoint, int status, std::chrono::nanoseconds duration) {
   auto& slot = endpoints_[static_cast<std::size_t>(endpoint)];
   if (status < 0 || status >= kMaxStatus) status = 0;
@@ -89,6 +137,7 @@ std::string Metrics::render(ControlService* service) const {
     out += "# HELP cairn_enrollments_total Successful enrollments.\n";
     out += "# TYPE cairn_enrollments_total counter\n";
     fmt::format_to(it, "cairn_enrollments_total {}\n", service->enrollments_total());
+    if (auto tasks = service->task_metrics()) render_tasks(out, *tasks);
   }
 
   out += "# HELP cairn_tls_handshake_failures_total TLS handshakes that failed or presented an "

@@ -176,6 +176,12 @@ Reply route_node_tasks(ControlService& service, const RouteRequest& r, std::stri
     if (!request) return bad_body(request.error());
     return from_result(service.lease_tasks(*node, *request), to_json);
   }
+  // task batches (h-taskbatch): several completions in one request
+  if (path == "/v1/tasks/complete") {
+    auto request = protocol::decode_complete_batch_request(r.body);
+    if (!request) return bad_body(request.error());
+    return from_result(service.complete_tasks(*node, *request), to_json);
+  }
   constexpr std::string_view kTasks = "/v1/tasks/";
   auto [id, tail] = split_id(path.substr(kTasks.size()));
   if (!id.empty() && tail == "/extend") {
@@ -238,6 +244,14 @@ Reply route_admin(ControlService& service, const RouteRequest& r, std::string_vi
       if (!post) return method_not_allowed(r.method, path, "POST");
       return from_result(service.admin_revoke_token(id), identity);
     }
+  }
+  // task batches (h-taskbatch): `task submit --batch FILE`
+  if (path == "/v1/admin/tasks/batch") {
+    if (!post) return method_not_allowed(r.method, path, "POST");
+    Reply refused;
+    auto body = object_body(r, "task batch body", "{\"tasks\": [{\"kind\", \"args\", ...}]}", refused);
+    if (!body) return refused;
+    return from_result(service.admin_submit_tasks(*body), identity);
   }
   // tasks (issue 13)
   constexpr std::string_view kTasks = "/v1/admin/tasks";

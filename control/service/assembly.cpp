@@ -61,7 +61,7 @@ class ServiceImpl final : public ControlService {
         issuer_(ca_, config_, clock_),
         enrollment_(config_, clock_, *store_, auth_, issuer_, events_, locks_),
         rotation_(config_, clock_, *store_, auth_, issuer_, locks_),
-        tasks_(config_, clock_, *store_, config_.random),
+        tasks_(config_, clock_, *store_, config_.random, &events_),
         heartbeats_(config_, clock_, *store_, auth_, events_, tasks_),
         liveness_(config_, clock_, auth_, events_),
         admin_(clock_, *store_, auth_, ca_, locks_) {}
@@ -158,6 +158,13 @@ class ServiceImpl final : public ControlService {
   ApiResult<Json> admin_show_task(std::string_view id) override { return tasks_.show(id); }
   ApiResult<Json> admin_cancel_task(std::string_view id) override { return tasks_.cancel(id); }
   void sweep_tasks() override { tasks_.sweep_once(); }
+  // task batches (h-taskbatch)
+  ApiResult<protocol::CompleteBatchResponse> complete_tasks(const AuthorizedNode& node,
+                                                            const protocol::CompleteBatchRequest& request) override {
+    return tasks_.complete_batch(node, request);
+  }
+  ApiResult<Json> admin_submit_tasks(const Json& body) override { return tasks_.submit_batch(body); }
+  std::optional<TaskMetrics> task_metrics() override { return tasks_.metrics(); }
   ApiResult<Json> persist_escrow_key(const AuthorizedNode& node) override {  // persist (issue 15)
     if (!escrow_) return refuse(503, "unavailable", "the escrow is not open yet", "retry in a moment");
     return escrow_->key_for(node.node_id());

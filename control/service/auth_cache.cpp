@@ -340,20 +340,39 @@ void AuthCache::start_refresh(Store& store, std::chrono::milliseconds period) {
     std::unique_lock lock(refresh_mutex_);
     while (!refresh_cv_.wait_for(lock, period, [&] { return refresh_stop_; })) {
       lock.unlock();
-      // A local change between reading the generation and applying wins: load again (a few
-      // times; then the next period does it).
-      for (int attempt = 0; attempt < 3; ++attempt) {
-        const auto generation = this->generation();
-        auto snap = store.load_auth_snapshot(now_ms(clock_));
-        if (!snap) {
-          log::warn("control.auth_refresh_failed", {{"error", snap.error().message}});
-          break;
-        }
-        if (refresh(*snap, generation)) break;
-      }
+      refresh_once(store);
       lock.lock();
     }
   });
+}
+
+bool AuthCache::refresh_once(Store& store) {
+  // Read before the snapshot: a change committed while it loads moves the number again and
+  // the next pass loads once more.
+  auto store_generation = store.auth_generation();
+  if (!store_generation) log::warn("control.auth_generation_failed", {{"error", store_generation.error().message}});
+  const auto mono = clock_.monotonic();
+  const bool due = !last_full_refresh_ || mono - *last_full_refresh_ >= kFullRefreshEvery;
+  if (store_generation && store_generation_ == *store_generation && !due) {
+    ++refresh_skips_;
+    return false;
+  }
+  // A local change between reading the generation and applying wins: load again (a few
+  // times; then the next period does it).
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const auto generation = this->generation();
+    auto snap = store.load_auth_snapshot(now_ms(clock_));
+    if (!snap) {
+      log::warn("control.auth_refresh_failed", {{"error", snap.error().message}});
+      return false;
+    }
+    if (refresh(*snap, generation)) {
+      if (store_generation) store_generation_ = *store_generation;
+      last_full_refresh_ = mono;
+      return true;
+    }
+  }
+  return false;
 }
 
 void AuthCache::stop_refresh() {

@@ -77,7 +77,14 @@ class AuthCache {
   // `period` and applies it, so a revocation or an enrollment through another replica holds
   // here within period + one snapshot load. Requests never wait for it (they read the cache
   // as before); the refresh swaps the tables under the unique lock.
+  // Each period costs one tiny read (Store::auth_generation): the snapshot is loaded only
+  // when that number moved (an enrollment, revocation or rotation somewhere), or every
+  // kFullRefreshEvery for the liveness other replicas heard (heartbeats do not move it).
   void start_refresh(Store& store, std::chrono::milliseconds period);
+  // One refresher pass now (what the thread does each period); true when it loaded a snapshot.
+  bool refresh_once(Store& store);
+  static constexpr std::chrono::seconds kFullRefreshEvery{5};
+  [[nodiscard]] std::uint64_t refresh_skips() const { return refresh_skips_.load(); }
   void stop_refresh();
   // The count of changes made through this cache; refresh() applies a snapshot only if none
   // happened since `generation` was read (before the snapshot was loaded), so a snapshot
@@ -118,6 +125,10 @@ class AuthCache {
   bool refresh_stop_ = false;
   std::thread refresher_;
   std::atomic<std::uint64_t> refreshes_{0};
+  std::atomic<std::uint64_t> refresh_skips_{0};
+  // refresh_once's memory (the refresher thread's, or a test's: one caller at a time)
+  std::optional<std::int64_t> store_generation_;
+  std::optional<Clock::MonoTime> last_full_refresh_;
 };
 
 }  // namespace cairn::control

@@ -293,8 +293,8 @@ ApiResult<TaskRecord> task_from_submission(const Json& body, std::int64_t now_ms
   return t;
 }
 
-TaskQueue::TaskQueue(const ServiceConfig& config, const Clock& clock, Store& store, Random random)
-    : config_(config), clock_(clock), store_(store), random_(std::move(random)) {
+TaskQueue::TaskQueue(const ServiceConfig& config, const Clock& clock, Store& store, Random random, EventLog* events)
+    : config_(config), clock_(clock), store_(store), random_(std::move(random)), events_(events) {
   if (!random_) {
     auto engine = std::make_shared<std::mt19937_64>(std::random_device{}());
     random_ = [engine] { return std::uniform_real_distribution<double>(0.0, 1.0)(*engine); };
@@ -341,9 +341,35 @@ std::size_t TaskQueue::sweep_once() {
     log::error("task.sweep_failed", {{"message", expired.error().message}});
   } else {
     expired_count = expired->size();
+    expirations_ += static_cast<std::int64_t>(expired->size());
     for (const auto& t : *expired) {
       log::info("task.lease_expired", {{"task", t.id}, {"state", protocol::task_state_name(t.state)},
                                        {"attempts", t.attempts}});
+      if (t.state == protocol::TaskState::dead) ++dead_;
+      if (events_ == nullptr) continue;
+      // The node that held it: a requeued task no longer names it; its last attempt does.
+      std::string holder = t.leased_by.value_or("");
+      if (holder.empty()) {
+        if (auto attempts = store_.list_task_attempts(t.id); attempts && !attempts->empty()) {
+          holder = attempts->back().node_id;
+        }
+      }
+      if (holder.empty()) continue;
+      const std::string attempt = std::to_string(t.attempts);
+      const std::string state(protocol::task_state_name(t.state));
+      events_->record(holder, "control.task.lease_expired." + t.id + "." + std::to_string(t.fence), "warning",
+                      "task.lease_expired",
+                      "task " + t.id + " (" + t.kind + ", attempt " + attempt + "): the lease of this node expired "
+                      "before it completed; the task is " + state +
+                          (t.state == protocol::TaskState::queued ? " again" : ""));
+      if (t.state == protocol::TaskState::dead) {
+        events_->record(holder, "control.task.dead." + t.id, "critical", "task.dead",
+                        "task " + t.id + " (" + t.kind + ") is dead after " + attempt + " attempts: " + t.last_error);
+      } else if (t.state == protocol::TaskState::cancelled) {
+        events_->record(holder, "control.task.cancelled." + t.id, "warning", "task.cancelled",
+                        "task " + t.id + " (" + t.kind + ") was cancelled while it ran here; its lease expired "
+                        "before the node confirmed the stop");
+      }
     }
     if (!expired->empty()) changed();
   }
@@ -359,6 +385,73 @@ std::size_t TaskQueue::sweep_once() {
     }
   }
   return expired_count;
+}
+
+void TaskQueue::count_completion(const std::string& outcome) {
+  std::lock_guard lock(metrics_mutex_);
+  ++completions_[outcome];
+}
+
+void TaskQueue::record_lease_latency(std::chrono::nanoseconds took) {
+  const double seconds = std::chrono::duration<double>(took).count();
+  std::size_t bucket = 0;
+  while (bucket < kTaskLeaseBuckets.size() && seconds > kTaskLeaseBuckets[bucket]) ++bucket;
+  std::lock_guard lock(metrics_mutex_);
+  ++lease_buckets_[bucket];
+  lease_sum_s_ += seconds;
+  ++lease_count_;
+}
+
+// Once per completion that changed the task (a repeat answers ok but is not counted again).
+void TaskQueue::completed(const TaskCompletion& c, protocol::TaskState state) {
+  using protocol::TaskState;
+  std::string outcome = c.outcome;
+  if (c.outcome == "failed") outcome = std::string(protocol::failure_reason_name(c.reason.value_or(protocol::FailureReason::internal)));
+  count_completion(outcome);
+  if (state == TaskState::dead) ++dead_;
+  if (events_ == nullptr) return;
+  if (state == TaskState::dead) {
+    events_->record(c.node_id, "control.task.dead." + c.task_id, "critical", "task.dead",
+                    "task " + c.task_id + " is dead: attempt " + std::to_string(c.fence) + " failed (" + outcome +
+                        ") and it had no attempts left" + (c.error.empty() ? "" : ": " + c.error.substr(0, 512)));
+  } else if (state == TaskState::cancelled) {
+    events_->record(c.node_id, "control.task.cancelled." + c.task_id, "warning", "task.cancelled",
+                    "task " + c.task_id + " was cancelled by an operator while it ran here (attempt " +
+                        std::to_string(c.fence) + "); the node stopped it");
+  }
+}
+
+TaskMetrics TaskQueue::metrics() {
+  TaskMetrics m;
+  const auto mono = std::chrono::duration_cast<std::chrono::milliseconds>(clock_.monotonic().time_since_epoch()).count();
+  bool read = false;
+  {
+    std::lock_guard lock(metrics_mutex_);
+    read = !counts_read_mono_ms_ ||
+           mono - *counts_read_mono_ms_ >= std::chrono::duration_cast<std::chrono::milliseconds>(kCountsMaxAge).count();
+  }
+  if (read) {
+    auto counts = store_.count_tasks();
+    std::lock_guard lock(metrics_mutex_);
+    counts_read_mono_ms_ = mono;
+    if (counts) {
+      counts_ = std::move(*counts);
+    } else {
+      log::error("task.count_failed", {{"message", counts.error().message}});
+      counts_.clear();
+    }
+  }
+  std::lock_guard lock(metrics_mutex_);
+  m.by_state = counts_;
+  m.lease_requests = lease_requests_.load();
+  m.leased = leased_.load();
+  m.completions = completions_;
+  m.expirations = expirations_.load();
+  m.dead = dead_.load();
+  m.lease_latency_buckets = lease_buckets_;
+  m.lease_latency_sum_s = lease_sum_s_;
+  m.lease_latency_count = lease_count_;
+  return m;
 }
 
 void TaskQueue::refresh_node(const std::string& node_id, NodeInfo& info, std::int64_t now) {
@@ -412,8 +505,12 @@ ApiResult<protocol::LeaseResponse> TaskQueue::lease(const AuthorizedNode& node, 
   const std::int64_t lease_s = std::clamp<std::int64_t>(request.lease_s, config_.min_lease.count(), config_.max_lease.count());
   q->max_tasks = request.max_tasks;
   q->lease_ms = lease_s * 1000;
+  const auto started = clock_.monotonic();
   auto leased = store_.lease_tasks(*q);
+  record_lease_latency(clock_.monotonic() - started);
   if (!leased) return store_failure(leased.error());
+  ++lease_requests_;
+  leased_ += static_cast<std::int64_t>(leased->size());
   for (auto& t : *leased) {
     protocol::LeasedTask lt;
     lt.id = t.id;
@@ -444,8 +541,8 @@ ApiResult<protocol::ExtendResponse> TaskQueue::extend(const AuthorizedNode& node
   return protocol::ExtendResponse{lease_s, out->cancel_requested};
 }
 
-ApiResult<protocol::CompleteResponse> TaskQueue::complete(const AuthorizedNode& node, std::string_view task_id,
-                                                          const protocol::CompleteRequest& request) {
+ApiResult<TaskCompletion> TaskQueue::completion_of(const AuthorizedNode& node, std::string_view task_id,
+                                                   const protocol::CompleteRequest& request, std::int64_t now) {
   if (request.outcome != "succeeded" && request.outcome != "failed" && request.outcome != "cancelled") {
     return invalid("outcome", "'" + request.outcome.substr(0, 40) + "' is not succeeded, failed or cancelled");
   }
@@ -457,7 +554,7 @@ ApiResult<protocol::CompleteResponse> TaskQueue::complete(const AuthorizedNode& 
   c.task_id = std::string(task_id);
   c.node_id = node.node_id();
   c.fence = request.fence;
-  c.now_ms = now_ms();
+  c.now_ms = now;
   c.outcome = request.outcome;
   c.reason = request.reason;
   c.exit_code = request.exit_code;
@@ -469,6 +566,14 @@ ApiResult<protocol::CompleteResponse> TaskQueue::complete(const AuthorizedNode& 
   c.output_bytes = std::max<std::int64_t>(request.output_bytes, static_cast<std::int64_t>(request.output.size()));
   // Each lease adds one to both the fence and the attempt count, so the fence is the attempt.
   c.retry_not_before_ms = c.now_ms + backoff(request.fence);
+  return c;
+}
+
+ApiResult<protocol::CompleteResponse> TaskQueue::complete(const AuthorizedNode& node, std::string_view task_id,
+                                                          const protocol::CompleteRequest& request) {
+  auto checked = completion_of(node, task_id, request, now_ms());
+  if (!checked) return std::unexpected(checked.error());
+  const TaskCompletion& c = *checked;
   auto out = store_.complete_task(c);
   if (!out) return store_failure(out.error());
   if (out->check != FenceCheck::ok) {
@@ -477,8 +582,103 @@ ApiResult<protocol::CompleteResponse> TaskQueue::complete(const AuthorizedNode& 
   }
   log::info("task.completed", {{"task", c.task_id}, {"node", c.node_id}, {"outcome", c.outcome},
                                {"state", protocol::task_state_name(out->state)}});
+  if (!out->repeat) completed(c, out->state);
   changed();
   return protocol::CompleteResponse{std::string(protocol::task_state_name(out->state))};
+}
+
+ApiResult<protocol::CompleteBatchResponse> TaskQueue::complete_batch(const AuthorizedNode& node,
+                                                                     const protocol::CompleteBatchRequest& request) {
+  if (request.completions.size() > protocol::kMaxCompleteBatch) {
+    return invalid("completions", "more than " + std::to_string(protocol::kMaxCompleteBatch) + " in one batch",
+                   "send smaller batches");
+  }
+  const std::int64_t now = now_ms();
+  protocol::CompleteBatchResponse out;
+  out.results.resize(request.completions.size());
+  std::vector<TaskCompletion> batch;
+  std::vector<std::size_t> index;  // batch position -> request position
+  for (std::size_t i = 0; i < request.completions.size(); ++i) {
+    const auto& item = request.completions[i];
+    auto& result = out.results[i];
+    result.id = item.id.substr(0, 64);
+    auto checked = completion_of(node, item.id, item.request, now);
+    if (!checked) {
+      result.status = checked.error().http_status;
+      result.code = checked.error().body.code;
+      result.message = checked.error().body.message;
+      result.hint = checked.error().body.hint;
+      continue;
+    }
+    batch.push_back(std::move(*checked));
+    index.push_back(i);
+  }
+  if (batch.empty()) return out;
+  auto stored = store_.complete_tasks(batch);
+  if (!stored) return store_failure(stored.error());
+  bool any = false;
+  for (std::size_t k = 0; k < batch.size(); ++k) {
+    const TaskCompletion& c = batch[k];
+    const CompleteOutcome& o = (*stored)[k];
+    auto& result = out.results[index[k]];
+    if (o.check != FenceCheck::ok) {
+      log::info("task.complete_refused", {{"task", c.task_id.substr(0, 64)}, {"node", c.node_id}, {"fence", c.fence}});
+      const ApiError e = fence_refusal(o.check, c.task_id, c.fence, "complete").error();
+      result.status = e.http_status;
+      result.code = e.body.code;
+      result.message = e.body.message;
+      result.hint = e.body.hint;
+      continue;
+    }
+    any = true;
+    log::info("task.completed", {{"task", c.task_id}, {"node", c.node_id}, {"outcome", c.outcome},
+                                 {"state", protocol::task_state_name(o.state)}});
+    if (!o.repeat) completed(c, o.state);
+    result.state = std::string(protocol::task_state_name(o.state));
+  }
+  if (any) changed();
+  return out;
+}
+
+ApiResult<Json> TaskQueue::submit_batch(const Json& body) {
+  auto items = body.find("tasks");
+  if (items == body.end() || !items->is_array()) {
+    return invalid("tasks", "expected an array of task submissions", R"(e.g. {"tasks": [{"kind": "exec", ...}]})");
+  }
+  if (items->size() > kMaxSubmitBatch) {
+    return invalid("tasks", std::to_string(items->size()) + " in one batch, over the cap of " +
+                                std::to_string(kMaxSubmitBatch), "split the file into smaller batches");
+  }
+  const std::int64_t now = now_ms();
+  std::vector<TaskRecord> records;
+  records.reserve(items->size());
+  for (std::size_t i = 0; i < items->size(); ++i) {
+    const Json& item = (*items)[i];
+    if (!item.is_object()) return invalid("tasks[" + std::to_string(i) + "]", "expected a JSON object");
+    auto task = task_from_submission(item, now);
+    if (!task) {
+      ApiError e = task.error();
+      e.body.message = "tasks[" + std::to_string(i) + "]: " + e.body.message;
+      return std::unexpected(std::move(e));
+    }
+    records.push_back(std::move(*task));
+  }
+  Json list = Json::array();
+  if (records.empty()) return Json{{"tasks", std::move(list)}, {"created", 0}};
+  auto out = store_.submit_tasks(records);
+  if (!out) return store_failure(out.error());
+  std::int64_t created = 0;
+  for (const auto& o : *out) {
+    if (o.created) {
+      ++created;
+      log::info("task.submitted", {{"task", o.task.id}, {"kind", o.task.kind}});
+    }
+    Json j = task_json(o.task, false);
+    j["created"] = o.created;
+    list.push_back(std::move(j));
+  }
+  if (created > 0) changed();
+  return Json{{"tasks", std::move(list)}, {"created", created}};
 }
 
 ApiResult<Json> TaskQueue::submit(const Json& body) {

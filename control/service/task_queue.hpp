@@ -5,6 +5,7 @@
 // (with headroom), the retry backoff (exponential, jittered) and the heartbeat's hints.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -26,6 +27,7 @@
 #include "common/json.hpp"
 #include "common/protocol/tasks.hpp"
 #include "control/service.hpp"
+#include "control/service/event_log.hpp"
 #include "control/store/store.hpp"
 
 namespace cairn::control {
@@ -51,7 +53,10 @@ class TaskQueue {
   // A source of uniform numbers in [0, 1) for backoff jitter (tests inject a fixed one).
   using Random = std::function<double()>;
 
-  TaskQueue(const ServiceConfig& config, const Clock& clock, Store& store, Random random = {});
+  // `events`: where control's own task events go (task.dead, task.lease_expired,
+  // task.cancelled: what an operator must see in `cairn-control events`); null: none.
+  TaskQueue(const ServiceConfig& config, const Clock& clock, Store& store, Random random = {},
+            EventLog* events = nullptr);
   TaskQueue(const TaskQueue&) = delete;
   TaskQueue& operator=(const TaskQueue&) = delete;
   ~TaskQueue() { stop(); }
@@ -66,8 +71,18 @@ class TaskQueue {
   ApiResult<protocol::CompleteResponse> complete(const AuthorizedNode& node, std::string_view task_id,
                                                  const protocol::CompleteRequest& request);
 
+  // POST /v1/tasks/complete: several completions, one store transaction; one answer per item
+  // (a refused item, e.g. a stale fence, refuses that task only).
+  ApiResult<protocol::CompleteBatchResponse> complete_batch(const AuthorizedNode& node,
+                                                            const protocol::CompleteBatchRequest& request);
+
   // admin
   ApiResult<Json> submit(const Json& body);
+  // POST /v1/admin/tasks/batch {"tasks": [submission, ...]}: every item is checked first (one
+  // bad item refuses the batch, naming its index), then all are inserted in one transaction.
+  // -> {"tasks": [task + "created", ...]} in the batch's order.
+  ApiResult<Json> submit_batch(const Json& body);
+  static constexpr std::size_t kMaxSubmitBatch = 1000;
   ApiResult<Json> list(const TaskFilter& filter);
   ApiResult<Json> show(std::string_view id);
   ApiResult<Json> cancel(std::string_view id);
@@ -83,6 +98,10 @@ class TaskQueue {
   // One pass of the sweep now: expired leases back to the queue (or dead); every
   // prune_period, history pruning. Returns the number of tasks whose lease expired.
   std::size_t sweep_once();
+
+  // Counters of this replica and the store's counts by state (cached kCountsMaxAge).
+  TaskMetrics metrics();
+  static constexpr std::chrono::seconds kCountsMaxAge{5};
 
   static constexpr std::chrono::milliseconds kIndexRefresh{500};
   static constexpr std::chrono::milliseconds kIndexMinAge{50};
@@ -110,6 +129,9 @@ class TaskQueue {
   };
 
   std::int64_t now_ms() const;
+  // A node's completion checked and capped for the store; 400 when malformed.
+  ApiResult<TaskCompletion> completion_of(const AuthorizedNode& node, std::string_view task_id,
+                                          const protocol::CompleteRequest& request, std::int64_t now);
   std::int64_t backoff(std::int64_t attempt);
   Result<LeaseQuery> lease_query(const std::string& node_id);
   void refresh_node(const std::string& node_id, NodeInfo& info, std::int64_t now);
@@ -117,6 +139,10 @@ class TaskQueue {
   bool index_has_work(const QueuedIndex& index, const std::string& node_id, const NodeInfo& info,
                       std::int64_t now) const;
   void changed() { index_dirty_.store(true); }
+  // Counters and control events for a task that reached `state` through a node's completion.
+  void completed(const TaskCompletion& c, protocol::TaskState state);
+  void count_completion(const std::string& outcome);
+  void record_lease_latency(std::chrono::nanoseconds took);
 
   const ServiceConfig& config_;
   const Clock& clock_;
@@ -130,6 +156,21 @@ class TaskQueue {
   std::mutex index_mutex_;  // one refresh at a time
   std::shared_ptr<const QueuedIndex> index_;
   std::atomic<bool> index_dirty_{true};
+
+  EventLog* events_;
+
+  // metrics (h-taskbatch)
+  std::atomic<std::int64_t> lease_requests_{0};
+  std::atomic<std::int64_t> leased_{0};
+  std::atomic<std::int64_t> expirations_{0};
+  std::atomic<std::int64_t> dead_{0};
+  std::mutex metrics_mutex_;  // the maps and the histogram (updated once per call, not per row)
+  std::map<std::string, std::int64_t> completions_;
+  std::array<std::int64_t, kTaskLeaseBuckets.size() + 1> lease_buckets_{};
+  double lease_sum_s_ = 0;
+  std::int64_t lease_count_ = 0;
+  std::map<std::string, std::int64_t> counts_;
+  std::optional<std::int64_t> counts_read_mono_ms_;
 
   std::mutex sweep_mutex_;
   std::optional<std::int64_t> last_prune_mono_ms_;

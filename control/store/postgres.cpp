@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -86,6 +87,13 @@ std::string hex_decode(std::string_view hex) {
     out.push_back(static_cast<char>((nibble(hex[i]) << 4) | nibble(hex[i + 1])));
   }
   return out;
+}
+
+// PostgreSQL text cannot hold NUL (nor can jsonb's \u0000): dropped, as Params::add does.
+std::string no_nul(std::string_view v) {
+  std::string s(v);
+  std::erase(s, '\0');
+  return s;
 }
 
 // bytea in text format: \x followed by hex digits (bytea_output = hex, the default).
@@ -507,6 +515,33 @@ CREATE TABLE escrow_keys (
 ALTER TABLE modules ADD COLUMN manifest TEXT NOT NULL DEFAULT '';
 ALTER TABLE modules ADD COLUMN required BOOLEAN NOT NULL DEFAULT FALSE;
 )sql"},
+    // tasks (h-taskbatch). Version 4: 3 is the module manifest (h-modctl).
+    // Every lease and completion changes `state`, an indexed column, so no such update is HOT:
+    // each one writes a new entry into EVERY index of tasks that covers the new row (a partial
+    // index only when the row matches it). Ten indexes made that most of a task's cost; keep
+    // those a query needs, each as narrow as the query:
+    //  - seq needs no unique index (a sequence fills it); the idempotency key only where set;
+    //  - the queue in order (tasks_queued, for queued_heads) and a new per-node queue
+    //    (tasks_queued_by_node: the lease's two walks, node_id = $1 and node_id IS NULL, as
+    //    SQLite's) hold queued rows only;
+    //  - tasks_held (open leases by holder) also serves the expiry sweep, which scans open
+    //    leases: tasks_leases goes, and extend (it moves only the expiry) becomes HOT;
+    //  - by node / by holder keep addressed / leased rows only (task list --node);
+    //  - tasks_finished goes: pruning ranks every final task anyway.
+    // auth_generation: bumped with every change of authorisation; replicas poll it (store.hpp).
+    {4, R"sql(
+ALTER TABLE tasks DROP CONSTRAINT tasks_seq_key;
+ALTER TABLE tasks DROP CONSTRAINT tasks_idempotency_key_key;
+CREATE UNIQUE INDEX tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
+DROP INDEX tasks_leases;
+DROP INDEX tasks_finished;
+DROP INDEX tasks_by_node;
+DROP INDEX tasks_by_holder;
+CREATE INDEX tasks_queued_by_node ON tasks(node_id, seq) WHERE state = 'queued';
+CREATE INDEX tasks_by_node ON tasks(node_id, seq) WHERE node_id IS NOT NULL;
+CREATE INDEX tasks_by_holder ON tasks(leased_by, seq) WHERE leased_by IS NOT NULL;
+INSERT INTO counters (name, value) VALUES ('auth_generation', 0);
+)sql"},
 };
 
 // Any number: the key of the advisory lock that serialises migrations across replicas.
@@ -620,6 +655,12 @@ NodeEventRecord event_from(const Rows& q, int r) {
 // so event seq (a sequence) grows in commit order and a follower's cursor never skips an
 // event that commits late.
 constexpr std::int64_t kEventLockKey = 0x6361'6972'6e00'0002;
+
+// The auth generation (Store::auth_generation) moves with each change of authorisation: in
+// the change's transaction, or, after a CTE `u` of the change, only when it changed a row.
+constexpr const char* kBumpAuth = "UPDATE counters SET value = value + 1 WHERE name = 'auth_generation'";
+constexpr const char* kBumpAuthIf =
+    "g AS (UPDATE counters SET value = value + 1 WHERE name = 'auth_generation' AND EXISTS (SELECT 1 FROM u))";
 
 // Every task column but the output (list_tasks leaves it out; find_task adds it last).
 constexpr const char* kTaskColumns =
@@ -808,6 +849,7 @@ class PostgresStore final : public Store {
       if (auto ok = exec(conn, "UPDATE counters SET value = value + 1 WHERE name = 'enrollments'", Params()); !ok) {
         return fail(ok.error());
       }
+      if (auto ok = exec(conn, kBumpAuth, Params()); !ok) return fail(ok.error());
       return EnrollmentOutcome::committed;
     });
   }
@@ -840,14 +882,16 @@ class PostgresStore final : public Store {
         return fail(ok.error());
       }
       if (auto ok = insert_certificate(conn, fresh); !ok) return fail(ok.error());
+      if (auto ok = exec(conn, kBumpAuth, Params()); !ok) return fail(ok.error());
       return RotationOutcome::committed;
     });
   }
 
   Status confirm_rotation(std::string_view new_serial, std::int64_t retire_at_ms) override {
-    return run_status(
-        "UPDATE certificates SET retire_at_ms = $2::bigint WHERE replaced_by = $1::text AND retire_at_ms IS NULL",
-        Params().add(new_serial).add(retire_at_ms));
+    return run_status(std::string("WITH u AS (UPDATE certificates SET retire_at_ms = $2::bigint WHERE replaced_by = $1::text "
+                                  "AND retire_at_ms IS NULL RETURNING 1), ") +
+                          kBumpAuthIf + " SELECT 1",
+                      Params().add(new_serial).add(retire_at_ms));
   }
 
   Result<std::vector<CertRecord>> list_certificates(std::string_view node_id) override {
@@ -884,6 +928,7 @@ class PostgresStore final : public Store {
           !ok) {
         return fail(ok.error());
       }
+      if (auto ok = exec(conn, kBumpAuth, Params()); !ok) return fail(ok.error());
       return true;
     });
   }
@@ -941,10 +986,11 @@ class PostgresStore final : public Store {
     Params p;
     p.add(a.serial_hex).add(a.name).add(a.fingerprint_sha256).add(a.issued_at_ms).add(a.not_after_ms);
     p.add(a.revoked_at_ms);
-    return run_status(
-        "INSERT INTO admin_certificates (serial, name, fingerprint, issued_at_ms, not_after_ms, revoked_at_ms) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (serial) DO NOTHING",
-        p);
+    return run_status(std::string("WITH u AS (INSERT INTO admin_certificates (serial, name, fingerprint, issued_at_ms, "
+                                  "not_after_ms, revoked_at_ms) VALUES ($1, $2, $3, $4, $5, $6) "
+                                  "ON CONFLICT (serial) DO NOTHING RETURNING 1), ") +
+                          kBumpAuthIf + " SELECT 1",
+                      p);
   }
 
   Result<std::vector<AdminCertRecord>> list_admin_certs() override {
@@ -955,10 +1001,27 @@ class PostgresStore final : public Store {
   }
 
   Result<std::int64_t> revoke_admin(std::string_view name, std::int64_t now_ms) override {
-    auto rows = run("UPDATE admin_certificates SET revoked_at_ms = $2::bigint WHERE name = $1::text AND revoked_at_ms IS NULL",
+    auto rows = run(std::string("WITH u AS (UPDATE admin_certificates SET revoked_at_ms = $2::bigint WHERE name = $1::text "
+                                "AND revoked_at_ms IS NULL RETURNING 1), ") +
+                        kBumpAuthIf + " SELECT count(*) FROM u",
                     Params().add(name).add(now_ms));
     if (!rows) return fail(rows.error());
-    return rows->affected();
+    return rows->int64(0, 0);
+  }
+
+  Result<std::map<std::string, std::int64_t>> count_tasks() override {
+    auto rows = run("SELECT state, count(*) FROM tasks GROUP BY state", Params());
+    if (!rows) return fail(rows.error());
+    std::map<std::string, std::int64_t> out;
+    for (auto st : {"queued", "leased", "running", "succeeded", "failed", "dead", "cancelled"}) out[st] = 0;
+    for (int r = 0; r < rows->size(); ++r) out[rows->text(r, 0)] = rows->int64(r, 1);
+    return out;
+  }
+
+  Result<std::int64_t> auth_generation() override {
+    auto rows = run("SELECT value FROM counters WHERE name = 'auth_generation'", Params());
+    if (!rows) return fail(rows.error());
+    return rows->empty() ? 0 : rows->int64(0, 0);
   }
 
   // ---- heartbeats: the batch in one transaction, three statements at most ----
@@ -1112,7 +1175,7 @@ INSERT INTO tasks (id, kind, args, node_id, selector, capabilities, min_cpu, min
   updated_at_ms)
 VALUES ($1::text, $2::text, $3::text, $4::text, $5::jsonb, $6::jsonb, $7::bigint, $8::bigint, $9::bigint,
   $10::bigint, $11::bigint, $12::text, $13::text, $14::text, $15::bigint, $16::bigint, $17::bigint)
-ON CONFLICT (idempotency_key) DO NOTHING
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING )sql") + kTaskColumns,
                         p);
     if (!inserted) return fail(inserted.error());
@@ -1128,6 +1191,187 @@ RETURNING )sql") + kTaskColumns,
                   "submit again");
     }
     return SubmitOutcome{task_from(*existing, 0), false};
+  }
+
+  // One statement: the batch travels as one jsonb array, inserted in its order (seq follows
+  // it); an idempotency key already stored (or earlier in the batch) inserts nothing and the
+  // task it names is read back, as submit_task does.
+  Result<std::vector<SubmitOutcome>> submit_tasks(std::span<const TaskRecord> tasks) override {
+    std::vector<SubmitOutcome> out;
+    if (tasks.empty()) return out;
+    Json rows = Json::array();
+    std::int64_t ord = 0;
+    for (const auto& t : tasks) {
+      rows.push_back({{"ord", ord++},
+                      {"id", no_nul(t.id)},
+                      {"kind", no_nul(t.kind)},
+                      {"args", no_nul(t.args_json)},
+                      {"node_id", t.node_id ? Json(no_nul(*t.node_id)) : Json(nullptr)},
+                      {"selector", Json(t.selector)},
+                      {"capabilities", Json(t.capabilities)},
+                      {"min_cpu", t.min.cpu_millis},
+                      {"min_mem", t.min.mem_bytes},
+                      {"min_disk", t.min.disk_bytes},
+                      {"timeout_s", t.timeout_s},
+                      {"max_attempts", t.max_attempts},
+                      {"serial_key", t.serial_key ? Json(no_nul(*t.serial_key)) : Json(nullptr)},
+                      {"idempotency_key", t.idempotency_key ? Json(no_nul(*t.idempotency_key)) : Json(nullptr)},
+                      {"state", protocol::task_state_name(t.state)},
+                      {"not_before_ms", t.not_before_ms},
+                      {"created_at_ms", t.created_at_ms},
+                      {"updated_at_ms", t.updated_at_ms == 0 ? t.created_at_ms : t.updated_at_ms}});
+    }
+    auto inserted = run_retrying(std::string(R"sql(
+INSERT INTO tasks (id, kind, args, node_id, selector, capabilities, min_cpu, min_mem, min_disk,
+  timeout_s, max_attempts, serial_key, idempotency_key, state, not_before_ms, created_at_ms,
+  updated_at_ms)
+SELECT id, kind, args, node_id, COALESCE(selector, '{}'), COALESCE(capabilities, '[]'), min_cpu, min_mem,
+  min_disk, timeout_s, max_attempts, serial_key, idempotency_key, state, not_before_ms, created_at_ms,
+  updated_at_ms
+FROM jsonb_to_recordset($1::jsonb) AS x(ord bigint, id text, kind text, args text, node_id text, selector jsonb,
+  capabilities jsonb, min_cpu bigint, min_mem bigint, min_disk bigint, timeout_s bigint, max_attempts bigint,
+  serial_key text, idempotency_key text, state text, not_before_ms bigint, created_at_ms bigint,
+  updated_at_ms bigint)
+ORDER BY ord
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING )sql") + kTaskColumns,
+                                 Params().add(dump_json(rows)));
+    if (!inserted) return fail(inserted.error());
+    std::unordered_map<std::string, int> by_id;
+    for (int r = 0; r < inserted->size(); ++r) by_id.emplace(inserted->text(r, 0), r);
+    // The keys that inserted nothing: the tasks they name, read back in one query.
+    Json keys = Json::array();
+    for (const auto& t : tasks) {
+      if (!by_id.contains(no_nul(t.id)) && t.idempotency_key) keys.push_back(no_nul(*t.idempotency_key));
+    }
+    std::unordered_map<std::string, TaskRecord> by_key;
+    if (!keys.empty()) {
+      auto existing = run(std::string("SELECT ") + kTaskColumns +
+                              " FROM tasks WHERE idempotency_key IN (SELECT jsonb_array_elements_text($1::jsonb))",
+                          Params().add(dump_json(keys)));
+      if (!existing) return fail(existing.error());
+      for (int r = 0; r < existing->size(); ++r) {
+        auto t = task_from(*existing, r);
+        const std::string key = t.idempotency_key.value_or("");
+        by_key.emplace(key, std::move(t));
+      }
+    }
+    out.reserve(tasks.size());
+    for (const auto& t : tasks) {
+      if (auto it = by_id.find(no_nul(t.id)); it != by_id.end()) {
+        out.push_back(SubmitOutcome{task_from(*inserted, it->second), true});
+        by_id.erase(it);  // the same id twice in a batch: the second is the existing task
+        if (t.idempotency_key) by_key.emplace(no_nul(*t.idempotency_key), out.back().task);
+        continue;
+      }
+      auto it = t.idempotency_key ? by_key.find(no_nul(*t.idempotency_key)) : by_key.end();
+      if (it == by_key.end()) {
+        return fail(Errc::temporary, "task " + t.id + " (idempotency key '" + t.idempotency_key.value_or("") +
+                                         "') of a batch: neither inserted nor found",
+                    "submit the batch again");
+      }
+      out.push_back(SubmitOutcome{it->second, false});
+    }
+    return out;
+  }
+
+  // One statement per round: the completions travel as one jsonb array; the rows of their
+  // tasks are locked in id order (two batches never wait on each other in a cycle); each
+  // completion is decided as complete_task decides one. A task named twice in a batch is
+  // completed in a second round (its repeat then answers as a repeat does).
+  Result<std::vector<CompleteOutcome>> complete_tasks(std::span<const TaskCompletion> completions) override {
+    std::vector<CompleteOutcome> out(completions.size());
+    std::vector<std::size_t> pending(completions.size());
+    for (std::size_t i = 0; i < pending.size(); ++i) pending[i] = i;
+    while (!pending.empty()) {
+      std::vector<std::size_t> round, later;
+      std::unordered_map<std::string, bool> seen;
+      for (auto i : pending) (seen.emplace(completions[i].task_id, true).second ? round : later).push_back(i);
+      Json rows = Json::array();
+      for (auto i : round) {
+        const auto& c = completions[i];
+        std::optional<FailureReason> reason = c.reason;
+        if (c.outcome != "succeeded" && c.outcome != "cancelled" && !reason) reason = FailureReason::internal;
+        Json reason_text = nullptr;
+        if (reason && c.outcome != "succeeded") reason_text = std::string(protocol::failure_reason_name(*reason));
+        rows.push_back({{"ord", static_cast<std::int64_t>(i)},
+                        {"id", no_nul(c.task_id)},
+                        {"fence", c.fence},
+                        {"node", no_nul(c.node_id)},
+                        {"now", c.now_ms},
+                        {"outcome", no_nul(c.outcome)},
+                        {"transient", reason && protocol::failure_transient(*reason)},
+                        {"not_before", c.retry_not_before_ms},
+                        {"exit_code", c.exit_code ? Json(*c.exit_code) : Json(nullptr)},
+                        {"reason", reason_text},
+                        {"error", no_nul(c.error)},
+                        {"output", hex_encode(c.output)},
+                        {"truncated", c.output_truncated},
+                        {"bytes", c.output_bytes}});
+      }
+      auto result = run_retrying(R"sql(
+WITH c AS (
+  SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(ord bigint, id text, fence bigint, node text, now bigint,
+    outcome text, transient boolean, not_before bigint, exit_code integer, reason text, error text, output text,
+    truncated boolean, bytes bigint)),
+cur AS (
+  SELECT t.id, t.state, t.fence, t.leased_by, t.attempts, t.max_attempts, t.cancel_requested FROM tasks t
+  WHERE t.id IN (SELECT id FROM c) ORDER BY t.id FOR UPDATE OF t),
+prev AS (
+  SELECT c.ord, a.outcome, a.node_id FROM c JOIN task_attempts a ON a.task_id = c.id AND a.fence = c.fence),
+nxt AS (
+  SELECT c.ord, c.id, CASE WHEN c.outcome = 'succeeded' THEN 'succeeded'
+                           WHEN c.outcome = 'cancelled' OR cur.cancel_requested THEN 'cancelled'
+                           WHEN NOT c.transient THEN 'failed'
+                           WHEN cur.attempts < cur.max_attempts THEN 'queued'
+                           ELSE 'dead' END AS state
+  FROM c JOIN cur ON cur.id = c.id JOIN prev ON prev.ord = c.ord
+  WHERE cur.fence = c.fence AND cur.leased_by = c.node AND cur.state IN ('leased', 'running')
+    AND prev.outcome = '' AND prev.node_id = c.node),
+upd AS (
+  UPDATE tasks t SET state = nxt.state, updated_at_ms = c.now,
+    finished_at_ms = CASE WHEN nxt.state = 'queued' THEN NULL ELSE c.now END,
+    leased_by = CASE WHEN nxt.state = 'queued' THEN NULL ELSE t.leased_by END,
+    not_before_ms = CASE WHEN nxt.state = 'queued' THEN c.not_before ELSE t.not_before_ms END,
+    lease_expires_ms = NULL, exit_code = c.exit_code, last_reason = c.reason, last_error = c.error,
+    output = decode(c.output, 'hex'), output_truncated = c.truncated, output_bytes = c.bytes
+  FROM nxt JOIN c ON c.ord = nxt.ord WHERE t.id = nxt.id),
+att AS (
+  UPDATE task_attempts a SET finished_at_ms = c.now, outcome = c.outcome, reason = c.reason,
+    exit_code = c.exit_code, error = c.error
+  FROM nxt JOIN c ON c.ord = nxt.ord WHERE a.task_id = nxt.id AND a.fence = c.fence)
+SELECT c.ord, cur.state, prev.outcome, nxt.state, prev.node_id
+FROM c LEFT JOIN cur ON cur.id = c.id LEFT JOIN prev ON prev.ord = c.ord LEFT JOIN nxt ON nxt.ord = c.ord
+ORDER BY c.ord)sql",
+                                 Params().add(dump_json(rows)));
+      if (!result) return fail(result.error());
+      for (int r = 0; r < result->size(); ++r) {
+        const auto i = static_cast<std::size_t>(result->int64(r, 0));
+        if (i >= out.size()) continue;
+        const auto& c = completions[i];
+        if (result->is_null(r, 1)) {
+          out[i] = CompleteOutcome{FenceCheck::not_found, TaskState::queued};
+          continue;
+        }
+        const auto stored = protocol::task_state_from(result->text(r, 1)).value_or(TaskState::queued);
+        if (!result->is_null(r, 3)) {
+          out[i] = CompleteOutcome{FenceCheck::ok, protocol::task_state_from(result->text(r, 3)).value_or(TaskState::queued)};
+        } else if (result->is_null(r, 4) || result->text(r, 4) != c.node_id) {
+          out[i] = CompleteOutcome{FenceCheck::stale, stored};
+        } else {
+          const std::string previous = result->text(r, 2);
+          if (previous == c.outcome) {
+            out[i] = CompleteOutcome{FenceCheck::ok, stored, true};
+          } else if (previous.empty() || previous == "lease_lost") {
+            out[i] = CompleteOutcome{FenceCheck::stale, stored};
+          } else {
+            out[i] = CompleteOutcome{FenceCheck::finished, stored};
+          }
+        }
+      }
+      pending = std::move(later);
+    }
+    return out;
   }
 
   Result<std::optional<TaskRecord>> find_task(std::string_view id) override {
@@ -1162,14 +1406,22 @@ RETURNING )sql") + kTaskColumns,
   // waited for nor leased twice; a recursive walk in submission order takes each one whose
   // reservation still fits the budget (with what the node holds and what it took before),
   // up to max_tasks; those are updated and their attempt rows inserted.
+  // The candidates come from two walks on tasks_queued_by_node, each in submission order:
+  // the tasks addressed to this node, and those addressed to none. Tasks waiting for other
+  // nodes are never read (one scan of the whole queue filtering node ids would read them).
   Result<std::vector<TaskRecord>> lease_tasks(const LeaseQuery& q) override {
     if (q.max_tasks <= 0) return std::vector<TaskRecord>{};
+    // ORDER BY node_id first (one value in each walk): the planner then walks the index in
+    // its order; by seq alone it would scan tasks_queued and filter out other nodes' tasks.
+    const std::string window = " ORDER BY t.node_id, t.seq LIMIT $8::bigint * 4 + 16 FOR UPDATE OF t SKIP LOCKED)";
     const std::string sql = std::string("WITH RECURSIVE ") + kHeldSql + R"sql(,
-cand0 AS (
+mine AS (
   SELECT t.id, t.seq, t.min_cpu, t.min_mem, t.min_disk FROM tasks t, held h
-  WHERE )sql" + kCandidateWhere + R"sql(
-  ORDER BY t.seq LIMIT $8::bigint * 4 + 16
-  FOR UPDATE OF t SKIP LOCKED),
+  WHERE t.node_id = $1::text AND )sql" + kCandidateWhere + window + R"sql(,
+anyone AS (
+  SELECT t.id, t.seq, t.min_cpu, t.min_mem, t.min_disk FROM tasks t, held h
+  WHERE t.node_id IS NULL AND )sql" + kCandidateWhere + window + R"sql(,
+cand0 AS (SELECT * FROM mine UNION ALL SELECT * FROM anyone),
 cand AS (SELECT cand0.*, row_number() OVER (ORDER BY seq) AS rn FROM cand0),
 walk AS (
   SELECT 0::bigint AS rn, NULL::text AS id, h.cpu, h.mem, h.disk, false AS taken, 0::bigint AS n FROM held h
@@ -1309,7 +1561,7 @@ SELECT (SELECT state FROM cur), (SELECT outcome FROM prev), (SELECT state FROM n
     if (rows->is_null(0, 3) || rows->text(0, 3) != c.node_id) return CompleteOutcome{FenceCheck::stale, stored};
     // This fence's attempt already ended: the same outcome again is answered as before.
     const std::string previous = rows->text(0, 1);
-    if (previous == c.outcome) return CompleteOutcome{FenceCheck::ok, stored};
+    if (previous == c.outcome) return CompleteOutcome{FenceCheck::ok, stored, true};
     if (previous.empty() || previous == "lease_lost") return CompleteOutcome{FenceCheck::stale, stored};
     return CompleteOutcome{FenceCheck::finished, stored};
   }

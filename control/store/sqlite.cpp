@@ -4,6 +4,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -211,6 +212,32 @@ CREATE TABLE escrow_keys (
     {4, R"sql(
 ALTER TABLE modules ADD COLUMN manifest TEXT NOT NULL DEFAULT '';
 ALTER TABLE modules ADD COLUMN required INTEGER NOT NULL DEFAULT 0;
+)sql"},
+    // tasks (h-taskbatch): fewer indexes on tasks, each one a query needs (checked with EXPLAIN
+    // QUERY PLAN on every task query). Version 5: 4 is the module manifest (h-modctl).
+    //  - the queue in submission order (queued_heads) and per node (the lease walks) are
+    //    partial indexes of queued tasks only: a task leaves them when leased;
+    //  - what a node holds (its reservations) and the expiry sweep read the same partial index
+    //    of open leases: extend, which moves the expiry, then touches no index;
+    //  - by_state, by_lease_expiry and by_finish go: every lease and completion rewrote them.
+    //    Pruning by age ranks every final task anyway; `task list --status` walks the newest
+    //    tasks backwards (slow only for a rare state in a long history);
+    //  - by_holder becomes (leased_by, seq): rewritten when a task is leased (or requeued),
+    //    no longer at every state change; with by_node it serves `task list --node`;
+    //  - the serial-key index keeps open tasks only (the head check asks for those).
+    // An auth generation counter: bumped with every change of authorisation (store.hpp).
+    {5, R"sql(
+DROP INDEX tasks_by_state;
+DROP INDEX tasks_by_holder;
+DROP INDEX tasks_by_lease_expiry;
+DROP INDEX tasks_by_finish;
+DROP INDEX tasks_by_serial_key;
+CREATE INDEX tasks_by_holder ON tasks(leased_by, seq);
+CREATE INDEX tasks_queued ON tasks(seq) WHERE state = 'queued';
+CREATE INDEX tasks_open ON tasks(leased_by) WHERE state IN ('leased', 'running');
+CREATE INDEX tasks_serial_open ON tasks(serial_key, seq)
+  WHERE serial_key IS NOT NULL AND state IN ('queued', 'leased', 'running');
+INSERT INTO counters (name, value) VALUES ('auth_generation', 0);
 )sql"},
 };
 
@@ -691,6 +718,7 @@ class SqliteStore final : public Store {
       if (!q) return fail(q.error());
       if (auto ok = q->run(); !ok) return fail(ok.error());
     }
+    if (auto ok = bump_auth_locked(); !ok) return fail(ok.error());
     if (auto ok = tx->commit(); !ok) return fail(ok.error());
     return EnrollmentOutcome::committed;
   }
@@ -734,6 +762,7 @@ class SqliteStore final : public Store {
       if (auto ok = q->run(); !ok) return fail(ok.error());
     }
     if (auto ok = insert_certificate_locked(fresh); !ok) return fail(ok.error());
+    if (auto ok = bump_auth_locked(); !ok) return fail(ok.error());
     if (auto ok = tx->commit(); !ok) return fail(ok.error());
     return RotationOutcome::committed;
   }
@@ -743,7 +772,9 @@ class SqliteStore final : public Store {
     auto q = query("UPDATE certificates SET retire_at_ms = ?2 WHERE replaced_by = ?1 AND retire_at_ms IS NULL");
     if (!q) return fail(q.error());
     q->bind(1, new_serial).bind(2, retire_at_ms);
-    return q->run();
+    if (auto ok = q->run(); !ok) return ok;
+    if (sqlite3_changes(db_.get()) == 0) return {};
+    return bump_auth_locked();
   }
 
   Result<std::vector<CertRecord>> list_certificates(std::string_view node_id) override {
@@ -811,6 +842,7 @@ class SqliteStore final : public Store {
       q->bind(1, id);
       if (auto ok = q->run(); !ok) return fail(ok.error());
     }
+    if (auto ok = bump_auth_locked(); !ok) return fail(ok.error());
     if (auto ok = tx->commit(); !ok) return fail(ok.error());
     return true;
   }
@@ -881,7 +913,9 @@ class SqliteStore final : public Store {
     q->bind(1, std::string_view(a.serial_hex)).bind(2, std::string_view(a.name));
     q->bind(3, std::string_view(a.fingerprint_sha256)).bind(4, a.issued_at_ms);
     q->bind(5, a.not_after_ms).bind(6, a.revoked_at_ms);
-    return q->run();
+    if (auto ok = q->run(); !ok) return ok;
+    if (sqlite3_changes(db_.get()) == 0) return {};
+    return bump_auth_locked();
   }
 
   Result<std::vector<AdminCertRecord>> list_admin_certs() override {
@@ -899,7 +933,35 @@ class SqliteStore final : public Store {
     if (!q) return fail(q.error());
     q->bind(1, name).bind(2, now_ms);
     if (auto ok = q->run(); !ok) return fail(ok.error());
-    return static_cast<std::int64_t>(sqlite3_changes(db_.get()));
+    const auto revoked = static_cast<std::int64_t>(sqlite3_changes(db_.get()));
+    if (revoked > 0) {
+      if (auto ok = bump_auth_locked(); !ok) return fail(ok.error());
+    }
+    return revoked;
+  }
+
+  Result<std::map<std::string, std::int64_t>> count_tasks() override {
+    std::lock_guard lock(mutex_);
+    auto q = query("SELECT state, COUNT(*) FROM tasks GROUP BY state");
+    if (!q) return fail(q.error());
+    std::map<std::string, std::int64_t> out;
+    for (auto s : {"queued", "leased", "running", "succeeded", "failed", "dead", "cancelled"}) out[s] = 0;
+    for (;;) {
+      auto row = q->step();
+      if (!row) return fail(row.error());
+      if (!*row) break;
+      out[q->text(0)] = q->int64(1);
+    }
+    return out;
+  }
+
+  Result<std::int64_t> auth_generation() override {
+    std::lock_guard lock(mutex_);
+    auto q = query("SELECT value FROM counters WHERE name = 'auth_generation'");
+    if (!q) return fail(q.error());
+    auto row = q->step();
+    if (!row) return fail(row.error());
+    return *row ? q->int64(0) : 0;
   }
 
   Result<std::vector<Status>> write_heartbeats(std::span<const HeartbeatRecord> batch) override {
@@ -953,6 +1015,32 @@ class SqliteStore final : public Store {
     std::lock_guard lock(mutex_);
     auto tx = begin();
     if (!tx) return fail(tx.error());
+    auto out = submit_locked(t);
+    if (!out) return fail(out.error());
+    if (out->created) {
+      if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    }
+    return out;
+  }
+
+  Result<std::vector<SubmitOutcome>> submit_tasks(std::span<const TaskRecord> tasks) override {
+    std::lock_guard lock(mutex_);
+    std::vector<SubmitOutcome> out;
+    if (tasks.empty()) return out;
+    out.reserve(tasks.size());
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    for (const auto& t : tasks) {
+      auto one = submit_locked(t);
+      if (!one) return fail(one.error().with_context("task " + t.id + " of a batch of " + std::to_string(tasks.size())));
+      out.push_back(std::move(*one));
+    }
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return out;
+  }
+
+  // Inside the caller's transaction.
+  Result<SubmitOutcome> submit_locked(const TaskRecord& t) {
     if (t.idempotency_key) {
       auto existing = select_task_locked("idempotency_key = ?1", *t.idempotency_key, true);
       if (!existing) return fail(existing.error());
@@ -971,11 +1059,25 @@ class SqliteStore final : public Store {
     q->bind(10, t.timeout_s).bind(11, t.max_attempts).bind(12, t.serial_key).bind(13, t.idempotency_key);
     q->bind(14, t.not_before_ms).bind(15, t.created_at_ms);
     if (auto ok = q->run(); !ok) return fail(ok.error());
-    auto stored = select_task_locked("id = ?1", t.id, true);
-    if (!stored) return fail(stored.error());
-    if (!*stored) return fail(Errc::internal, "task " + t.id + ": not found right after its insert");
-    if (auto ok = tx->commit(); !ok) return fail(ok.error());
-    return SubmitOutcome{std::move(**stored), true};
+    // What was stored: the given fields, the new seq (the rowid) and every other column's default.
+    TaskRecord stored;
+    stored.id = t.id;
+    stored.seq = sqlite3_last_insert_rowid(db_.get());
+    stored.kind = t.kind;
+    stored.args_json = t.args_json;
+    stored.node_id = t.node_id;
+    stored.selector = t.selector;
+    stored.capabilities = t.capabilities;
+    stored.min = t.min;
+    stored.timeout_s = t.timeout_s;
+    stored.max_attempts = t.max_attempts;
+    stored.serial_key = t.serial_key;
+    stored.idempotency_key = t.idempotency_key;
+    stored.state = protocol::TaskState::queued;
+    stored.not_before_ms = t.not_before_ms;
+    stored.created_at_ms = t.created_at_ms;
+    stored.updated_at_ms = t.created_at_ms;
+    return SubmitOutcome{std::move(stored), true};
   }
 
   Result<std::optional<TaskRecord>> find_task(std::string_view id) override {
@@ -985,9 +1087,9 @@ class SqliteStore final : public Store {
 
   Result<std::vector<TaskRecord>> list_tasks(const TaskQuery& spec) override {
     std::lock_guard lock(mutex_);
-    auto q = query(std::string("SELECT ") + kTaskColumns +
-                   ", '' FROM tasks WHERE (?1 IS NULL OR state = ?1) AND "
-                   "(?2 IS NULL OR node_id = ?2 OR leased_by = ?2) ORDER BY seq DESC LIMIT ?3");
+    // Two forms: `node_id = ?2 OR leased_by = ?2` alone lets SQLite search both indexes.
+    auto q = query(std::string("SELECT ") + kTaskColumns + ", '' FROM tasks WHERE (?1 IS NULL OR state = ?1) AND " +
+                   (spec.node_id ? "(node_id = ?2 OR leased_by = ?2)" : "?2 IS NULL") + " ORDER BY seq DESC LIMIT ?3");
     if (!q) return fail(q.error());
     std::optional<std::string> state;
     if (spec.state) state = std::string(protocol::task_state_name(*spec.state));
@@ -1089,10 +1191,37 @@ class SqliteStore final : public Store {
   }
 
   Result<CompleteOutcome> complete_task(const TaskCompletion& c) override {
-    using protocol::TaskState;
     std::lock_guard lock(mutex_);
     auto tx = begin();
     if (!tx) return fail(tx.error());
+    auto out = complete_locked(c);
+    if (!out) return fail(out.error());
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return out;
+  }
+
+  Result<std::vector<CompleteOutcome>> complete_tasks(std::span<const TaskCompletion> completions) override {
+    std::lock_guard lock(mutex_);
+    std::vector<CompleteOutcome> out;
+    if (completions.empty()) return out;
+    out.reserve(completions.size());
+    auto tx = begin();
+    if (!tx) return fail(tx.error());
+    for (const auto& c : completions) {
+      auto one = complete_locked(c);
+      if (!one) {
+        return fail(one.error().with_context("completion of task " + c.task_id + " in a batch of " +
+                                             std::to_string(completions.size())));
+      }
+      out.push_back(*one);
+    }
+    if (auto ok = tx->commit(); !ok) return fail(ok.error());
+    return out;
+  }
+
+  // Inside the caller's transaction: an outcome other than ok changes nothing.
+  Result<CompleteOutcome> complete_locked(const TaskCompletion& c) {
+    using protocol::TaskState;
     auto t = select_task_locked("id = ?1", c.task_id, false);
     if (!t) return fail(t.error());
     if (!*t) return CompleteOutcome{FenceCheck::not_found, TaskState::queued};
@@ -1109,7 +1238,7 @@ class SqliteStore final : public Store {
     }
     if (!attempt || attempt->node_id != c.node_id) return CompleteOutcome{FenceCheck::stale, task.state};
     if (!attempt->outcome.empty()) {
-      if (attempt->outcome == c.outcome) return CompleteOutcome{FenceCheck::ok, task.state};  // a repeat
+      if (attempt->outcome == c.outcome) return CompleteOutcome{FenceCheck::ok, task.state, true};  // a repeat
       if (attempt->outcome == "lease_lost") return CompleteOutcome{FenceCheck::stale, task.state};
       return CompleteOutcome{FenceCheck::finished, task.state};
     }
@@ -1160,7 +1289,6 @@ class SqliteStore final : public Store {
       q->bind(9, c.output_bytes).bind(10, std::int64_t{requeue ? 1 : 0}).bind(11, c.retry_not_before_ms);
       if (auto ok = q->run(); !ok) return fail(ok.error());
     }
-    if (auto ok = tx->commit(); !ok) return fail(ok.error());
     return CompleteOutcome{FenceCheck::ok, next};
   }
 
@@ -1173,7 +1301,8 @@ class SqliteStore final : public Store {
     std::vector<TaskRecord> expired;
     {
       auto q = query(std::string("SELECT ") + kTaskColumns +
-                     ", '' FROM tasks WHERE lease_expires_ms <= ?1 AND state IN ('leased', 'running') ORDER BY seq");
+                     ", '' FROM tasks INDEXED BY tasks_open WHERE lease_expires_ms <= ?1 "
+                     "AND state IN ('leased', 'running') ORDER BY seq");
       if (!q) return fail(q.error());
       q->bind(1, now_ms);
       auto rows = collect(*q, task_from);
@@ -1479,6 +1608,12 @@ class SqliteStore final : public Store {
       picked.push_back(std::move(t.id));
     }
     return picked;
+  }
+
+  Status bump_auth_locked() {
+    auto q = query("UPDATE counters SET value = value + 1 WHERE name = 'auth_generation'");
+    if (!q) return fail(q.error());
+    return q->run();
   }
 
   Result<std::optional<std::string>> find_escrow_key_locked(std::string_view node_id) {

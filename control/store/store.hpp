@@ -265,6 +265,21 @@ class Store {
   // Deletes final tasks (and their attempts) finished before older_than_ms, and beyond the
   // newest keep_per_node final tasks of each node. Returns how many were deleted.
   virtual Result<std::int64_t> prune_tasks(std::int64_t older_than_ms, std::int64_t keep_per_node) = 0;
+  // Batches (h-taskbatch): what a queue service or a node does with several tasks at once, in
+  // ONE transaction (SQLite: one BEGIN IMMEDIATE..COMMIT; PostgreSQL: one statement), so a
+  // batch costs one commit. Each item keeps the semantics of its one-task method: one answer
+  // per item, in the batch's order (an idempotency key already stored, or repeated earlier
+  // in the same batch, answers the existing task with created=false; one stale fence refuses
+  // that completion only). The outer error means nothing of the batch was committed.
+  virtual Result<std::vector<SubmitOutcome>> submit_tasks(std::span<const TaskRecord> tasks) = 0;
+  virtual Result<std::vector<CompleteOutcome>> complete_tasks(std::span<const TaskCompletion> completions) = 0;
+  // A number that moves whenever authorisation may have changed (enrollment, revocation of a
+  // node or admin, rotation and its confirmation, a new admin certificate): a replica reloads
+  // load_auth_snapshot only when it differs from the one it saw last.
+  virtual Result<std::int64_t> auth_generation() = 0;
+  // Stored tasks by state name (every state present, 0 when none): for /metrics, read at most
+  // every few seconds.
+  virtual Result<std::map<std::string, std::int64_t>> count_tasks() = 0;
 
   // module catalog and assignments (issue 14)
   virtual Status upsert_module(const ModuleRecord& module) = 0;  // key: (name, version)

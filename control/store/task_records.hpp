@@ -131,6 +131,7 @@ struct TaskCompletion {
 struct CompleteOutcome {
   FenceCheck check = FenceCheck::ok;
   protocol::TaskState state = protocol::TaskState::queued;  // after the completion
+  bool repeat = false;  // ok, but the same completion was stored before: nothing changed now
 };
 
 enum class CancelOutcome { not_found, already_final, cancelled, stop_requested };

@@ -1,12 +1,15 @@
 // The task-queue benchmark driver (issue 13, tools/bench/tasks): submit -> lease -> complete
 // through the Store interface, as the control service calls it, with N simulated nodes.
-// Submitters insert tasks one by one (as `task submit` does); workers play the nodes in turn,
-// each lease taking up to --batch tasks, then complete each with its fencing token. With two
+// Submitters insert tasks in batches of --submit-batch (as `task submit --batch FILE` does, one
+// transaction per request; 1: one by one, as `task submit`); workers play the nodes in turn,
+// each lease taking up to --batch tasks, then complete them together with their fencing
+// tokens in one complete_tasks call (as an agent's runner reports tasks that finished
+// together, POST /v1/tasks/complete; --complete-batch 1: one complete_task each). With two
 // --database arguments the load is split over two stores on the same database (two replicas'
 // stores: separate connection pools). Prints one JSON object: throughput, latency from submit
 // to completion, and the exactly-once check (from the clients and from the store).
 //   tasks_load --database URL|PATH [--database URL] [--nodes 1000] [--tasks 20000]
-//              [--workers 16] [--submitters 4] [--batch 10]
+//              [--workers 16] [--submitters 8] [--batch 10] [--submit-batch 100] [--complete-batch 10]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -14,6 +17,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,6 +39,8 @@ struct Options {
   int workers = 16;
   int submitters = 8;
   int batch = 10;
+  int submit_batch = 100;
+  int complete_batch = 10;
 };
 
 std::int64_t wall_ms() {
@@ -48,7 +54,7 @@ std::int64_t steady_us() {
 int usage(const std::string& why) {
   std::cerr << "tasks_load: " << why << "\n"
             << "usage: tasks_load --database URL|PATH [--database URL] [--nodes N] [--tasks N] [--workers N] "
-               "[--submitters N] [--batch N]\n";
+               "[--submitters N] [--batch N] [--submit-batch N] [--complete-batch N]\n";
   return 64;
 }
 
@@ -73,10 +79,13 @@ int main(int argc, char** argv) {
     else if (a == "--workers") o.workers = std::atoi(v.c_str());
     else if (a == "--submitters") o.submitters = std::atoi(v.c_str());
     else if (a == "--batch") o.batch = std::atoi(v.c_str());
+    else if (a == "--submit-batch") o.submit_batch = std::atoi(v.c_str());
+    else if (a == "--complete-batch") o.complete_batch = std::atoi(v.c_str());
     else return usage("unknown argument '" + a + "'");
   }
   if (o.databases.empty() || o.databases.size() > 2) return usage("give one or two --database");
-  if (o.nodes < 1 || o.tasks < 1 || o.workers < 1 || o.submitters < 1 || o.batch < 1) {
+  if (o.nodes < 1 || o.tasks < 1 || o.workers < 1 || o.submitters < 1 || o.batch < 1 || o.submit_batch < 1 ||
+      o.complete_batch < 1) {
     return usage("counts must be positive");
   }
 
@@ -108,15 +117,25 @@ int main(int argc, char** argv) {
   for (int s = 0; s < o.submitters; ++s) {
     threads.emplace_back([&, s] {
       Store& store = *stores[static_cast<std::size_t>(s) % stores.size()];
-      for (int i = next++; i < o.tasks; i = next++) {
-        TaskRecord t;
-        t.id = "task-" + std::to_string(i);
-        t.kind = "exec";
-        t.args_json = R"({"argv":["true"]})";
-        t.created_at_ms = wall_ms();
-        submitted_us[static_cast<std::size_t>(i)] = steady_us();
-        if (auto r = store.submit_task(t); !r) {
-          if (errors++ == 0) std::cerr << "tasks_load: submit: " << r.error().message << "\n";
+      for (int first = next.fetch_add(o.submit_batch); first < o.tasks; first = next.fetch_add(o.submit_batch)) {
+        const int last = std::min(o.tasks, first + o.submit_batch);
+        std::vector<TaskRecord> batch;
+        for (int i = first; i < last; ++i) {
+          TaskRecord t;
+          t.id = "task-" + std::to_string(i);
+          t.kind = "exec";
+          t.args_json = R"({"argv":["true"]})";
+          t.created_at_ms = wall_ms();
+          submitted_us[static_cast<std::size_t>(i)] = steady_us();
+          batch.push_back(std::move(t));
+        }
+        if (batch.size() == 1) {
+          if (auto r = store.submit_task(batch[0]); !r) {
+            if (errors++ == 0) std::cerr << "tasks_load: submit: " << r.error().message << "\n";
+          }
+        } else if (auto r = store.submit_tasks(batch); !r) {
+          errors += static_cast<std::int64_t>(batch.size());
+          std::cerr << "tasks_load: submit batch: " << r.error().message << "\n";
         }
       }
     });
@@ -149,6 +168,7 @@ int main(int argc, char** argv) {
           std::this_thread::sleep_for(std::chrono::milliseconds(2));
           continue;
         }
+        std::vector<TaskCompletion> batch;
         for (const auto& t : *leased) {
           TaskCompletion c;
           c.task_id = t.id;
@@ -157,15 +177,38 @@ int main(int argc, char** argv) {
           c.now_ms = wall_ms();
           c.outcome = "succeeded";
           c.exit_code = 0;
-          auto r = store.complete_task(c);
-          if (!r || r->check != FenceCheck::ok) {
-            if (errors++ == 0) std::cerr << "tasks_load: complete: " << (r ? "fence refused" : r.error().message) << "\n";
-            continue;
+          batch.push_back(std::move(c));
+        }
+        for (std::size_t from = 0; from < batch.size(); from += static_cast<std::size_t>(o.complete_batch)) {
+          const std::size_t to = std::min(batch.size(), from + static_cast<std::size_t>(o.complete_batch));
+          std::span<const TaskCompletion> part(batch.data() + from, to - from);
+          std::vector<CompleteOutcome> outcomes;
+          if (part.size() == 1) {
+            auto r = store.complete_task(part[0]);
+            if (!r) {
+              if (errors++ == 0) std::cerr << "tasks_load: complete: " << r.error().message << "\n";
+              continue;
+            }
+            outcomes.push_back(*r);
+          } else {
+            auto r = store.complete_tasks(part);
+            if (!r) {
+              errors += static_cast<std::int64_t>(part.size());
+              std::cerr << "tasks_load: complete batch: " << r.error().message << "\n";
+              continue;
+            }
+            outcomes = std::move(*r);
           }
-          const auto idx = static_cast<std::size_t>(std::stoll(t.id.substr(5)));
-          ++completions[idx];
-          lat.push_back(steady_us() - submitted_us[idx].load());
-          ++done;
+          for (std::size_t k = 0; k < part.size(); ++k) {
+            if (outcomes[k].check != FenceCheck::ok) {
+              if (errors++ == 0) std::cerr << "tasks_load: complete: fence refused\n";
+              continue;
+            }
+            const auto idx = static_cast<std::size_t>(std::stoll(part[k].task_id.substr(5)));
+            ++completions[idx];
+            lat.push_back(steady_us() - submitted_us[idx].load());
+            ++done;
+          }
         }
       }
     });
@@ -197,6 +240,8 @@ int main(int argc, char** argv) {
               {"workers", o.workers},
               {"submitters", o.submitters},
               {"batch", o.batch},
+              {"submit_batch", o.submit_batch},
+              {"complete_batch", o.complete_batch},
               {"seconds", seconds},
               {"completed", done.load()},
               {"completed_per_s", static_cast<double>(done.load()) / seconds},

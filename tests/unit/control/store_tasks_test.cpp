@@ -6,9 +6,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "common/time.hpp"
+#include "control/service/auth_cache.hpp"
+#include "tests/support/manual_clock.hpp"
 #include "tests/support/skip.hpp"
 #include "tests/unit/control/store_backends.hpp"
 
@@ -338,6 +342,193 @@ TEST_CASE_TEMPLATE("submit with a known idempotency key returns the existing tas
   auto all = store.list_tasks({});
   REQUIRE(all);
   CHECK(all->size() == 1);
+}
+
+TEST_CASE_TEMPLATE("a submit batch inserts in its order, once per idempotency key, in one call", B,
+                   CAIRN_STORE_BACKENDS) {
+  CAIRN_OPEN_STORE(B);
+  auto known = make_task();
+  known.idempotency_key = "deploy-1";
+  submitted(store, known);
+
+  std::vector<TaskRecord> batch;
+  for (int i = 0; i < 5; ++i) batch.push_back(make_task());
+  batch[1].idempotency_key = "deploy-1";  // already stored: the stored task answers
+  batch[2].idempotency_key = "deploy-2";
+  batch[4].idempotency_key = "deploy-2";  // repeated inside the batch: the first one answers
+  batch[3].node_id = kNodeB;
+  batch[3].selector = {{"zone", "a"}};
+  batch[3].capabilities = {"gpu"};
+  batch[3].serial_key = "s";
+  batch[3].min = {500, 1024, 2048};
+  auto out = store.submit_tasks(batch);
+  REQUIRE_MESSAGE(out, (out ? "" : out.error().message));
+  REQUIRE(out->size() == 5);
+  CHECK((*out)[0].created);
+  CHECK(!(*out)[1].created);
+  CHECK((*out)[1].task.id == known.id);
+  CHECK((*out)[2].created);
+  CHECK((*out)[3].created);
+  CHECK(!(*out)[4].created);
+  CHECK((*out)[4].task.id == batch[2].id);
+  // Submission order is the batch's, after what was stored before.
+  CHECK((*out)[0].task.seq > (*out)[1].task.seq);
+  CHECK((*out)[2].task.seq > (*out)[0].task.seq);
+  CHECK((*out)[3].task.seq > (*out)[2].task.seq);
+  const auto stored = find(store, batch[3].id);
+  CHECK(stored.node_id == kNodeB);
+  CHECK(stored.selector == Labels{{"zone", "a"}});
+  CHECK(stored.capabilities == std::vector<std::string>{"gpu"});
+  CHECK(stored.serial_key == "s");
+  CHECK(stored.min.cpu_millis == 500);
+  CHECK(stored.min.disk_bytes == 2048);
+  CHECK(stored.state == TaskState::queued);
+  auto all = store.list_tasks({});
+  REQUIRE(all);
+  CHECK(all->size() == 4);  // known + three new ones
+
+  auto empty = store.submit_tasks({});
+  REQUIRE(empty);
+  CHECK(empty->empty());
+}
+
+TEST_CASE_TEMPLATE("a complete batch decides each task alone: a stale fence refuses that task only", B,
+                   CAIRN_STORE_BACKENDS) {
+  CAIRN_OPEN_STORE(B);
+  for (int i = 0; i < 4; ++i) submitted(store, make_task());
+  auto leased = lease(store, node_query(kNodeA, kT0, 4));
+  REQUIRE(leased.size() == 4);
+  // Task 2's lease expires and node B takes it: A's fence for it is stale now.
+  REQUIRE(store.extend_lease(leased[0].id, kNodeA, leased[0].fence, 60'000, kT0 + 1, false));
+  REQUIRE(store.extend_lease(leased[1].id, kNodeA, leased[1].fence, 60'000, kT0 + 1, false));
+  REQUIRE(store.extend_lease(leased[3].id, kNodeA, leased[3].fence, 60'000, kT0 + 1, false));
+  REQUIRE(store.expire_leases(kT0 + 5000, [](std::int64_t) { return 0; }));
+  auto taken = lease(store, node_query(kNodeB, kT0 + 5001, 4));
+  REQUIRE(ids_of(taken) == std::vector<std::string>{leased[2].id});
+
+  std::vector<TaskCompletion> batch;
+  auto ok = completion(leased[0], kNodeA, "succeeded", kT0 + 6000);
+  ok.exit_code = 0;
+  ok.output = std::string("bytes \0\xff end", 11);
+  batch.push_back(ok);
+  auto failed = completion(leased[1], kNodeA, "failed", kT0 + 6000);
+  failed.reason = FailureReason::timeout;
+  failed.error = "took too long";
+  failed.retry_not_before_ms = kT0 + 9000;
+  batch.push_back(failed);
+  batch.push_back(completion(leased[2], kNodeA, "succeeded", kT0 + 6000));  // stale
+  auto missing = completion(leased[3], kNodeA, "succeeded", kT0 + 6000);
+  missing.task_id = "10000000-0000-4000-8000-999999999999";
+  batch.push_back(missing);
+  auto permanent = completion(leased[3], kNodeA, "failed", kT0 + 6000);
+  permanent.reason = FailureReason::exit_nonzero;
+  permanent.exit_code = 3;
+  batch.push_back(permanent);
+  batch.push_back(ok);  // the same completion twice in one batch: a repeat
+
+  auto out = store.complete_tasks(batch);
+  REQUIRE_MESSAGE(out, (out ? "" : out.error().message));
+  REQUIRE(out->size() == 6);
+  CHECK((*out)[0].check == FenceCheck::ok);
+  CHECK((*out)[0].state == TaskState::succeeded);
+  CHECK((*out)[1].check == FenceCheck::ok);
+  CHECK((*out)[1].state == TaskState::queued);
+  CHECK((*out)[2].check == FenceCheck::stale);
+  CHECK((*out)[3].check == FenceCheck::not_found);
+  CHECK((*out)[4].check == FenceCheck::ok);
+  CHECK((*out)[4].state == TaskState::failed);
+  CHECK((*out)[5].check == FenceCheck::ok);
+  CHECK((*out)[5].state == TaskState::succeeded);
+  CHECK(!(*out)[0].repeat);
+  CHECK((*out)[5].repeat);
+
+  const auto first = find(store, leased[0].id);
+  CHECK(first.state == TaskState::succeeded);
+  CHECK(first.output == std::string("bytes \0\xff end", 11));
+  CHECK(first.finished_at_ms == kT0 + 6000);
+  CHECK(first.exit_code == 0);
+  const auto retried = find(store, leased[1].id);
+  CHECK(retried.state == TaskState::queued);
+  CHECK(retried.not_before_ms == kT0 + 9000);
+  CHECK(retried.last_reason == FailureReason::timeout);
+  CHECK(retried.last_error == "took too long");
+  CHECK(!retried.leased_by);
+  const auto other = find(store, leased[2].id);  // B's attempt is untouched
+  CHECK(other.state == TaskState::leased);
+  CHECK(other.leased_by == kNodeB);
+  CHECK(other.fence == leased[2].fence + 1);
+  const auto last = find(store, leased[3].id);
+  CHECK(last.state == TaskState::failed);
+  CHECK(last.exit_code == 3);
+  auto attempts = store.list_task_attempts(leased[3].id);
+  REQUIRE(attempts);
+  REQUIRE(attempts->size() == 1);
+  CHECK(attempts->front().outcome == "failed");
+  CHECK(attempts->front().reason == FailureReason::exit_nonzero);
+  CHECK(attempts->front().finished_at_ms == kT0 + 6000);
+
+  // The whole batch again: every item answers as before, nothing changes.
+  auto again = store.complete_tasks(std::span<const TaskCompletion>(batch).first(2));
+  REQUIRE(again);
+  CHECK((*again)[0].check == FenceCheck::ok);
+  CHECK((*again)[1].check == FenceCheck::ok);
+  CHECK((*again)[1].state == TaskState::queued);
+  CHECK((*again)[1].repeat);
+  CHECK(find(store, leased[1].id).attempts == 1);
+}
+
+TEST_CASE_TEMPLATE("the auth generation moves with every change of authorisation, and only then", B,
+                   CAIRN_STORE_BACKENDS) {
+  CAIRN_OPEN_STORE(B);
+  auto g0 = store.auth_generation();
+  REQUIRE(g0);
+  AdminCertRecord admin{"aa01", "ops", "fp", kT0, kT0 + 1000, std::nullopt};
+  REQUIRE(store.insert_admin_cert(admin));
+  auto g1 = store.auth_generation();
+  REQUIRE(g1);
+  CHECK(*g1 > *g0);
+  REQUIRE(store.insert_admin_cert(admin));  // a known serial: no change, no move
+  CHECK(*store.auth_generation() == *g1);
+  submitted(store, make_task());  // tasks are not authorisation
+  CHECK(*store.auth_generation() == *g1);
+  auto revoked = store.revoke_admin("ops", kT0 + 10);
+  REQUIRE(revoked);
+  CHECK(*revoked == 1);
+  auto g2 = store.auth_generation();
+  REQUIRE(g2);
+  CHECK(*g2 > *g1);
+  CHECK(*store.revoke_admin("ops", kT0 + 20) == 0);
+  CHECK(*store.auth_generation() == *g2);
+}
+
+TEST_CASE_TEMPLATE("a replica reloads the auth snapshot only when the auth generation moved (or for liveness)", B,
+                   CAIRN_STORE_BACKENDS) {
+  CAIRN_OPEN_STORE(B);
+  test::ManualClock clock;
+  control::AuthCache cache(clock);
+  CHECK(cache.refresh_once(store));  // the first pass loads
+  CHECK(cache.refreshes() == 1);
+  CHECK(!cache.refresh_once(store));  // nothing moved: one tiny read, no snapshot
+  CHECK(!cache.refresh_once(store));
+  CHECK(cache.refresh_skips() == 2);
+  submitted(store, make_task());  // not authorisation: still nothing to load
+  CHECK(!cache.refresh_once(store));
+
+  // Another replica adds an admin certificate: the next pass loads it.
+  const auto not_after = to_unix_ms(clock.now()) + 3'600'000;
+  REQUIRE(store.insert_admin_cert({"ab01", "ops", "fp", to_unix_ms(clock.now()), not_after, std::nullopt}));
+  CHECK(cache.refresh_once(store));
+  CHECK(cache.refreshes() == 2);
+  CHECK(!cache.refresh_once(store));
+  // ...and revokes it.
+  REQUIRE(store.revoke_admin("ops", to_unix_ms(clock.now())));
+  CHECK(cache.refresh_once(store));
+  CHECK(cache.refreshes() == 3);
+
+  // Liveness heard by other replicas moves no generation: a full load every kFullRefreshEvery.
+  clock.advance(control::AuthCache::kFullRefreshEvery);
+  CHECK(cache.refresh_once(store));
+  CHECK(!cache.refresh_once(store));
 }
 
 TEST_CASE_TEMPLATE("completing twice with the same outcome answers as the first time", B, CAIRN_STORE_BACKENDS) {

@@ -96,3 +96,76 @@ TEST_CASE("task routes: submit, list, show, cancel as admin; lease, extend, comp
   CHECK(j->at("cursor").get<std::int64_t>() == j->at("events")[0].at("seq").get<std::int64_t>());
   CHECK(code(t.call("GET", "/v1/admin/events?after=x", {}, admin)) == "bad_request");
 }
+
+TEST_CASE("task batches: an admin submits many tasks in one request; a node completes several in one") {
+  Routes t;
+  const auto admin = t.f.state_admin();
+  const auto node = make_node();
+  const auto peer = t.f.enrolled(node);
+
+  Json tasks = Json::array();
+  for (int i = 0; i < 3; ++i) {
+    tasks.push_back({{"kind", "exec"}, {"args", {{"argv", {"true"}}}}, {"node", node.id},
+                     {"idempotency_key", "batch-" + std::to_string(i)}});
+  }
+  auto created = t.call("POST", "/v1/admin/tasks/batch", dump_json(Json{{"tasks", tasks}}), admin);
+  REQUIRE_MESSAGE(created.status == 200, created.body);
+  auto answer = parse_json(created.body, "answer");
+  REQUIRE(answer);
+  CHECK(answer->at("created") == 3);
+  REQUIRE(answer->at("tasks").size() == 3);
+  // The same file again: nothing new, the same tasks answer.
+  auto again = t.call("POST", "/v1/admin/tasks/batch", dump_json(Json{{"tasks", tasks}}), admin);
+  REQUIRE(again.status == 200);
+  CHECK(parse_json(again.body, "answer")->at("created") == 0);
+  CHECK(parse_json(again.body, "answer")->at("tasks")[2].at("id") == answer->at("tasks")[2].at("id"));
+  // One bad item refuses the batch, naming it; nothing of it is stored.
+  Json bad = tasks;
+  bad.push_back({{"kind", "exec"}, {"args", {{"argv", {"true"}}}}, {"idempotency_key", "batch-new"}});
+  bad.push_back({{"kind", "teleport"}});
+  auto refused = t.call("POST", "/v1/admin/tasks/batch", dump_json(Json{{"tasks", bad}}), admin);
+  CHECK(refused.status == 400);
+  CHECK(code(refused) == "unknown_kind");
+  CHECK(refused.body.find("tasks[4]") != std::string::npos);
+  CHECK(parse_json(t.call("GET", "/v1/admin/tasks", {}, admin).body, "answer")->at("tasks").size() == 3);
+  CHECK(code(t.call("POST", "/v1/admin/tasks/batch", R"({"tasks": 5})", admin)) == "invalid_request");
+  CHECK(t.call("POST", "/v1/admin/tasks/batch", dump_json(Json{{"tasks", tasks}}), peer).status == 403);
+
+  auto leased = t.call("POST", "/v1/tasks/lease", R"({"max_tasks": 3, "lease_s": 30})", peer);
+  REQUIRE(leased.status == 200);
+  auto lease = protocol::decode_lease_response(leased.body);
+  REQUIRE(lease);
+  REQUIRE(lease->tasks.size() == 3);
+
+  protocol::CompleteBatchRequest batch;
+  for (const auto& lt : lease->tasks) {
+    protocol::CompleteItem item;
+    item.id = lt.id;
+    item.request.fence = lt.fence;
+    item.request.outcome = "succeeded";
+    item.request.exit_code = 0;
+    batch.completions.push_back(item);
+  }
+  batch.completions[1].request.fence = 99;  // stale: refused alone
+  batch.completions[2].request.outcome = "failed";
+  batch.completions[2].request.reason = protocol::FailureReason::exit_nonzero;
+  batch.completions[2].request.exit_code = 2;
+  CHECK(t.call("POST", "/v1/tasks/complete", dump_json(protocol::to_json(batch)), admin).status == 403);
+  CHECK(code(t.call("POST", "/v1/tasks/complete", R"({"completions": [{"id": "x", "fence": 1, "outcome": "maybe"}]})",
+                    peer)) == "bad_request");
+  auto done = t.call("POST", "/v1/tasks/complete", dump_json(protocol::to_json(batch)), peer);
+  REQUIRE_MESSAGE(done.status == 200, done.body);
+  auto results = protocol::decode_complete_batch_response(done.body);
+  REQUIRE(results);
+  REQUIRE(results->results.size() == 3);
+  CHECK(results->results[0].ok());
+  CHECK(results->results[0].id == lease->tasks[0].id);
+  CHECK(results->results[0].state == "succeeded");
+  CHECK(results->results[1].status == 409);
+  CHECK(results->results[1].code == "stale_fence");
+  CHECK(results->results[2].ok());
+  CHECK(results->results[2].state == "failed");
+
+  auto shown = t.call("GET", "/v1/admin/tasks/" + lease->tasks[1].id, {}, admin);
+  CHECK(parse_json(shown.body, "answer")->at("state") == "leased");
+}

@@ -3,9 +3,11 @@
 // heartbeat's hints, node event batches and the event cursor.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
+#include "control/server/metrics.hpp"
 #include "control/service/task_queue.hpp"
 #include "tests/unit/control/control_fixture.hpp"
 
@@ -444,4 +446,111 @@ TEST_CASE("event batches: duplicates are dropped and counted; a cursor follows w
   REQUIRE((*next)["events"].size() == 1);
   CHECK((*next)["events"][0]["id"] == "e4");
   CHECK((*next)["cursor"].get<std::int64_t>() > *filter.after_seq);
+}
+
+namespace {
+
+std::vector<std::string> event_kinds(TaskFixture& f, const std::string& node_id) {
+  control::EventFilter filter;
+  filter.node_id = node_id;
+  auto r = f.service->admin_list_events(filter);
+  REQUIRE_MESSAGE(r, (r ? "" : r.error().body.message));
+  std::vector<std::string> kinds;
+  for (const auto& e : (*r)["events"]) kinds.push_back(e["kind"].get<std::string>());
+  return kinds;
+}
+
+int count_of(const std::vector<std::string>& kinds, std::string_view kind) {
+  return static_cast<int>(std::count(kinds.begin(), kinds.end(), kind));
+}
+
+// The value of the one sample line `series value` (-1 if absent).
+double sample(const std::string& text, const std::string& series) {
+  const auto at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + series.size() + 2));
+}
+
+}  // namespace
+
+TEST_CASE("control records what an operator must see of tasks as events, and counts tasks in /metrics") {
+  TaskFixture f;
+  const auto node = make_node();
+  const auto peer = f.enrolled(node);
+  control::server::Metrics metrics;
+
+  // 1. A lease that runs out with attempts left: lease_expired, the task queued again.
+  Json retried = exec_task();
+  retried["max_attempts"] = 3;
+  const auto again_id = f.submit(retried);
+  REQUIRE(f.lease(peer).size() == 1);
+  f.clock.advance(std::chrono::seconds(31));
+  f.service->sweep_tasks();
+  CHECK(f.show(again_id)["state"] == "queued");
+  auto kinds = event_kinds(f, node.id);
+  CHECK(count_of(kinds, "task.lease_expired") == 1);
+  CHECK(count_of(kinds, "task.dead") == 0);
+  f.service->sweep_tasks();  // nothing new: no second event
+  CHECK(count_of(event_kinds(f, node.id), "task.lease_expired") == 1);
+  f.service->admin_cancel_task(again_id);
+
+  // 2. A lease that runs out on the last attempt: lease_expired and dead (critical).
+  Json once = exec_task();
+  once["max_attempts"] = 1;
+  const auto expired_id = f.submit(once);
+  REQUIRE(f.lease(peer).size() == 1);
+  f.clock.advance(std::chrono::seconds(31));
+  f.service->sweep_tasks();
+  CHECK(f.show(expired_id)["state"] == "dead");
+  kinds = event_kinds(f, node.id);
+  CHECK(count_of(kinds, "task.lease_expired") == 2);
+  CHECK(count_of(kinds, "task.dead") == 1);
+
+  // 3. A node reports the last transient failure: dead.
+  const auto failed_id = f.submit(once);
+  auto leased = f.lease(peer);
+  REQUIRE(leased.size() == 1);
+  auto r = f.complete(peer, leased[0], "failed", protocol::FailureReason::killed);
+  REQUIRE(r);
+  CHECK(r->state == "dead");
+  CHECK(count_of(event_kinds(f, node.id), "task.dead") == 2);
+  // The same completion again (a retry of the request): answered, stored once.
+  REQUIRE(f.complete(peer, leased[0], "failed", protocol::FailureReason::killed));
+  CHECK(count_of(event_kinds(f, node.id), "task.dead") == 2);
+
+  // 4. Cancelled while it ran: the node stops it and completes it cancelled.
+  const auto cancelled_id = f.submit(exec_task());
+  leased = f.lease(peer);
+  REQUIRE(leased.size() == 1);
+  auto cancel = f.service->admin_cancel_task(cancelled_id);
+  REQUIRE(cancel);
+  CHECK((*cancel)["outcome"] == "stop_requested");
+  r = f.complete(peer, leased[0], "cancelled");
+  REQUIRE(r);
+  CHECK(r->state == "cancelled");
+  kinds = event_kinds(f, node.id);
+  CHECK(count_of(kinds, "task.cancelled") == 1);
+
+  // 5. A success is no event.
+  f.submit(exec_task());
+  leased = f.lease(peer);
+  REQUIRE(leased.size() == 1);
+  REQUIRE(f.complete(peer, leased[0], "succeeded"));
+  CHECK(event_kinds(f, node.id).size() == kinds.size());
+
+  const std::string text = metrics.render(f.service.get());
+  CHECK(sample(text, "cairn_task_lease_expirations_total") == 2);
+  CHECK(sample(text, "cairn_task_dead_total") == 2);
+  CHECK(sample(text, "cairn_task_leases_total") == 5);
+  CHECK(sample(text, "cairn_task_lease_requests_total") == 5);
+  CHECK(sample(text, "cairn_task_completions_total{reason=\"killed\"}") == 1);  // its repeat is not counted
+  CHECK(sample(text, "cairn_task_completions_total{reason=\"cancelled\"}") == 1);
+  CHECK(sample(text, "cairn_task_completions_total{reason=\"succeeded\"}") == 1);
+  CHECK(sample(text, "cairn_tasks{state=\"dead\"}") == 2);
+  CHECK(sample(text, "cairn_tasks{state=\"cancelled\"}") == 2);
+  CHECK(sample(text, "cairn_tasks{state=\"succeeded\"}") == 1);
+  CHECK(sample(text, "cairn_tasks{state=\"queued\"}") == 0);
+  CHECK(sample(text, "cairn_task_queue_depth") == 0);
+  CHECK(sample(text, "cairn_task_lease_duration_seconds_count") == 5);
+  CHECK(sample(text, "cairn_task_lease_duration_seconds_bucket{le=\"+Inf\"}") == 5);
 }
