@@ -12,7 +12,10 @@
 //   3. another TPM (a fresh swtpm state: its seeds differ, so the sealed key cannot load): the
 //      volume stays locked, the console carries the critical persist.unlock_failed, and the
 //      disk is not reformatted (LUKS UUID read from the disk file on the host, and every byte
-//      of the disk file unchanged).
+//      of the disk file unchanged);
+//   4. the same other TPM, and the operator's recovery (the key boot 1 added with `persist
+//      add-recovery`): `persist reseal` binds a new TPM key, `volume-setup` opens the volume
+//      with its data.
 // The test hook of /init (cairn.debug=hook, fw-cfg opt/org.cairn/hook) runs between the boot
 // stages and the service loop: it relays the registry to the guest's loopback (the agent speaks
 // plain http only to a loopback registry) and runs `cairn-agent attach` directly, because the
@@ -24,6 +27,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <regex>
 #include <sstream>
 
 #include "common/json.hpp"
@@ -189,6 +193,13 @@ struct Machine {
   }
 };
 
+// The recovery key `persist add-recovery` showed: 8 groups of 8 hex digits joined by dashes.
+std::string find_recovery_key(const std::string& log) {
+  static const std::regex key("[0-9a-f]{8}(-[0-9a-f]{8}){7}");
+  std::smatch match;
+  return std::regex_search(log, match, key) ? match.str() : "";
+}
+
 bool has(const std::string& log, const std::string& text) { return log.find(text) != std::string::npos; }
 
 // /init says so when the agent ended (the shell follows): no use waiting for more.
@@ -262,6 +273,8 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
 
   const int registry_port = std::stoi(registry.host().substr(registry.host().rfind(':') + 1));
 
+  std::string recovery_key;
+
   // ---- boot 1: first boot of a blank disk ----------------------------------------------------
   const fs::path hook1 = m.dir.path() / "hook1.sh";
   write_text(hook1,
@@ -277,7 +290,9 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
              "for f in $(find /persist/cairn/modules -type f); do\n"
              "  if (: >> $f) 2>/dev/null; then echo \"cairn-hook: writable $f\"; else echo \"cairn-hook: read-only $f\"; fi\n"
              "done\n"
-             "kill $relay\n");
+             "kill $relay\n"
+             // The operator's recovery key for boot 4 (shown once, here on the console).
+             "cairn-agent persist add-recovery && echo 'cairn-hook: recovery added'\n");
   {
     Boot boot;
     m.start(boot, "boot1", tpm_state,
@@ -318,6 +333,10 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
     // The image blob (named by its sha256) refuses a write open.
     CHECK(has(log, "cairn-hook: read-only /persist/cairn/modules/blobs/sha256/" +
                        attached.value("image_digest", "").substr(7)));
+
+    CHECK(has(log, "cairn-hook: recovery added"));
+    recovery_key = find_recovery_key(log);
+    CHECK(!recovery_key.empty());
 
     // An exec task runs in the VM; it also flushes the disk before this boot ends.
     const auto submit = control.cli({"task", "submit", "--kind", "exec", "--node", m.uuid, "--json"},
@@ -399,11 +418,45 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
     CHECK(log.find("event=boot.stage stage=persist ok=false") != std::string::npos);
     CHECK(log.find("event=boot.stage stage=enroll") == std::string::npos);
     CHECK(log.find("event=init.agent_exit code=77") != std::string::npos);
+    std::stringstream lines(log);
+    for (std::string line; std::getline(lines, line);) {
+      if (has(line, "level=critical")) std::cout << "vm-disk boot 3 console: " << line << "\n";
+    }
     boot.stop();
   }
   CHECK(luks_uuid(m.disk) == uuid_after_first);
   CHECK(file_sha256(m.disk) == disk_before);  // not one byte of the disk changed
-  CHECK(node_state(control, m.uuid) != "");
+
+  // ---- boot 4: the same other TPM; the operator recovers with the recovery key -----------------
+  REQUIRE(!recovery_key.empty());
+  const fs::path key_file = m.dir.path() / "recovery.key";
+  write_text(key_file, recovery_key + "\n");
+  const fs::path hook4 = m.dir.path() / "hook4.sh";
+  write_text(hook4, "[ \"$1\" = 77 ] || exit 0\n"
+                    "cairn-agent persist reseal --recovery-key-file /etc/cairn/recovery.key && echo 'cairn-hook: resealed'\n"
+                    "cairn-agent volume-setup && echo 'cairn-hook: volume open'\n"
+                    "[ -f /persist/cairn/enrollment.json ] && echo 'cairn-hook: the data is there'\n");
+  {
+    Boot boot;
+    m.start(boot, "boot4", m.dir.path() / "other-tpm-state",
+            [&] {
+              auto f = etc;
+              f.push_back({.name = "opt/org.cairn/etc/recovery.key", .file = key_file});
+              f.push_back({.name = "opt/org.cairn/hook", .file = hook4});
+              return f;
+            }(),
+            {control_fwd}, append);
+    const bool done = boot.vm->wait_serial("event=init.hook done=true", 300s);
+    const std::string log = boot.vm->serial();
+    INFO("boot 4 serial console:\n" << log << "\nqemu:\n" << slurp(boot.spec.qemu_log));
+    REQUIRE(done);
+    CHECK(has(log, "persist.unlock_failed"));  // still the other TPM, until the operator acts
+    CHECK(has(log, "cairn-hook: resealed"));
+    CHECK(has(log, "cairn-hook: volume open"));
+    CHECK(has(log, "cairn-hook: the data is there"));
+    boot.stop();
+  }
+  CHECK(luks_uuid(m.disk) == uuid_after_first);
 }
 
 }  // namespace
