@@ -113,6 +113,14 @@ std::vector<std::string> qemu_argv(const std::string& qemu, const VmSpec& spec) 
                                    "-netdev", netdev,
                                    "-device", "virtio-net-pci,netdev=n0",
                                    "-device", "virtio-rng-pci"};
+  if (!spec.disk.empty()) {
+    argv.insert(argv.end(), {"-drive", "file=" + spec.disk.string() + ",format=raw,if=none,id=d0,cache=writeback",
+                             "-device", "virtio-blk-pci,drive=d0"});
+  }
+  if (!spec.tpm_socket.empty()) {
+    argv.insert(argv.end(), {"-chardev", "socket,id=chrtpm,path=" + spec.tpm_socket.string(), "-tpmdev",
+                             "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0"});
+  }
   for (const auto& f : spec.fw_cfg) {
     argv.emplace_back("-fw_cfg");
     argv.push_back("name=" + f.name + (f.file.empty() ? ",string=" + f.value : ",file=" + f.file.string()));
@@ -135,6 +143,33 @@ void Vm::stop() {
   if (process_ && process_->running()) {
     process_->kill(SIGKILL);
     process_->wait_exit(10s);
+  }
+}
+
+std::string swtpm_path() { return find_in_path("swtpm"); }
+
+Result<Swtpm> Swtpm::start(const std::filesystem::path& state_dir, const std::filesystem::path& socket,
+                           const std::filesystem::path& log) {
+  const auto program = swtpm_path();
+  if (program.empty()) return fail(Errc::unavailable, "no swtpm on PATH", "apt-get install swtpm");
+  std::error_code ec;
+  std::filesystem::create_directories(state_dir, ec);
+  std::filesystem::remove(socket, ec);
+  auto p = Process::spawn({program, "socket", "--tpm2", "--tpmstate", "dir=" + state_dir.string(), "--ctrl",
+                           "type=unixio,path=" + socket.string(), "--terminate", "--log", "level=1"},
+                          {}, log);
+  if (!p) return fail(p.error());
+  if (!wait_for([&] { return std::filesystem::exists(socket) || !p->running(); }, 10s) || !p->running()) {
+    return fail(Errc::unavailable, "swtpm did not open " + socket.string() + ": " + slurp(log), "");
+  }
+  return Swtpm(socket, std::move(*p));
+}
+
+void Swtpm::stop() {
+  if (process_ && process_->running()) {
+    process_->kill(SIGTERM);
+    if (!process_->wait_exit(5s)) process_->kill(SIGKILL);
+    process_->wait_exit(5s);
   }
 }
 
@@ -174,6 +209,21 @@ std::int64_t event_field(const std::string& log, const std::string& event, const
     }
   }
   return -1;
+}
+
+std::string boot_figures(const std::string& log) {
+  std::ostringstream out;
+  const auto handoff = event_field(log, "boot.handoff", "uptime_ms");
+  const auto rtt = event_field(log, "heartbeat.ok", "ms");
+  out << "init_start_ms=" << event_field(log, "init.start", "uptime_ms")
+      << " network_ms=" << event_field(log, "init.network", "uptime_ms")
+      << " agent_start_ms=" << event_field(log, "boot.start", "uptime_ms");
+  for (const char* stage : {"identity", "persist", "enroll", "modules"}) {
+    out << " " << stage << "_ms=" << event_field(log, "boot.stage", "duration_ms", std::string("stage=") + stage);
+  }
+  out << " handoff_ms=" << handoff << " first_heartbeat_rtt_ms=" << rtt
+      << " first_heartbeat_at_ms~=" << (handoff >= 0 && rtt >= 0 ? handoff + rtt : -1);
+  return out.str();
 }
 
 }  // namespace cairn::test::vm

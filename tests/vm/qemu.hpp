@@ -51,6 +51,8 @@ struct VmSpec {
   std::filesystem::path qemu_log{};
   int memory_mib = 512;
   std::string accel = "tcg";
+  std::filesystem::path disk{};        // a raw disk image, attached as virtio-blk (disk mode)
+  std::filesystem::path tpm_socket{};  // swtpm's control socket: a TPM 2.0 on CRB (-tpmdev emulator)
 };
 
 std::vector<std::string> qemu_argv(const std::string& qemu, const VmSpec& spec);
@@ -76,9 +78,33 @@ class Vm {
   std::optional<Process> process_;
 };
 
+// swtpm as the VM's TPM, one per boot: `swtpm socket --tpm2 --tpmstate dir=STATE --ctrl
+// type=unixio,path=SOCK --terminate`, so it ends when QEMU disconnects. The state dir is the
+// TPM's persistent state (its seeds): the same dir on the next boot is the same machine, a
+// fresh one is another TPM (every sealed blob fails to load).
+class Swtpm {
+ public:
+  static Result<Swtpm> start(const std::filesystem::path& state_dir, const std::filesystem::path& socket,
+                             const std::filesystem::path& log);
+  [[nodiscard]] const std::filesystem::path& socket() const { return socket_; }
+  void stop();
+
+ private:
+  Swtpm(std::filesystem::path socket, Process process) : socket_(std::move(socket)), process_(std::move(process)) {}
+  std::filesystem::path socket_;
+  std::optional<Process> process_;
+};
+// Path of swtpm on PATH, or "" (the disk-mode tests skip without it).
+std::string swtpm_path();
+
 // The integer value of `key=` in the first serial line holding `event=NAME` (and `also` when
 // given), or -1.
 std::int64_t event_field(const std::string& log, const std::string& event, const std::string& key,
                          const std::string& also = "");
+
+// One line of figures from a boot's console: kernel uptime (ms) at /init, network, agent
+// start and handoff, each boot stage's duration, the first heartbeat's round trip, and
+// handoff + round trip as the time of the first heartbeat accepted.
+std::string boot_figures(const std::string& log);
 
 }  // namespace cairn::test::vm

@@ -1,0 +1,463 @@
+// Disk mode end to end in QEMU (issues 15 and 16): the parts this machine's kernel cannot run
+// (device-mapper, fs-verity) proved in Debian's kernel inside the VM. One machine, modelled by
+// a raw disk file (virtio-blk) and a swtpm state dir, boots three times:
+//   1. first boot: the agent partitions the blank disk, seals a key to the TPM (PCR 7), formats
+//      LUKS2, opens it with dm-crypt, makes ext4 with the verity feature, mounts /persist,
+//      enrolls and becomes Ready; a signed module is attached from docker-registry into the
+//      store on that ext4, where the kernel enables and measures fs-verity (the measurement
+//      must equal the manifest's digest); an exec task runs in the VM;
+//   2. reboot (same disk, same TPM state): the volume unlocks through the TPM, the identity is
+//      the same, no second enrollment, the module is mounted from the local store with no
+//      registry reachable;
+//   3. another TPM (a fresh swtpm state: its seeds differ, so the sealed key cannot load): the
+//      volume stays locked, the console carries the critical persist.unlock_failed, and the
+//      disk is not reformatted (LUKS UUID read from the disk file on the host, and every byte
+//      of the disk file unchanged);
+//   4. the same other TPM, and the operator's recovery (the key boot 1 added with `persist
+//      add-recovery`): `persist reseal` binds a new TPM key, `volume-setup` opens the volume
+//      with its data.
+// The test hook of /init (cairn.debug=hook, fw-cfg opt/org.cairn/hook) runs between the boot
+// stages and the service loop: it relays the registry to the guest's loopback (the agent speaks
+// plain http only to a loopback registry) and runs `cairn-agent attach` directly, because the
+// desired module set from control (h-modctl's `cairn-control module assign`) is not on main.
+#include <doctest/doctest.h>
+
+#include <openssl/evp.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <regex>
+#include <sstream>
+
+#include "common/json.hpp"
+#include "common/uuid.hpp"
+#include "tests/integration/module/registry_fixture.hpp"
+#include "tests/support/process.hpp"
+#include "tests/support/skip.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "tests/vm/qemu.hpp"
+#include "tests/vm/vm_control.hpp"
+
+namespace cairn::test {
+namespace {
+
+using namespace std::chrono_literals;
+using vm::kControlGuestIp;
+using vm::kControlGuestPort;
+using vm::node_state;
+using vm::trimmed;
+using vm::VmControl;
+
+namespace fs = std::filesystem;
+
+// The guest's address of the registry (guestfwd to docker-registry on 127.0.0.1).
+constexpr const char* kRegistryGuestIp = "10.0.2.101";
+constexpr int kRegistryGuestPort = 5000;
+constexpr std::uint64_t kDiskBytes = 2ull << 30;  // sparse; the persist rule wants >= 1 GiB
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? v : "";
+}
+
+// The text between two marker lines the hook printed on the console ("" when absent).
+std::string between(const std::string& log, const std::string& begin, const std::string& end) {
+  const auto b = log.find(begin);
+  if (b == std::string::npos) return "";
+  const auto from = log.find('\n', b);
+  const auto e = log.find(end, from);
+  if (from == std::string::npos || e == std::string::npos) return "";
+  return log.substr(from + 1, e - from - 1);
+}
+
+// The `cairn-agent modules --json` object the hook printed between its markers.
+Json modules_json(const std::string& log, const std::string& tag) {
+  const auto text = between(log, "cairn-hook: " + tag + " begin", "cairn-hook: " + tag + " end");
+  std::string clean;  // the serial console ends lines with \r\n
+  for (char c : text) {
+    if (c != '\r') clean += c;
+  }
+  return parse_json(clean, "modules --json on the console").value_or(Json(nullptr));
+}
+
+// The first attached module of a `modules --json` answer, or null.
+Json first_attached(const Json& j) {
+  if (!j.is_object() || !j.contains("details") || !j["details"].contains("attached")) return nullptr;
+  const auto& a = j["details"]["attached"];
+  return a.is_array() && !a.empty() ? a[0] : Json(nullptr);
+}
+
+// The UUID of the LUKS2 header on the first GPT partition of a raw disk file, read as the
+// header lays it out (LUKS2 on-disk format: magic "LUKS\xba\xbe" at 0, uuid[40] at 168), so
+// the host needs no device-mapper or loop device.
+std::string luks_uuid(const fs::path& disk) {
+  std::ifstream in(disk, std::ios::binary);
+  auto read_at = [&](std::uint64_t offset, std::size_t n) {
+    std::string b(n, '\0');
+    in.seekg(static_cast<std::streamoff>(offset));
+    in.read(b.data(), static_cast<std::streamsize>(n));
+    return in ? b : std::string();
+  };
+  auto le64 = [](const std::string& b, std::size_t at) {
+    std::uint64_t v = 0;
+    for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + static_cast<std::size_t>(i)]);
+    return v;
+  };
+  const auto gpt = read_at(512, 92);
+  if (gpt.size() != 92 || gpt.substr(0, 8) != "EFI PART") return "";
+  const auto entry = read_at(le64(gpt, 72) * 512, 128);  // partition entry array LBA
+  if (entry.size() != 128) return "";
+  const auto first_lba = le64(entry, 32);
+  const auto hdr = read_at(first_lba * 512, 208);
+  if (hdr.size() != 208 || hdr.substr(0, 6) != std::string("LUKS\xba\xbe", 6)) return "";
+  return std::string(hdr.c_str() + 168);
+}
+
+// sha256 of a whole file (the disk image), hex.
+std::string file_sha256(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    if (in.gcount() > 0) EVP_DigestUpdate(ctx, buf.data(), static_cast<std::size_t>(in.gcount()));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
+  EVP_MD_CTX_free(ctx);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+RunResult cairn_module(const fs::path& dir, std::vector<std::string> args) {
+  args.insert(args.begin(), env_or_empty("CAIRN_MODULE"));
+  return run_capture(args, dir, 120s);
+}
+
+void write_text(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << text;
+}
+
+// One boot of the machine: a swtpm on `tpm_state` for this boot, QEMU with the disk file.
+struct Boot {
+  std::optional<vm::Swtpm> tpm;
+  std::optional<vm::Vm> vm;
+  vm::VmSpec spec;
+  void stop() {
+    if (vm) vm->stop();
+    if (tpm) tpm->stop();
+  }
+  ~Boot() { stop(); }
+};
+
+// Everything the boots of one machine share.
+struct Machine {
+  vm::Host host;
+  TempDir dir;
+  fs::path initrd;
+  fs::path disk;
+  std::string uuid = random_uuid().str();
+  std::string accel;
+
+  void start(Boot& boot, const std::string& name, const fs::path& tpm_state, std::vector<vm::FwCfg> fw_cfg,
+             std::vector<vm::GuestForward> forwards, const std::string& append) {
+    auto tpm = vm::Swtpm::start(tpm_state, dir.path() / (name + ".swtpm.sock"), dir.path() / (name + ".swtpm.log"));
+    REQUIRE_MESSAGE(tpm.has_value(), (tpm ? "" : tpm.error().message));
+    boot.tpm.emplace(std::move(*tpm));
+    fw_cfg.insert(fw_cfg.begin(), vm::FwCfg{.name = "opt/org.cairn/instance_uuid", .value = uuid});
+    boot.spec = vm::VmSpec{
+        .kernel = host.kernel,
+        .initrd = initrd,
+        .append = "quiet cairn.persist=disk " + append,
+        .fw_cfg = std::move(fw_cfg),
+        .forwards = std::move(forwards),
+        .serial_log = dir.path() / (name + ".serial"),
+        .qemu_log = dir.path() / (name + ".qemu"),
+        .memory_mib = 768,
+        .accel = accel,
+        .disk = disk,
+        .tpm_socket = boot.tpm->socket(),
+    };
+    auto v = vm::Vm::start(host, boot.spec);
+    REQUIRE_MESSAGE(v.has_value(), (v ? "" : v.error().message));
+    boot.vm.emplace(std::move(*v));
+  }
+};
+
+// The recovery key `persist add-recovery` showed: 8 groups of 8 hex digits joined by dashes.
+std::string find_recovery_key(const std::string& log) {
+  static const std::regex key("[0-9a-f]{8}(-[0-9a-f]{8}){7}");
+  std::smatch match;
+  return std::regex_search(log, match, key) ? match.str() : "";
+}
+
+bool has(const std::string& log, const std::string& text) { return log.find(text) != std::string::npos; }
+
+// /init says so when the agent ended (the shell follows): no use waiting for more.
+bool agent_exited(const vm::Vm& vm) { return has(vm.serial(), "event=init.agent_exit"); }
+
+std::string why_skip(const vm::Host& host) {
+  if (!host.missing.empty()) return host.missing;
+  if (vm::swtpm_path().empty()) return "no swtpm (apt-get install swtpm): disk mode needs a TPM";
+  if (env_or_empty("CAIRN_MODULE").empty()) return "CAIRN_MODULE is not set (run through meson test)";
+  return "";
+}
+
+TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, reboot unlocks, another TPM does not") {
+  Machine m;
+  m.host = vm::probe_host();
+  if (const auto why = why_skip(m.host); !why.empty()) CAIRN_SKIP(why);
+  RegistryProcess registry;
+  if (!registry.error().empty()) CAIRN_SKIP(registry.error());
+
+  auto initrd = vm::build_initramfs(m.dir.path() / "initrd.cpio.zst", m.dir.path());
+  REQUIRE_MESSAGE(initrd.has_value(), (initrd ? "" : initrd.error().message));
+  m.initrd = *initrd;
+  m.accel = vm::choose_accel(m.host, m.initrd, m.dir.path());
+  m.disk = m.dir.path() / "disk.raw";
+  std::ofstream(m.disk).close();
+  fs::resize_file(m.disk, kDiskBytes);
+  const fs::path tpm_state = m.dir.path() / "tpm-state";
+
+  // A signed module in the registry, and the agent's config naming the registry and the key.
+  const fs::path work = m.dir.path() / "module";
+  write_text(work / "tree/usr/share/hello/greeting", "hello from a verified module\n");
+  REQUIRE(cairn_module(work, {"keygen", (work / "fleet").string()}).exit_code == 0);
+  const auto pack = cairn_module(work, {"pack", (work / "tree").string(), "--name", "hello", "--version", "1.0",
+                                        "--priority", "20", "--out", (work / "out/hello").string()});
+  REQUIRE_MESSAGE(pack.exit_code == 0, pack.err);
+  const auto sign = cairn_module(work, {"sign", "--key", (work / "fleet.key").string(),
+                                        (work / "out/hello.manifest.json").string()});
+  REQUIRE_MESSAGE(sign.exit_code == 0, sign.err);
+  const auto push = cairn_module(work, {"push", registry.host() + "/cairn/hello:1.0", "--plain-http", "--image",
+                                        (work / "out/hello.erofs").string(), "--manifest",
+                                        (work / "out/hello.manifest.json").string(), "--signature",
+                                        (work / "out/hello.sig").string()});
+  REQUIRE_MESSAGE(push.exit_code == 0, std::string(push.out + push.err));
+  const auto manifest = parse_json(slurp(work / "out/hello.manifest.json"), "manifest").value_or(Json(nullptr));
+  REQUIRE(manifest.is_object());
+  const std::string manifest_fsverity = manifest.value("fsverity", "");
+  REQUIRE(manifest_fsverity.size() == 64);
+
+  const fs::path agent_json = m.dir.path() / "agent.json";
+  Json modules_section = Json::object();
+  modules_section["registry"] = "127.0.0.1:" + std::to_string(kRegistryGuestPort) + "/cairn";
+  modules_section["plain_http"] = true;
+  modules_section["trust"] = Json::object();
+  modules_section["trust"]["hello"] = Json::array({"keys/fleet.pub"});
+  Json agent_config = Json::object();
+  agent_config["modules"] = modules_section;
+  write_text(agent_json, dump_json(agent_config, -1));
+  const std::vector<vm::FwCfg> etc = {{.name = "opt/org.cairn/etc/agent.json", .file = agent_json},
+                                      {.name = "opt/org.cairn/etc/keys/fleet.pub", .file = work / "fleet.pub"}};
+
+  VmControl control;
+  const auto token = control.cli({"token", "create"});
+  REQUIRE_MESSAGE(token.exit_code == 0, token.err);
+  const fs::path fw_config = m.dir.path() / "cairn-config.json";
+  write_text(fw_config, dump_json(Json{{"token", trimmed(token.out)}}, -1));
+  const std::string append = "cairn.control=https://" + std::string(kControlGuestIp) + ":" +
+                             std::to_string(kControlGuestPort) + " cairn.ca=" + control.fingerprint() +
+                             " cairn.debug=verbose cairn.debug=hook";
+  const vm::GuestForward control_fwd{.guest_ip = kControlGuestIp, .guest_port = kControlGuestPort,
+                                     .host_port = control.port()};
+
+  const int registry_port = std::stoi(registry.host().substr(registry.host().rfind(':') + 1));
+
+  std::string recovery_key;
+
+  // ---- boot 1: first boot of a blank disk ----------------------------------------------------
+  const fs::path hook1 = m.dir.path() / "hook1.sh";
+  write_text(hook1,
+             "[ \"$1\" = 0 ] || exit 0\n"
+             "nc -ll -p " + std::to_string(kRegistryGuestPort) + " -e nc " + kRegistryGuestIp + " " +
+                 std::to_string(kRegistryGuestPort) + " &\n"
+             "relay=$!\n"
+             "for i in 1 2 3 4 5 6 7 8 9 10; do netstat -ltn | grep -q ':" + std::to_string(kRegistryGuestPort) +
+                 " ' && break; sleep 0.1; done\n"
+             "cairn-agent attach hello@1.0 && echo 'cairn-hook: attach ok'\n"
+             "echo 'cairn-hook: modules begin'; cairn-agent modules --json; echo 'cairn-hook: modules end'\n"
+             // A file with fs-verity on is read-only for everyone, root included (EPERM on open for write).
+             "for f in $(find /persist/cairn/modules -type f); do\n"
+             "  if (: >> $f) 2>/dev/null; then echo \"cairn-hook: writable $f\"; else echo \"cairn-hook: read-only $f\"; fi\n"
+             "done\n"
+             "kill $relay\n"
+             // The operator's recovery key for boot 4 (shown once, here on the console).
+             "cairn-agent persist add-recovery && echo 'cairn-hook: recovery added'\n");
+  {
+    Boot boot;
+    m.start(boot, "boot1", tpm_state,
+            [&] {
+              auto f = etc;
+              f.push_back({.name = "opt/org.cairn/config", .file = fw_config});
+              f.push_back({.name = "opt/org.cairn/hook", .file = hook1});
+              return f;
+            }(),
+            {control_fwd, {.guest_ip = kRegistryGuestIp, .guest_port = kRegistryGuestPort, .host_port = registry_port}},
+            append);
+    const bool ready = wait_for(
+        [&] { return node_state(control, m.uuid) == "Ready" || !boot.vm->running() || agent_exited(*boot.vm); }, 300s,
+        500ms);
+    INFO("boot 1 serial console:\n" << boot.vm->serial() << "\nqemu:\n" << slurp(boot.spec.qemu_log)
+                                    << "\nswtpm:\n" << slurp(m.dir.path() / "boot1.swtpm.log"));
+    REQUIRE(ready);
+    REQUIRE(boot.vm->wait_serial("event=heartbeat.ok", 60s));
+    const std::string log = boot.vm->serial();
+
+    // Every stage, and the persist stage formatted the blank disk through dm-crypt.
+    for (const char* stage : {"identity", "persist", "enroll", "modules"}) {
+      CHECK_MESSAGE(log.find(std::string("event=boot.stage stage=") + stage + " ok=true") != std::string::npos, stage);
+    }
+    CHECK(log.find("event=init.persist mode=disk") != std::string::npos);
+    CHECK(log.find("note=\"formatted /dev/vda1 on /persist\"") != std::string::npos);
+    CHECK(log.find("enrolled: node " + m.uuid) != std::string::npos);
+    CHECK(!luks_uuid(m.disk).empty());
+
+    // fs-verity: the kernel enabled it on the store file and measured the manifest's digest.
+    CHECK(log.find("cairn-hook: attach ok") != std::string::npos);
+    const Json attached = first_attached(modules_json(log, "modules"));
+    REQUIRE_MESSAGE(attached.is_object(), "no module in `cairn-agent modules --json` on the console");
+    CHECK(attached.value("name", "") == "hello");
+    CHECK(attached.value("verity", "") == "enabled");
+    CHECK(attached.value("fsverity_digest", "") == "sha256:" + manifest_fsverity);
+    CHECK(attached.value("mounted", false));
+    // The image blob (named by its sha256) refuses a write open.
+    CHECK(has(log, "cairn-hook: read-only /persist/cairn/modules/blobs/sha256/" +
+                       attached.value("image_digest", "").substr(7)));
+
+    CHECK(has(log, "cairn-hook: recovery added"));
+    recovery_key = find_recovery_key(log);
+    CHECK(!recovery_key.empty());
+
+    // An exec task runs in the VM; it also flushes the disk before this boot ends.
+    const auto submit = control.cli({"task", "submit", "--kind", "exec", "--node", m.uuid, "--json"},
+                                    {"/bin/sh", "-c", "echo exec-in-vm $(cat /proc/sys/kernel/osrelease); sync"});
+    REQUIRE_MESSAGE(submit.exit_code == 0, std::string(submit.out + submit.err));
+    const auto task_id = parse_json(submit.out, "task submit").value_or(Json(nullptr)).value("id", "");
+    REQUIRE(!task_id.empty());
+    Json task;
+    const bool done = wait_for(
+        [&] {
+          const auto r = control.cli({"task", "show", task_id, "--json"});
+          task = parse_json(r.out, "task show").value_or(Json(nullptr));
+          const auto st = task.is_object() ? task.value("state", "") : "";
+          return st == "succeeded" || st == "failed" || st == "dead";
+        },
+        120s, 500ms);
+    INFO("task: " << dump_json(task, 2));
+    REQUIRE(done);
+    CHECK(task.value("state", "") == "succeeded");
+    CHECK(task.value("output", "").find("exec-in-vm 6.1.") != std::string::npos);
+    std::cout << "vm-disk figures: boot=first accel=" << m.accel << " " << vm::boot_figures(log) << "\n";
+    boot.stop();
+  }
+  const std::string uuid_after_first = luks_uuid(m.disk);
+  REQUIRE(!uuid_after_first.empty());
+
+  // ---- boot 2: the same machine again ---------------------------------------------------------
+  const fs::path hook2 = m.dir.path() / "hook2.sh";
+  write_text(hook2, "[ \"$1\" = 0 ] || exit 0\n"
+                    "echo 'cairn-hook: modules begin'; cairn-agent modules --json; echo 'cairn-hook: modules end'\n");
+  {
+    Boot boot;
+    // No registry forward: the module can only come from the local store.
+    m.start(boot, "boot2", tpm_state,
+            [&] {
+              auto f = etc;
+              f.push_back({.name = "opt/org.cairn/config", .file = fw_config});
+              f.push_back({.name = "opt/org.cairn/hook", .file = hook2});
+              return f;
+            }(),
+            {control_fwd}, append);
+    const bool hb = wait_for([&] { return has(boot.vm->serial(), "event=heartbeat.ok") || agent_exited(*boot.vm); }, 300s,
+                             250ms) &&
+                    has(boot.vm->serial(), "event=heartbeat.ok");
+    const std::string log = boot.vm->serial();
+    INFO("boot 2 serial console:\n" << log << "\nqemu:\n" << slurp(boot.spec.qemu_log));
+    REQUIRE(hb);
+    CHECK(log.find("note=\"opened /dev/vda1 on /persist\"") != std::string::npos);
+    CHECK(log.find("already enrolled: node " + m.uuid) != std::string::npos);
+    CHECK(log.find("1 module(s) re-verified and mounted") != std::string::npos);
+    const Json attached = first_attached(modules_json(log, "modules"));
+    REQUIRE(attached.is_object());
+    CHECK(attached.value("verity", "") == "enabled");
+    CHECK(attached.value("mounted", false));
+    CHECK(node_state(control, m.uuid) == "Ready");
+    const auto list = control.cli({"node", "list", "--json"});
+    const auto nodes = parse_json(list.out, "node list").value_or(Json(nullptr));
+    INFO("node list: " << list.out);
+    REQUIRE(nodes.is_object());
+    CHECK(nodes["nodes"].size() == 1);  // one node, enrolled once
+    std::cout << "vm-disk figures: boot=reboot accel=" << m.accel << " " << vm::boot_figures(log) << "\n";
+    boot.stop();
+  }
+  CHECK(luks_uuid(m.disk) == uuid_after_first);
+
+  // ---- boot 3: another TPM (fresh swtpm state) -------------------------------------------------
+  const std::string disk_before = file_sha256(m.disk);
+  {
+    Boot boot;
+    m.start(boot, "boot3", m.dir.path() / "other-tpm-state", etc, {control_fwd},
+            "cairn.control=https://" + std::string(kControlGuestIp) + ":" + std::to_string(kControlGuestPort) +
+                " cairn.ca=" + control.fingerprint());
+    const bool exited = boot.vm->wait_serial("event=init.agent_exit", 300s);
+    const std::string log = boot.vm->serial();
+    INFO("boot 3 serial console:\n" << log << "\nqemu:\n" << slurp(boot.spec.qemu_log));
+    REQUIRE(exited);
+    CHECK(log.find("persist.unlock_failed") != std::string::npos);
+    CHECK(log.find("critical") != std::string::npos);
+    CHECK(log.find("event=boot.stage stage=persist ok=false") != std::string::npos);
+    CHECK(log.find("event=boot.stage stage=enroll") == std::string::npos);
+    CHECK(log.find("event=init.agent_exit code=77") != std::string::npos);
+    std::stringstream lines(log);
+    for (std::string line; std::getline(lines, line);) {
+      if (has(line, "level=critical")) std::cout << "vm-disk boot 3 console: " << line << "\n";
+    }
+    boot.stop();
+  }
+  CHECK(luks_uuid(m.disk) == uuid_after_first);
+  CHECK(file_sha256(m.disk) == disk_before);  // not one byte of the disk changed
+
+  // ---- boot 4: the same other TPM; the operator recovers with the recovery key -----------------
+  REQUIRE(!recovery_key.empty());
+  const fs::path key_file = m.dir.path() / "recovery.key";
+  write_text(key_file, recovery_key + "\n");
+  const fs::path hook4 = m.dir.path() / "hook4.sh";
+  write_text(hook4, "[ \"$1\" = 77 ] || exit 0\n"
+                    "cairn-agent persist reseal --recovery-key-file /etc/cairn/recovery.key && echo 'cairn-hook: resealed'\n"
+                    "cairn-agent volume-setup && echo 'cairn-hook: volume open'\n"
+                    "[ -f /persist/cairn/enrollment.json ] && echo 'cairn-hook: the data is there'\n");
+  {
+    Boot boot;
+    m.start(boot, "boot4", m.dir.path() / "other-tpm-state",
+            [&] {
+              auto f = etc;
+              f.push_back({.name = "opt/org.cairn/etc/recovery.key", .file = key_file});
+              f.push_back({.name = "opt/org.cairn/hook", .file = hook4});
+              return f;
+            }(),
+            {control_fwd}, append);
+    const bool done = boot.vm->wait_serial("event=init.hook done=true", 300s);
+    const std::string log = boot.vm->serial();
+    INFO("boot 4 serial console:\n" << log << "\nqemu:\n" << slurp(boot.spec.qemu_log));
+    REQUIRE(done);
+    CHECK(has(log, "persist.unlock_failed"));  // still the other TPM, until the operator acts
+    CHECK(has(log, "cairn-hook: resealed"));
+    CHECK(has(log, "cairn-hook: volume open"));
+    CHECK(has(log, "cairn-hook: the data is there"));
+    boot.stop();
+  }
+  CHECK(luks_uuid(m.disk) == uuid_after_first);
+}
+
+}  // namespace
+}  // namespace cairn::test
