@@ -84,6 +84,9 @@ class Node {
   Node(const ControlServer& server, const std::string& reg, const fs::path& trusted_pub) : server_(server), id_(random_uuid().str()) {
     fs::create_directories(root() / "proc");
     std::ofstream(root() / "proc/cmdline") << "console=ttyS0 cairn.id=" << id_ << "\n";
+    // The mounter reads <root>/proc/self/mountinfo and attaches <root>/dev/loopN: the real ones.
+    fs::create_directory_symlink("/proc/self", root() / "proc/self");
+    fs::create_directory_symlink("/dev", root() / "dev");
     // The pinned key ships beside the config (a relative path is relative to it).
     REQUIRE(write_file_atomic(root() / "etc/cairn/fleet.pub", slurp(trusted_pub)));
     const Json cfg = {{"modules", {{"registry", reg + "/cairn"}, {"plain_http", true}, {"trust", {{"web", {"fleet.pub"}}}}}}};
