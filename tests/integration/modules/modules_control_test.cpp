@@ -174,6 +174,17 @@ TEST_CASE("a module goes from cairn-module push through cairn-control to the age
   const auto reference = module["reference"].get<std::string>();
   REQUIRE(reference.find("@sha256:") != std::string::npos);
   const auto oci_v1 = reference.substr(reference.find('@') + 1);
+  // The same module from what cairn-module pack and sign left (manifest + .sig beside it) and
+  // the tag it was pushed to: pinned to the same digest. A tag holding another module is refused.
+  const auto manifest_file = (work.path() / "out-1.0/web.manifest.json").string();
+  auto from_file = server.cli({"module", "add", manifest_file, "--reference", reg.host() + "/cairn/web:1.0", "--plain-http",
+                               "--trust-key", fleet_pub.string(), "--json"});
+  REQUIRE_MESSAGE(from_file.exit_code == 0, from_file.err);
+  CHECK(json_of(from_file, "module add")["reference"] == reference);
+  CHECK(json_of(from_file, "module add")["manifest_digest"] == module["manifest_digest"]);
+  auto no_ref = server.cli({"module", "add", manifest_file, "--trust-key", fleet_pub.string()});
+  CHECK(no_ref.exit_code == 64);
+  CHECK(no_ref.err.find("needs --reference") != std::string::npos);
 
   // A node enrolled with role=edge, and the module assigned by that selector.
   const auto token = trimmed(server.cli({"token", "create", "--labels", "role=edge"}).out);
@@ -220,6 +231,10 @@ TEST_CASE("a module goes from cairn-module push through cairn-control to the age
   // the fleet key; an operator who adds it with the rogue key gets it into the catalog, and the
   // agent still refuses it.
   publish(work.path(), reg.host(), "2.0", "v2", work.path() / "rogue.key");
+  auto wrong_tag = server.cli({"module", "add", manifest_file, "--reference", reg.host() + "/cairn/web:2.0", "--plain-http",
+                               "--trust-key", fleet_pub.string()});
+  CHECK(wrong_tag.exit_code == 65);
+  CHECK(wrong_tag.err.find("holds another module than") != std::string::npos);
   auto refused = server.cli({"module", "add", reg.host() + "/cairn/web:2.0", "--plain-http", "--trust-key", fleet_pub.string()});
   CHECK(refused.exit_code == 77);
   CHECK(refused.err.find("no signature verifies with the trust keys") != std::string::npos);
