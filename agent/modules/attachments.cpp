@@ -296,7 +296,8 @@ Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, oci::Registry& r
                                          : Result<AttachedModule>(fail(ref.error()));
     if (!fetched) {
       out.failed.push_back({d.name, fetched.error().message});
-      record_all(env.store, {{"module.refused." + d.name + "." + id_part(d.digest), "warning", "module.refused",
+      // Control keeps ids of up to 128 bytes: the name (at most 64) and 32 hex of the digest.
+      record_all(env.store, {{"module.refused." + d.name + "." + id_part(d.digest).substr(0, 39), "warning", "module.refused",
                               "desired module " + d.name + " (" + d.digest + ") refused: " + fetched.error().message +
                                   (it != current->end() ? "; " + it->name + " " + it->version + " stays attached"
                                                         : "; it is not attached"),
