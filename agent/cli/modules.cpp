@@ -52,7 +52,7 @@ void add_modules(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       modules::UnionManager manager(*mounter, paths);
       auto state = manager.load_state();
       if (!state) return out.error = state.error(), out;
-      auto union_mounted = mounter->is_mount_point(state->mount_point);
+      auto union_mounted = mounter->is_mount_point(state->live_path());  // h-modctl: gen-N without MOVE_MOUNT_BENEATH
       const bool live = union_mounted && *union_mounted && !state->layers.empty();
       Json list = Json::array();
       std::string human = live ? "union: " + state->mount_point.string() + " (generation " + std::to_string(state->generation) +
@@ -72,6 +72,12 @@ void add_modules(CLI::App& app, const GlobalOptions& global, int& exit_code) {
                  "\n    from " + a.source + "\n";
       }
       if (attached->empty()) human += "  no module attached\n";
+      // modules (h-modctl): say once, plainly, when the kernel does not check reads.
+      for (const auto& a : *attached) {
+        if (!a.verity.starts_with("unavailable")) continue;
+        human += "fs-verity " + a.verity + ": images are verified when attached, later reads are not checked by the kernel\n";
+        break;
+      }
       out.details = {{"attached", list}, {"union", live ? modules::to_json(*state) : Json(nullptr)}};
       out.human = human;
       return out;

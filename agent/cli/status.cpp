@@ -1,6 +1,7 @@
 // `cairn-agent status`: identity, enrollment, certificate expiry and the last heartbeat, from
 // the files on the persist volume. Read-only: runs no discovery, contacts nothing.
 #include "agent/cli/status.hpp"
+#include "agent/modules/store.hpp"  // modules (h-modctl)
 
 #include "agent/cli/commands.hpp"
 #include "agent/cli/report.hpp"
@@ -100,6 +101,28 @@ void add_status(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       } else {
         out.details["service"] = nullptr;
         human += "heartbeat:   the service has not run yet\n";
+      }
+      // modules (h-modctl): the attached count and whether the kernel checks their reads.
+      modules::ModuleStore module_store(config->state_dir() / "modules");
+      if (auto attached = module_store.load_attached(); attached && !attached->empty()) {
+        std::string unavailable;
+        std::size_t enforced = 0;
+        for (const auto& a : *attached) {
+          if (a.verity.starts_with("unavailable")) {
+            if (unavailable.empty()) unavailable = a.verity.substr(std::string_view("unavailable").size());
+          } else if (a.verity == "enabled") {
+            ++enforced;
+          }
+        }
+        while (!unavailable.empty() && (unavailable.front() == ':' || unavailable.front() == ' ')) unavailable.erase(0, 1);
+        out.details["modules"] = {{"attached", attached->size()}, {"verity_enabled", enforced},
+                                  {"verity_unavailable", unavailable.empty() ? Json(nullptr) : Json(unavailable)}};
+        human += "modules:     " + std::to_string(attached->size()) + " attached, fs-verity enforced on " + std::to_string(enforced) + "\n";
+        if (!unavailable.empty()) {
+          human += "fs-verity:   unavailable (" + unavailable + "): images are verified when attached, later reads are not checked by the kernel\n";
+        }
+      } else {
+        out.details["modules"] = {{"attached", 0}, {"verity_enabled", 0}, {"verity_unavailable", nullptr}};
       }
       out.human = human;
       return out;

@@ -1,6 +1,18 @@
 #include "agent/modules/attachments.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <sstream>
+
+#include "common/crypto.hpp"
+#include "common/fd.hpp"
+#include "common/log.hpp"
 
 #include "common/fs.hpp"
 #include "common/module/manifest.hpp"
@@ -26,7 +38,103 @@ std::vector<Layer> layers_of(const ModuleStore& store, const std::vector<Attache
   return out;
 }
 
+std::filesystem::path pending_events_path(const std::filesystem::path& modules_dir) {
+  return modules_dir / "events.pending";
+}
+
+// "sha256:<hex>" -> "sha256-<hex>" (event ids stay one word).
+std::string id_part(std::string_view digest) {
+  std::string out(digest);
+  std::replace(out.begin(), out.end(), ':', '-');
+  return out;
+}
+
+void record_all(const ModuleStore& store, const std::vector<protocol::Event>& events) {
+  for (const auto& e : events) {
+    if (auto ok = record_event(store, e); !ok) {
+      log::warn("modules.event_not_recorded", {{"kind", e.kind}, {"error", ok.error().message}});
+    }
+  }
+}
+
 }  // namespace
+
+Status record_event(const ModuleStore& store, const protocol::Event& event) {
+  if (auto ok = make_dirs(store.dir(), 0700); !ok) return ok;
+  const auto path = pending_events_path(store.dir());
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  if (!fd) return fail(Errc::io, "open " + path.string() + ": " + std::strerror(errno));
+  if (::flock(fd.get(), LOCK_EX) != 0) return fail(Errc::io, "lock " + path.string() + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return fail(Errc::io, "stat " + path.string() + ": " + std::strerror(errno));
+  const std::string line = dump_json({{"id", event.id}, {"severity", event.severity}, {"kind", event.kind},
+                                      {"message", event.message}, {"time", event.time}}) + "\n";
+  if (static_cast<std::size_t>(st.st_size) + line.size() > kMaxPendingEventBytes) {
+    return fail(Errc::temporary, path.string() + " is full (" + std::to_string(st.st_size) + " bytes): event " + event.kind + " dropped",
+                "start cairn-agent service: it delivers these events to control");
+  }
+  std::string_view rest(line);
+  while (!rest.empty()) {
+    const auto n = ::write(fd.get(), rest.data(), rest.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return fail(Errc::io, "write " + path.string() + ": " + std::strerror(errno));
+    rest.remove_prefix(static_cast<std::size_t>(n));
+  }
+  if (::fsync(fd.get()) != 0) return fail(Errc::io, "fsync " + path.string() + ": " + std::strerror(errno));
+  return {};
+}
+
+Result<std::size_t> drain_events(const AgentConfig& config, const std::function<Status(const protocol::Event&)>& sink) {
+  const auto path = pending_events_path(config.state_dir() / "modules");
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT) return std::size_t{0};
+    return fail(Errc::io, "open " + path.string() + ": " + std::strerror(errno));
+  }
+  if (::flock(fd.get(), LOCK_EX) != 0) return fail(Errc::io, "lock " + path.string() + ": " + std::strerror(errno));
+  std::string text;
+  char buf[8192];
+  for (;;) {
+    const auto n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(Errc::io, "read " + path.string() + ": " + std::strerror(errno));
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() > kMaxPendingEventBytes + 4096) break;  // never more than the cap was written
+  }
+  std::size_t count = 0;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    auto j = parse_json(line, path.string());
+    if (!j || !j->is_object()) continue;  // a torn line: nothing to deliver
+    protocol::Event e{j->value("id", ""), j->value("severity", "info"), j->value("kind", ""), j->value("message", ""),
+                      j->value("time", "")};
+    if (e.kind.empty()) continue;
+    if (auto ok = sink(e); !ok) return fail(ok.error());
+    ++count;
+  }
+  if (::ftruncate(fd.get(), 0) != 0) return fail(Errc::io, "truncate " + path.string() + ": " + std::strerror(errno));
+  return count;
+}
+
+std::vector<protocol::Event> verity_events(const std::vector<AttachedModule>& before,
+                                           const std::vector<AttachedModule>& attached) {
+  std::vector<protocol::Event> out;
+  for (const auto& a : attached) {
+    if (!a.verity.starts_with("unavailable")) continue;
+    const bool known = std::any_of(before.begin(), before.end(), [&](const AttachedModule& b) {
+      return b.name == a.name && b.image_digest == a.image_digest;
+    });
+    if (known) continue;
+    out.push_back({"module.verity_unavailable." + id_part(a.image_digest), "warning", "module.verity_unavailable",
+                   "module " + a.name + " " + a.version + " (image " + a.image_digest + "): fs-verity " + a.verity +
+                       "; the image was verified when attached, but the kernel does not check later reads",
+                   a.attached_at});
+  }
+  return out;
+}
 
 Result<ModulesEnv> modules_env(const AgentConfig& config) {
   auto policy = trust_policy_from_json(config.module_trust, [&](const std::string& value) {
@@ -54,6 +162,7 @@ Result<ChangeOutcome> apply_set(ModulesEnv& env, Mounter& mounter, std::vector<A
     return reverify_attached(env.store, *it, env.policy);
   });
   UnionManager manager(mounter, env.paths);
+  auto before = env.store.load_attached();
   auto outcome = manager.apply(layers_of(env.store, next), checks);
   if (!outcome) return fail(outcome.error());
   ChangeOutcome change;
@@ -63,6 +172,7 @@ Result<ChangeOutcome> apply_set(ModulesEnv& env, Mounter& mounter, std::vector<A
     if (!left_out) change.attached.push_back(std::move(a));
   }
   if (auto ok = env.store.save_attached(change.attached); !ok) return fail(ok.error());
+  record_all(env.store, verity_events(before ? *before : std::vector<AttachedModule>{}, change.attached));
   auto removed = env.store.collect_garbage(change.attached);
   if (!removed) return fail(removed.error().with_context("garbage collection"));
   change.gc_removed = *removed;
@@ -186,14 +296,27 @@ Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, oci::Registry& r
                                          : Result<AttachedModule>(fail(ref.error()));
     if (!fetched) {
       out.failed.push_back({d.name, fetched.error().message});
+      // Control keeps ids of up to 128 bytes: the name (at most 64) and 32 hex of the digest.
+      record_all(env.store, {{"module.refused." + d.name + "." + id_part(d.digest).substr(0, 39), "warning", "module.refused",
+                              "desired module " + d.name + " (" + d.digest + ") refused: " + fetched.error().message +
+                                  (it != current->end() ? "; " + it->name + " " + it->version + " stays attached"
+                                                        : "; it is not attached"),
+                              now_rfc3339}});
       if (!out.first_error) out.first_error = fetched.error();
       if (it != current->end()) next.push_back(*it);  // keep what runs until the new one verifies
       continue;
     }
     next.push_back(std::move(*fetched));
   }
+  std::string set_key;
+  for (const auto& d : desired) set_key += d.name + "@" + d.digest + "\n";
   auto change = apply_set(env, mounter, std::move(next));
-  if (!change) return fail(change.error());
+  if (!change) {
+    record_all(env.store, {{"module.update_failed." + sha256_hex(set_key).substr(0, 32), "warning", "module.update_failed",
+                            "the desired module set could not be applied: " + change.error().message + "; the union stays as it was",
+                            now_rfc3339}});
+    return fail(change.error());
+  }
   out.change = std::move(*change);
   return out;
 }

@@ -4,6 +4,8 @@
 // then saves the attached list and collects the store's garbage.
 #pragma once
 
+#include <cstddef>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -67,6 +69,22 @@ struct UpdateOutcome {
 // left out with its reason (an attached older version of it stays); the others proceed.
 Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, oci::Registry& registry,
                              const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339);
+
+// Module events (fs-verity unavailable, a desired module refused). The commands that change
+// the set (attach, update) run in their own process, so they leave events in
+// <persist>/cairn/modules/events.pending (one JSON event per line, appended under flock, capped);
+// the service drains that file into its durable event buffer before each event flush. Each
+// event's id is stable per cause and digest, so control (which keeps one row per id) shows it
+// once however often it is reported.
+inline constexpr std::size_t kMaxPendingEventBytes = 256 * 1024;
+Status record_event(const ModuleStore& store, const protocol::Event& event);
+// Hands every pending event to `sink`, oldest first; the file is emptied only when every sink
+// call succeeded (a failure keeps them all for the next drain: control drops duplicates).
+Result<std::size_t> drain_events(const AgentConfig& config, const std::function<Status(const protocol::Event&)>& sink);
+// The events of one change: fs-verity unavailable for each module newly in `attached` (not in
+// `before` with the same image digest), warning once per image digest.
+std::vector<protocol::Event> verity_events(const std::vector<AttachedModule>& before,
+                                           const std::vector<AttachedModule>& attached);
 
 // What the heartbeat reports: each attached module's image digest and whether it is mounted.
 std::vector<protocol::ModuleRef> running_modules(const AgentConfig& config);

@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "agent/modules/mounter.hpp"
 #include "common/fd.hpp"
@@ -38,9 +39,24 @@ Status check_option_path(const std::filesystem::path& p) {
   return {};
 }
 
+// A move_mount(2) that cannot succeed: on a kernel without MOVE_MOUNT_BENEATH the unknown
+// flag fails first (EINVAL; ENOSYS before Linux 5.2), on one with it the empty path does
+// (ENOENT). Nothing is moved either way.
+bool probe_move_beneath() {
+  if (::move_mount(AT_FDCWD, "", AT_FDCWD, "", MOVE_MOUNT_BENEATH) == 0) return true;
+  const int err = errno;
+  return err != EINVAL && err != ENOSYS;
+}
+
 class LinuxMounter final : public Mounter {
  public:
-  explicit LinuxMounter(Root root) : root_(std::move(root)) {}
+  LinuxMounter(Root root, LinuxMounterOptions options) : root_(std::move(root)), options_(options) {}
+
+  bool can_move_beneath() override {
+    if (!options_.allow_move_beneath) return false;
+    if (!beneath_) beneath_ = probe_move_beneath();
+    return *beneath_;
+  }
 
   Status mount_image(const std::filesystem::path& image, const std::filesystem::path& target) override {
     UniqueFd backing(::open(image.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
@@ -157,6 +173,8 @@ class LinuxMounter final : public Mounter {
 
  private:
   Root root_;
+  LinuxMounterOptions options_;
+  std::optional<bool> beneath_;  // probed once
 };
 
 std::string unescape_octal(std::string_view s) {
@@ -198,6 +216,8 @@ std::vector<std::filesystem::path> parse_mount_points(const std::string& mountin
   return out;
 }
 
-std::unique_ptr<Mounter> make_linux_mounter(const Root& root) { return std::make_unique<LinuxMounter>(root); }
+std::unique_ptr<Mounter> make_linux_mounter(const Root& root, LinuxMounterOptions options) {
+  return std::make_unique<LinuxMounter>(root, options);
+}
 
 }  // namespace cairn::agent::modules

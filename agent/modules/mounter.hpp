@@ -45,10 +45,20 @@ class Mounter {
 
   // Whether a mount sits on `target` (from /proc/self/mountinfo).
   virtual Result<bool> is_mount_point(const std::filesystem::path& target) = 0;
+
+  // Whether move_mount(MOVE_MOUNT_BENEATH) works here (Linux 6.5+). Without it the union
+  // switches through generation directories and a symlink swapped with rename(2) (union.hpp).
+  virtual bool can_move_beneath() { return true; }
+};
+
+struct LinuxMounterOptions {
+  // false: behave as a kernel without MOVE_MOUNT_BENEATH (tests of the fallback on new kernels).
+  bool allow_move_beneath = true;
 };
 
 // The real one; `root` locates /dev/loop-control, /dev/loopN and /proc/self/mountinfo.
-std::unique_ptr<Mounter> make_linux_mounter(const Root& root);
+// MOVE_MOUNT_BENEATH support is probed once, on first use.
+std::unique_ptr<Mounter> make_linux_mounter(const Root& root, LinuxMounterOptions options = {});
 
 // Mount points of a mountinfo text (the fifth field, octal escapes decoded), in file order.
 std::vector<std::filesystem::path> parse_mount_points(const std::string& mountinfo);

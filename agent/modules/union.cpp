@@ -37,6 +37,43 @@ void remove_tree(const std::filesystem::path& p) {
   if (ec) log::warn("modules.cleanup_failed", {{"path", p.string()}, {"error", ec.message()}});
 }
 
+// Makes `link` a symlink to `target` (relative, so it resolves the same inside a chroot) in
+// one rename(2): a reader resolving `link` finds the old target or the new one, never
+// nothing. The first time an empty directory may hold the place: it goes first (there is no
+// union yet to keep readable).
+Status swap_link(Mounter& mounter, const std::filesystem::path& link, const std::filesystem::path& target) {
+  std::error_code ec;
+  const auto parent = link.parent_path();
+  if (auto ok = make_dirs(parent); !ok) return ok;
+  const auto tmp = parent / ("." + link.filename().string() + ".next");
+  std::filesystem::remove(tmp, ec);
+  std::filesystem::create_symlink(target.lexically_relative(parent), tmp, ec);
+  if (ec) return fail(Errc::io, "create symlink " + tmp.string() + ": " + ec.message());
+  const auto st = std::filesystem::symlink_status(link, ec);
+  if (std::filesystem::is_directory(st)) {
+    auto mounted = mounter.is_mount_point(link);
+    if (!mounted || *mounted || !std::filesystem::is_empty(link, ec)) {
+      std::filesystem::remove(tmp, ec);
+      return fail(Errc::refused, link.string() + " is a directory that is mounted on or not empty, not the union's symlink",
+                  "this kernel lacks MOVE_MOUNT_BENEATH: the union is switched through a symlink there; "
+                  "unmount " + link.string() + " (or reboot) and apply the set again");
+    }
+    std::filesystem::remove(link, ec);
+  }
+  std::filesystem::rename(tmp, link, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    return fail(Errc::io, "rename the union symlink onto " + link.string() + ": " + ec.message());
+  }
+  return fsync_dir(parent);
+}
+
+// A symlink the union left at `link` goes (an empty desired set, teardown).
+void remove_link(const std::filesystem::path& link) {
+  std::error_code ec;
+  if (std::filesystem::is_symlink(std::filesystem::symlink_status(link, ec))) std::filesystem::remove(link, ec);
+}
+
 }  // namespace
 
 std::string_view upper_mode_name(UpperMode mode) { return mode == UpperMode::persist ? "persist" : "tmpfs"; }
@@ -64,8 +101,10 @@ Json to_json(const UnionState& s) {
     layers.push_back({{"name", l.name}, {"version", l.version}, {"priority", l.priority},
                       {"image_digest", l.image_digest}, {"dir", l.dir.string()}});
   }
-  return {{"generation", s.generation}, {"mount_point", s.mount_point.string()},
-          {"upper_mode", upper_mode_name(s.upper_mode)}, {"layers", layers}};
+  Json j = {{"generation", s.generation}, {"mount_point", s.mount_point.string()},
+            {"upper_mode", upper_mode_name(s.upper_mode)}, {"layers", layers}};
+  if (!s.merged.empty()) j["merged"] = s.merged.string();
+  return j;
 }
 
 Result<UnionState> union_state_from_json(const Json& j) {
@@ -81,6 +120,7 @@ Result<UnionState> union_state_from_json(const Json& j) {
                           l.at("priority").get<std::int64_t>(), l.at("image_digest").get<std::string>(),
                           l.at("dir").get<std::string>()});
     }
+    if (auto it = j.find("merged"); it != j.end()) s.merged = it->get<std::string>();
     return s;
   } catch (const nlohmann::json::exception& e) {
     return fail(Errc::data, std::string("union state: ") + e.what(), "unmount the union by hand and remove union.json");
@@ -280,12 +320,14 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
   UnionState next{.generation = gen, .mount_point = paths_.mount_point, .upper_mode = paths_.upper_mode, .layers = {}};
   for (const auto& l : *selected) next.layers.push_back({l.name, l.version, l.priority, l.image_digest, dirs[l.name]});
 
-  auto old_mounted = mounter_.is_mount_point(paths_.mount_point);
+  auto old_mounted = mounter_.is_mount_point(current->layers.empty() ? paths_.mount_point : current->live_path());
   if (!old_mounted) {
     (void)rollback(fresh);
     return fail(old_mounted.error());
   }
   const bool had_union = !current->layers.empty() && *old_mounted;
+  // Without MOVE_MOUNT_BENEATH: generation directories and a symlink (never for a union at "/").
+  const bool via_link = !paths_.mount_point.relative_path().empty() && !mounter_.can_move_beneath();
 
   if (!selected->empty()) {
     // 3. The new union at a staging path, checked.
@@ -297,8 +339,8 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
     const auto upper = *base / "upper";
     const auto work = *base / ("work-" + std::to_string(gen));
     remove_tree(work);
-    const auto staging = paths_.run_dir / ("staging-" + std::to_string(gen));
-    for (const auto& d : {upper, work, staging, paths_.mount_point}) {
+    const auto staging = paths_.run_dir / ((via_link ? "gen-" : "staging-") + std::to_string(gen));
+    for (const auto& d : {upper, work, staging, via_link ? paths_.mount_point.parent_path() : paths_.mount_point}) {
       if (auto ok = make_dirs(d); !ok) {
         (void)rollback(fresh);
         return fail(ok.error());
@@ -322,13 +364,27 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
       undo_staging();
       return fail(ok.error().with_context("new union (the old one stays)"));
     }
-    // 4. The switch: beneath the old union, then the old one off the top.
-    if (auto ok = mounter_.move_mount(staging, paths_.mount_point, had_union); !ok) {
+    // 4. The switch: beneath the old union, then the old one off the top. Without
+    // MOVE_MOUNT_BENEATH: the symlink swapped to the new generation, then the old one off.
+    if (via_link) {
+      if (auto ok = swap_link(mounter_, paths_.mount_point, staging); !ok) {
+        undo_staging();
+        return fail(ok.error().with_context("new union (the old one stays)"));
+      }
+      next.merged = staging;
+      if (had_union && !current->merged.empty()) {
+        if (auto ok = mounter_.unmount(current->merged, true); !ok) {
+          log::warn("modules.old_generation_unmount_failed", {{"dir", current->merged.string()}, {"error", ok.error().message}});
+        } else {
+          remove_tree(current->merged);
+        }
+      }
+    } else if (auto ok = mounter_.move_mount(staging, paths_.mount_point, had_union); !ok) {
       undo_staging();
       return fail(ok.error().with_context("new union (the old one stays)"));
     }
-    remove_tree(staging);
-    if (had_union) {
+    if (!via_link) remove_tree(staging);
+    if (had_union && !via_link) {
       if (auto ok = mounter_.unmount(paths_.mount_point, true); !ok) {
         // The new union sits beneath the old one: save the new state so the next change
         // or teardown knows the new layers, and say so.
@@ -337,7 +393,11 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
       }
     }
   } else if (had_union) {
-    if (auto ok = mounter_.unmount(paths_.mount_point, true); !ok) return fail(ok.error().with_context("unmount the union"));
+    if (auto ok = mounter_.unmount(current->live_path(), true); !ok) return fail(ok.error().with_context("unmount the union"));
+    if (!current->merged.empty()) {
+      remove_link(paths_.mount_point);
+      remove_tree(current->merged);
+    }
   }
 
   // 5. The old union is gone: its layers that the new one does not use, and its work dir.
@@ -381,7 +441,11 @@ Status UnionManager::teardown() {
     return {};
   };
   if (!current->layers.empty()) {
-    if (auto ok = unmount_if(current->mount_point, true); !ok) return ok;
+    if (auto ok = unmount_if(current->live_path(), true); !ok) return ok;
+    if (!current->merged.empty()) {
+      remove_link(current->mount_point);
+      remove_tree(current->merged);
+    }
   }
   for (const auto& l : current->layers) {
     if (auto ok = unmount_if(l.dir, true); !ok) return ok;

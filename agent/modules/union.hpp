@@ -3,7 +3,10 @@
 // set is atomic: the new union is mounted at a staging path and checked, then moved beneath
 // the old one (MOVE_MOUNT_BENEATH) and the old one is unmounted from on top of it; any
 // failure before that point unmounts what the change mounted and leaves the old union as it
-// was. One bad module is left out with its reason, unless it is required or another module
+// was. Kernels before 6.5 (Debian 12's 6.1) lack MOVE_MOUNT_BENEATH: there each union is
+// mounted at run_dir/gen-N and the mount point is a symlink to it, replaced with rename(2)
+// (atomic for every reader), then the old generation is unmounted. A union at "/" (boot)
+// cannot be a symlink: there a change of a live union still needs MOVE_MOUNT_BENEATH. One bad module is left out with its reason, unless it is required or another module
 // of the set depends on it (then the whole change is refused).
 #pragma once
 
@@ -56,6 +59,11 @@ struct UnionState {
   std::filesystem::path mount_point;
   UpperMode upper_mode = UpperMode::tmpfs;
   std::vector<MountedLayer> layers;  // top-most first; empty: no union mounted
+  // Without MOVE_MOUNT_BENEATH: where the overlay is mounted (run_dir/gen-N), mount_point being
+  // a symlink to it. Empty: the overlay is mounted at mount_point itself.
+  std::filesystem::path merged{};
+  // Where the overlay of this state is mounted.
+  [[nodiscard]] const std::filesystem::path& live_path() const { return merged.empty() ? mount_point : merged; }
 };
 Json to_json(const UnionState& s);
 Result<UnionState> union_state_from_json(const Json& j);

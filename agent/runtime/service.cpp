@@ -258,6 +258,7 @@ class Loop {
       status_.consecutive_failures = 0;
       write_status(config_.state_dir(), status_);
       (void)modules::save_desired(config_, answer->desired_modules);  // modules (issue 14): for `cairn-agent update`
+      drain_module_events();  // modules (h-modctl): events `cairn-agent attach/update` left for the service
       log::debug("heartbeat.ok", {{"node", node_id_}, {"ms", took.count()}, {"acked", status_.heartbeats_acked}});
       notify("STATUS=heartbeat ok at " + format_rfc3339(*status_.last_ok));
       for (const auto& id : answer->cancel_tasks) runner_->cancel(id);
@@ -306,6 +307,15 @@ class Loop {
     if (auto ok = events_->append(severity, kind, message); !ok) {
       log::error("events.append_failed", {{"kind", kind}, {"error", ok.error().message}});
     }
+  }
+
+  // modules (h-modctl): into the durable buffer, delivered by the flush that follows.
+  void drain_module_events() {
+    auto drained = modules::drain_events(config_, [this](const protocol::Event& e) -> Status {
+      if (auto ok = events_->append(e); !ok) return fail(ok.error());
+      return {};
+    });
+    if (!drained) log::warn("modules.events_drain_failed", {{"error", drained.error().message}});
   }
 
   void flush_events() {

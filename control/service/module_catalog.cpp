@@ -29,10 +29,6 @@ class StoreCatalog final : public CatalogStore {
   Store& store_;
 };
 
-bool is_digest(std::string_view d) {
-  return d.size() == 71 && d.starts_with("sha256:") && d.substr(7).find_first_not_of("0123456789abcdef") == std::string_view::npos;
-}
-
 constexpr std::size_t kMaxSignatures = 16;
 
 std::vector<std::string> dependencies_of(const ModuleRecord& m) {

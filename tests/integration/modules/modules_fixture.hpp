@@ -78,7 +78,9 @@ struct ModulesHost {
   mod::UnionPaths paths;
   std::unique_ptr<mod::Mounter> mounter = mod::make_linux_mounter(Root("/"));
 
-  explicit ModulesHost(mod::UpperMode mode = mod::UpperMode::tmpfs) {
+  // beneath = false: a kernel without MOVE_MOUNT_BENEATH (generation dirs + symlink swap).
+  explicit ModulesHost(mod::UpperMode mode = mod::UpperMode::tmpfs, bool beneath = true) {
+    if (!beneath) mounter = mod::make_linux_mounter(Root("/"), {.allow_move_beneath = false});
     paths.mount_point = tmp.path() / "union";
     paths.run_dir = tmp.path() / "run/cairn/modules";
     paths.persist_upper = tmp.path() / "persist/cairn/modules/upper";

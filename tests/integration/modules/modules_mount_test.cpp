@@ -37,6 +37,7 @@ class FailingMounter final : public mod::Mounter {
   }
   Status unmount(const std::filesystem::path& t, bool lazy) override { return real_.unmount(t, lazy); }
   Result<bool> is_mount_point(const std::filesystem::path& t) override { return real_.is_mount_point(t); }
+  bool can_move_beneath() override { return real_.can_move_beneath(); }
 
  private:
   mod::Mounter& real_;
@@ -79,7 +80,13 @@ TEST_CASE("modules stack by priority: the higher one wins a shared path, the uni
 
 TEST_CASE("a change of the set is atomic: a reader of the union never finds it empty") {
   if (auto why = mount_tests_unavailable()) CAIRN_SKIP(*why);
-  ModulesHost host;
+  bool beneath = true;
+  SUBCASE("moved beneath the old union (Linux 6.5+)") {
+    if (!mod::make_linux_mounter(Root("/"))->can_move_beneath()) CAIRN_SKIP("this kernel has no MOVE_MOUNT_BENEATH");
+  }
+  SUBCASE("generation directories and a symlink swapped by rename (Linux < 6.5, forced here)") { beneath = false; }
+  CAPTURE(beneath);
+  ModulesHost host(mod::UpperMode::tmpfs, beneath);
   auto a = host.module("a", 10, {{"etc/a", "a"}});
   auto b = host.module("b", 5, {{"etc/b", "b"}});
   auto m = host.manager();
@@ -113,6 +120,21 @@ TEST_CASE("a change of the set is atomic: a reader of the union never finds it e
   auto state = m.load_state();
   REQUIRE(state);
   CHECK(state->generation == 7);
+  if (!beneath) {
+    // The mount point is a symlink to the newest generation; the older ones are gone.
+    CHECK(std::filesystem::is_symlink(host.paths.mount_point));
+    CHECK(state->merged == host.paths.run_dir / "gen-7");
+    CHECK(std::filesystem::equivalent(host.paths.mount_point, host.paths.run_dir / "gen-7"));
+    int generations = 0;
+    for (const auto& e : std::filesystem::directory_iterator(host.paths.run_dir)) {
+      if (e.path().filename().string().starts_with("gen-")) ++generations;
+    }
+    CHECK(generations == 1);
+    CHECK(mounts_under(host.paths.run_dir / "gen-6").empty());
+  } else {
+    CHECK(state->merged.empty());
+    CHECK_FALSE(std::filesystem::is_symlink(host.paths.mount_point));
+  }
   // Unchanged layers kept their mount: one loop device for a, none left for b.
   CHECK(wait_for([&] { return loops_under(host.tmp.path()).size() == 1; }, 5s));
   check_no_leaks(host);
@@ -120,7 +142,13 @@ TEST_CASE("a change of the set is atomic: a reader of the union never finds it e
 
 TEST_CASE("a failure while building the new union leaves the old one mounted and readable") {
   if (auto why = mount_tests_unavailable()) CAIRN_SKIP(*why);
-  ModulesHost host;
+  bool beneath = true;
+  SUBCASE("moved beneath") {
+    if (!mod::make_linux_mounter(Root("/"))->can_move_beneath()) CAIRN_SKIP("this kernel has no MOVE_MOUNT_BENEATH");
+  }
+  SUBCASE("generation directories and a symlink") { beneath = false; }
+  CAPTURE(beneath);
+  ModulesHost host(mod::UpperMode::tmpfs, beneath);
   auto a = host.module("a", 10, {{"etc/a", "a"}});
   auto b = host.module("b", 5, {{"etc/b", "b"}});
   FailingMounter failing(*host.mounter);
@@ -129,6 +157,7 @@ TEST_CASE("a failure while building the new union leaves the old one mounted and
 
   for (const bool overlay : {true, false}) {
     CAPTURE(overlay);
+    if (!overlay && !beneath) continue;  // nothing is moved on the symlink path
     failing.fail_overlay = overlay;
     failing.fail_move = !overlay;
     auto out = m.apply({a, b}, ModulesHost::checks());
@@ -149,6 +178,8 @@ TEST_CASE("a failure while building the new union leaves the old one mounted and
   REQUIRE_MESSAGE(out, (out ? "" : out.error().message));
   CHECK(read_text(host.paths.mount_point / "etc/b") == "b");
   check_no_leaks(host);
+  const bool link_left = std::filesystem::is_symlink(std::filesystem::symlink_status(host.paths.mount_point));
+  CHECK_FALSE(link_left);  // teardown removed the symlink
 }
 
 TEST_CASE("a corrupt image is left out with its reason and the union holds the others") {

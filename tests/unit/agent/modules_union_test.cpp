@@ -17,6 +17,8 @@ class FakeMounter final : public Mounter {
   std::map<std::filesystem::path, std::vector<std::string>> table;  // target -> stack of what
   std::vector<std::filesystem::path> last_lowers;
   std::string fail_on;  // "image:<name>", "overlay", "move"
+  bool beneath_supported = true;  // false: a kernel before 6.5 (h-modctl)
+  bool can_move_beneath() override { return beneath_supported; }
 
   Status mount_image(const std::filesystem::path& image, const std::filesystem::path& target) override {
     if (fail_on == "image:" + image.filename().string()) return fail(Errc::data, "fake: bad image " + image.string());
@@ -235,4 +237,71 @@ TEST_CASE("module names that are not safe in a path or in overlayfs options are 
     CHECK_FALSE(h.manager.apply({l}, pass_all()));
   }
   CHECK(valid_module_name("web-1.2_x"));
+}
+
+// h-modctl: Linux < 6.5 has no MOVE_MOUNT_BENEATH.
+TEST_CASE("without MOVE_MOUNT_BENEATH each union has its generation dir and the mount point is a symlink swapped to it") {
+  Host h;
+  h.fake.beneath_supported = false;
+  auto first = h.manager.apply({layer("a", 1)}, pass_all());
+  REQUIRE_MESSAGE(first, (first ? "" : first.error().message));
+  const auto gen1 = h.paths.run_dir / "gen-1";
+  CHECK(first->state.merged == gen1);
+  CHECK(h.fake.top(gen1).starts_with("overlay"));
+  CHECK_FALSE(h.fake.mounted(h.paths.mount_point));  // nothing is mounted on the link itself
+  REQUIRE(std::filesystem::is_symlink(h.paths.mount_point));
+  CHECK(std::filesystem::read_symlink(h.paths.mount_point) == std::filesystem::path("run/gen-1"));
+
+  auto second = h.manager.apply({layer("a", 1), layer("b", 9)}, pass_all());
+  REQUIRE_MESSAGE(second, (second ? "" : second.error().message));
+  const auto gen2 = h.paths.run_dir / "gen-2";
+  CHECK(std::filesystem::read_symlink(h.paths.mount_point) == std::filesystem::path("run/gen-2"));
+  CHECK(h.fake.top(gen2).starts_with("overlay b-"));
+  CHECK_FALSE(h.fake.mounted(gen1));  // the old generation was unmounted after the swap
+  CHECK_FALSE(std::filesystem::exists(gen1));
+  CHECK(h.fake.count("overlay") == 1);
+  auto state = h.manager.load_state();
+  REQUIRE(state);
+  CHECK(state->merged == gen2);
+  CHECK(state->live_path() == gen2);
+
+  // A failure before the swap keeps the link on the old generation.
+  h.fake.fail_on = "overlay";
+  CHECK_FALSE(h.manager.apply({layer("b", 9)}, pass_all()));
+  CHECK(std::filesystem::read_symlink(h.paths.mount_point) == std::filesystem::path("run/gen-2"));
+  CHECK(h.fake.mounted(gen2));
+  h.fake.fail_on.clear();
+
+  REQUIRE(h.manager.apply({}, pass_all()));
+  CHECK_FALSE(std::filesystem::exists(std::filesystem::symlink_status(h.paths.mount_point)));
+  CHECK(h.fake.count("overlay") == 0);
+  REQUIRE(h.manager.teardown());
+  CHECK(h.fake.count("") == 0);
+}
+
+TEST_CASE("without MOVE_MOUNT_BENEATH a union mounted on the mount point itself is not switched: the old one stays") {
+  Host h;
+  auto first = h.manager.apply({layer("a", 1)}, pass_all());  // mounted directly (a kernel with the flag)
+  REQUIRE(first);
+  h.fake.beneath_supported = false;
+  auto second = h.manager.apply({layer("a", 1), layer("b", 9)}, pass_all());
+  REQUIRE_FALSE(second);
+  CHECK(second.error().message.find("the old one stays") != std::string::npos);
+  CHECK(h.fake.top(h.paths.mount_point).starts_with("overlay a-"));
+  CHECK(h.fake.count("overlay") == 1);
+  CHECK(h.fake.count("erofs") == 1);  // b's layer mounted for the attempt is gone again
+}
+
+TEST_CASE("a union at / is never a symlink: without MOVE_MOUNT_BENEATH no generation dir is made for it") {
+  test::TempDir tmp;
+  FakeMounter fake;
+  fake.beneath_supported = false;
+  UnionPaths paths{.mount_point = "/", .run_dir = tmp.path() / "run", .persist_upper = tmp.path() / "persist",
+                   .upper_mode = UpperMode::tmpfs};
+  UnionManager manager(fake, paths);
+  auto first = manager.apply({layer("a", 1)}, pass_all());  // "/" is not mounted in the fake: moved there
+  REQUIRE_MESSAGE(first, (first ? "" : first.error().message));
+  CHECK(first->state.merged.empty());
+  CHECK(fake.top("/").starts_with("overlay"));
+  CHECK_FALSE(std::filesystem::exists(tmp.path() / "run/gen-1"));
 }

@@ -7,7 +7,9 @@
 #include "common/crypto.hpp"
 #include "common/module/signature.hpp"
 #include "control/service/module_catalog.hpp"
+#include "tests/support/skip.hpp"
 #include "tests/unit/control/control_fixture.hpp"
+#include "tests/unit/control/store_backends.hpp"
 
 using namespace cairn;
 using namespace cairn::control;
@@ -271,4 +273,26 @@ TEST_CASE("the module admin API refuses bad input with the input named") {
   REQUIRE_FALSE(no_version);
   CHECK(no_version.error().body.message.find("expected NAME@VERSION") != std::string::npos);
   CHECK(f.service->admin_unassign_module("x").error().http_status == 400);
+}
+
+TEST_CASE_TEMPLATE("the store keeps a module's verified manifest and required flag", B, CAIRN_STORE_BACKENDS) {
+  CAIRN_OPEN_STORE(B);
+  auto catalog = catalog_store(store);
+  auto add = module_add(manifest_of("web", "1.0", {"base"}));
+  add.required = true;
+  REQUIRE(add_module(*catalog, add, 1000));
+  auto listed = store.list_modules();
+  REQUIRE(listed);
+  REQUIRE(listed->size() == 1);
+  CHECK((*listed)[0].required);
+  const auto j = to_json((*listed)[0]);
+  CHECK(j["dependencies"] == Json::array({"base"}));
+  CHECK(j["image_digest"] == "sha256:" + std::string(64, 'b'));
+  // Added again without the flag: updated in place.
+  add.required = false;
+  REQUIRE(add_module(*catalog, add, 2000));
+  listed = store.list_modules();
+  REQUIRE(listed);
+  REQUIRE(listed->size() == 1);
+  CHECK_FALSE((*listed)[0].required);
 }

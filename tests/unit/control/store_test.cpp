@@ -33,7 +33,7 @@ TEST_CASE("opening a database twice applies each migration once and records the 
   {
     auto store = control::open_sqlite_store(db);
     REQUIRE_MESSAGE(store, (store ? "" : store.error().message));
-    CHECK((*store)->schema_version() == 3);
+    CHECK((*store)->schema_version() == 4);  // 4: the module manifest (h-modctl)
     control::TokenRecord t;
     t.id = "t1";
     t.hash = std::string(64, 'a');
@@ -43,13 +43,13 @@ TEST_CASE("opening a database twice applies each migration once and records the 
   {
     auto store = control::open_sqlite_store(db);
     REQUIRE(store);
-    CHECK((*store)->schema_version() == 3);
+    CHECK((*store)->schema_version() == 4);  // 4: the module manifest (h-modctl)
     auto tokens = (*store)->list_tokens();
     REQUIRE(tokens);
     CHECK(tokens->size() == 1);  // data kept, nothing re-created
   }
-  CHECK(sql_value(db, "SELECT COUNT(*) FROM schema_version") == "3");
-  CHECK(sql_value(db, "SELECT MAX(version) FROM schema_version") == "3");
+  CHECK(sql_value(db, "SELECT COUNT(*) FROM schema_version") == "4");
+  CHECK(sql_value(db, "SELECT MAX(version) FROM schema_version") == "4");
   CHECK(sql_value(db, "PRAGMA journal_mode") == "wal");
 }
 
