@@ -229,6 +229,7 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker() {
+    wait();
     stop_.store(true, std::memory_order_relaxed);
     posted_.fetch_add(1, std::memory_order_release);
     posted_.notify_one();
@@ -363,8 +364,15 @@ Result<FileDigests> digest_file(const std::filesystem::path& path, int threads, 
         work();
       };
       worker.start(job);
-      work();
-      worker.wait();
+      {
+        // Even when work() throws (an OpenSSL failure), the worker is done with these locals
+        // before they go.
+        struct WaitOnExit {
+          Worker& worker;
+          ~WaitOnExit() { worker.wait(); }
+        } wait_on_exit{worker};
+        work();
+      }
       verity.add_block_hashes(leaves[0].data(), blocks);
       verity.update(data + blocks * kVerityBlockSize, len - blocks * kVerityBlockSize);
       // The next chunk: its pieces up to the first short one (end of file).
