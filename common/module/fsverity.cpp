@@ -9,8 +9,10 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -202,63 +204,70 @@ std::string fsverity_display(std::string_view hex) { return "sha256:" + std::str
 
 namespace {
 
-// Waits until pred() holds: first spinning for up to kSpin (a round of digest_file lasts a few
-// hundred microseconds, and waking a sleeping thread, a halted vCPU in a VM even more so, can
-// cost tens of them each round), then sleeping on `word` until it differs from `seen`.
+// The second thread of digest_file: runs one job at a time for the caller. A round of
+// digest_file lasts a few hundred microseconds, and waking a sleeping thread (a halted vCPU in a
+// VM even more so) can cost tens of them, so each side first spins up to kSpin for the other,
+// then sleeps on a condition variable. (Not std::atomic::wait: libstdc++'s calls sched_yield
+// before sleeping, which on a busy machine hands the core to another process for a time slice.)
 constexpr auto kSpin = std::chrono::microseconds(50);
-template <class Pred>
-void await(const std::atomic<std::uint32_t>& word, std::uint32_t seen, Pred pred) {
-  const auto until = std::chrono::steady_clock::now() + kSpin;
-  for (unsigned i = 1; !pred(); ++i) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-    if (i % 64 == 0 && std::chrono::steady_clock::now() > until) {
-      while (!pred()) word.wait(seen, std::memory_order_acquire);
-      return;
-    }
-  }
-}
-
-// The second thread of digest_file: runs one job at a time for the caller.
 class Worker {
  public:
   Worker() : thread_([this] { run(); }) {}
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker() {
+    wait();
     stop_.store(true, std::memory_order_relaxed);
-    posted_.fetch_add(1, std::memory_order_release);
-    posted_.notify_one();
+    publish(posted_, posted_.load(std::memory_order_relaxed) + 1);
     thread_.join();
   }
   // The job must stay valid until wait() returns.
   void start(const std::function<void()>& job) {
     job_ = &job;
-    posted_.fetch_add(1, std::memory_order_release);
-    posted_.notify_one();
+    publish(posted_, posted_.load(std::memory_order_relaxed) + 1);
   }
   void wait() {
     const auto want = posted_.load(std::memory_order_relaxed);
-    for (auto seen = done_.load(std::memory_order_acquire); seen != want; seen = done_.load(std::memory_order_acquire)) {
-      await(done_, seen, [&] { return done_.load(std::memory_order_acquire) != seen; });
-    }
+    await([&] { return done_.load(std::memory_order_acquire) == want; });
   }
 
  private:
   void run() {
     std::uint32_t seen = 0;
     for (;;) {
-      await(posted_, seen, [&] { return posted_.load(std::memory_order_acquire) != seen; });
+      await([&] { return posted_.load(std::memory_order_acquire) != seen; });
       seen = posted_.load(std::memory_order_acquire);
       if (stop_.load(std::memory_order_relaxed)) return;
       (*job_)();
-      done_.store(seen, std::memory_order_release);
-      done_.notify_one();
+      publish(done_, seen);
     }
   }
+  // Stored under the mutex, so a waiter that checked before sleeping cannot miss the change.
+  void publish(std::atomic<std::uint32_t>& word, std::uint32_t value) {
+    {
+      std::lock_guard lock(mutex_);
+      word.store(value, std::memory_order_release);
+    }
+    cv_.notify_all();
+  }
+  template <class Pred>
+  void await(Pred pred) {
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    for (unsigned i = 1; !pred(); ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      asm volatile("yield");
+#endif
+      if (i % 64 == 0 && std::chrono::steady_clock::now() > until) {
+        std::unique_lock lock(mutex_);
+        cv_.wait(lock, pred);
+        return;
+      }
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable cv_;
   std::atomic<std::uint32_t> posted_{0};
   std::atomic<std::uint32_t> done_{0};
   std::atomic<bool> stop_{false};
@@ -363,8 +372,15 @@ Result<FileDigests> digest_file(const std::filesystem::path& path, int threads, 
         work();
       };
       worker.start(job);
-      work();
-      worker.wait();
+      {
+        // Even when work() throws (an OpenSSL failure), the worker is done with these locals
+        // before they go.
+        struct WaitOnExit {
+          Worker& worker;
+          ~WaitOnExit() { worker.wait(); }
+        } wait_on_exit{worker};
+        work();
+      }
       verity.add_block_hashes(leaves[0].data(), blocks);
       verity.update(data + blocks * kVerityBlockSize, len - blocks * kVerityBlockSize);
       // The next chunk: its pieces up to the first short one (end of file).

@@ -3,16 +3,14 @@
 #include <cctype>
 
 #include "common/crypto.hpp"
+#include "common/protocol/json_fields.hpp"
 
 namespace cairn::protocol {
 namespace {
 
-// Optional fields default; present fields of the wrong type are errors (nlohmann throws,
-// decode_json turns that into Errc::data naming the body).
-template <class T>
-void get_opt(const Json& j, const char* key, T& out) {
-  if (auto it = j.find(key); it != j.end() && !it->is_null()) out = it->get<T>();
-}
+using detail::event_from;
+using detail::event_json;
+using detail::get_opt;
 
 NodeIdentity identity_from(const Json& j) {
   NodeIdentity v;
@@ -83,9 +81,7 @@ Json to_json(const RotateRequest& v) { return {{"csr", v.csr_pem}}; }
 
 Json to_json(const HeartbeatRequest& v) {
   Json events = Json::array();
-  for (const auto& e : v.events) {
-    events.push_back({{"id", e.id}, {"severity", e.severity}, {"kind", e.kind}, {"message", e.message}, {"time", e.time}});
-  }
+  for (const auto& e : v.events) events.push_back(event_json(e));
   return {{"boot_id", v.boot_id},
           {"agent_version", v.agent_version},
           {"modules", modules_json(v.modules)},
@@ -177,15 +173,7 @@ Result<HeartbeatRequest> decode_heartbeat_request(std::string_view body) {
     get_opt(j, "cert_not_after", v.cert_not_after);
     get_opt(j, "labels", v.labels);
     if (auto it = j.find("events"); it != j.end()) {
-      for (const auto& e : *it) {
-        Event ev;
-        ev.id = e.at("id").get<std::string>();
-        get_opt(e, "severity", ev.severity);
-        get_opt(e, "kind", ev.kind);
-        get_opt(e, "message", ev.message);
-        get_opt(e, "time", ev.time);
-        v.events.push_back(std::move(ev));
-      }
+      for (const auto& e : *it) v.events.push_back(event_from(e));
     }
     get_opt(j, "capabilities", v.capabilities);
     get_opt(j, "running_tasks", v.running_tasks);

@@ -3,13 +3,13 @@
 #include <array>
 #include <utility>
 
+#include "common/protocol/json_fields.hpp"
+
 namespace cairn::protocol {
 namespace {
 
-template <class T>
-void get_opt(const Json& j, const char* key, T& out) {
-  if (auto it = j.find(key); it != j.end() && !it->is_null()) out = it->get<T>();
-}
+using detail::event_from;
+using detail::get_opt;
 
 constexpr std::array kStates = {
     std::pair{TaskState::queued, std::string_view("queued")},
@@ -45,16 +45,6 @@ std::optional<E> value_of(const std::array<std::pair<E, std::string_view>, N>& t
     if (n == name) return v;
   }
   return std::nullopt;
-}
-
-Event event_from(const Json& e) {
-  Event ev;
-  ev.id = e.at("id").get<std::string>();
-  get_opt(e, "severity", ev.severity);
-  get_opt(e, "kind", ev.kind);
-  get_opt(e, "message", ev.message);
-  get_opt(e, "time", ev.time);
-  return ev;
 }
 
 // decode_json for messages that must be JSON objects: `[1, 2]` is refused, not read as empty.
@@ -121,9 +111,7 @@ Json to_json(const CompleteRequest& v) {
 
 Json to_json(const CompleteResponse& v) { return {{"state", v.state}}; }
 
-Json to_json(const Event& v) {
-  return {{"id", v.id}, {"severity", v.severity}, {"kind", v.kind}, {"message", v.message}, {"time", v.time}};
-}
+Json to_json(const Event& v) { return detail::event_json(v); }
 
 Json to_json(const EventBatch& v) {
   Json events = Json::array();

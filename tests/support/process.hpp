@@ -62,4 +62,10 @@ RunResult run_capture(const std::vector<std::string>& argv, const std::filesyste
 // The whole content of a file, or "" if it cannot be read (logs that a test greps).
 std::string slurp(const std::filesystem::path& path);
 
+// A command's output without its trailing newlines and spaces (a token, a count, an id).
+std::string trim_output(std::string s);
+
+// The program's absolute path on PATH (posix_spawn does not search), or "" when absent.
+std::string which(const std::string& name);
+
 }  // namespace cairn::test

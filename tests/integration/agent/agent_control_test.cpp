@@ -35,17 +35,12 @@ std::string agent_binary() {
   return path != nullptr ? path : "";
 }
 
-std::string trimmed(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
 std::string create_token(const ControlServer& server, std::vector<std::string> flags = {}) {
   std::vector<std::string> args = {"token", "create"};
   args.insert(args.end(), flags.begin(), flags.end());
   const auto r = server.cli(args);
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-  return trimmed(r.out);
+  return trim_output(r.out);
 }
 
 // One simulated node: a host root whose kernel command line names it (cairn.id=), its

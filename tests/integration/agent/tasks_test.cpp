@@ -27,11 +27,6 @@ std::string agent_binary() {
   return path != nullptr ? path : "";
 }
 
-std::string trimmed(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
 // A node with its own host root (cairn.id= on its kernel command line), enrolled by the
 // real `cairn-agent enroll`, whose service runs until stopped.
 class Node {
@@ -41,7 +36,7 @@ class Node {
     std::ofstream(root() / "proc/cmdline") << "quiet cairn.id=" << id_ << "\n";
     const auto token = server.cli({"token", "create"});
     REQUIRE_MESSAGE(token.exit_code == 0, token.err);
-    const auto enrolled = run_capture(argv({"enroll", "--token", trimmed(token.out)}), dir_.path());
+    const auto enrolled = run_capture(argv({"enroll", "--token", trim_output(token.out)}), dir_.path());
     REQUIRE_MESSAGE(enrolled.exit_code == 0, enrolled.out << enrolled.err);
   }
   ~Node() { stop(SIGKILL); }

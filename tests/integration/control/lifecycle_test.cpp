@@ -36,8 +36,7 @@ Result<HttpResponse> post(const TlsOptions& tls, const std::string& url, std::st
 std::string token_of(const ControlServer& server) {
   const auto r = server.cli({"token", "create", "--uses", "5"});
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-  std::string token = r.out;
-  while (!token.empty() && (token.back() == '\n' || token.back() == ' ')) token.pop_back();
+  std::string token = trim_output(r.out);
   REQUIRE(!token.empty());
   return token;
 }

@@ -97,34 +97,6 @@ Answer post(HttpClient& client, const std::string& url, const Json& body) {
   return {r->status, j ? *j : Json(r->body)};
 }
 
-// Enrolls a node with a given token (the helpers' enroll_node makes a token per node).
-EnrolledNode enroll_with(const ControlServer& server, const std::string& token) {
-  EnrolledNode node;
-  node.id = random_uuid().str();
-  auto key = generate_key(KeyType::ed25519);
-  REQUIRE(key);
-  protocol::EnrollRequest request;
-  request.identity.node_id = node.id;
-  request.identity.source = "local";
-  request.identity.hostname = "sim-node";
-  request.csr_pem = *make_csr_pem(key->get(), node.id);
-  auto response = send(server.anonymous(), "POST", server.url("/v1/enroll"), protocol::to_json(request).dump(),
-                       {{"Authorization", "Bearer " + token}, {"Content-Type", "application/json"}});
-  REQUIRE_MESSAGE(response.has_value(), (response ? "" : response.error().message));
-  REQUIRE_MESSAGE(response->status == 200, response->body);
-  auto cert = protocol::decode_certificate_response(response->body);
-  REQUIRE(cert);
-  node.credential = {server.scratch() / (node.id + ".crt"), server.scratch() / (node.id + ".key")};
-  REQUIRE(write_file_atomic(node.credential.cert, cert->certificate_pem));
-  REQUIRE(write_file_atomic(node.credential.key, *private_key_pem(key->get()), 0600));
-  return node;
-}
-
-std::string one_line(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
 PostgresServer* postgres_or_skip(std::string& why) {
   PostgresServer* pg = shared_postgres(why);
   return pg;
@@ -240,7 +212,7 @@ TEST_CASE("50 nodes complete 10,000 tasks through two replicas exactly once, acr
   const auto token = a.cli({"token", "create", "--uses", std::to_string(kNodes)});
   REQUIRE_MESSAGE(token.exit_code == 0, token.err);
   std::vector<EnrolledNode> nodes;
-  for (int i = 0; i < kNodes; ++i) nodes.push_back(enroll_with(a, one_line(token.out)));
+  for (int i = 0; i < kNodes; ++i) nodes.push_back(enroll_node_with_token(a, trim_output(token.out)));
   const std::vector<std::string> replicas = {a.url(), b.url()};
 
   std::atomic<int> submitted{0};
@@ -346,14 +318,14 @@ TEST_CASE("50 nodes complete 10,000 tasks through two replicas exactly once, acr
   const std::string& db = *database;
   auto succeeded = pg->psql(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'");
   REQUIRE(succeeded);
-  CHECK(one_line(*succeeded) == std::to_string(kTasks));
+  CHECK(trim_output(*succeeded) == std::to_string(kTasks));
   auto total = pg->psql(db, "SELECT count(*) FROM tasks");
   REQUIRE(total);
-  CHECK(one_line(*total) == std::to_string(kTasks));  // idempotent submits: no task twice
+  CHECK(trim_output(*total) == std::to_string(kTasks));  // idempotent submits: no task twice
   auto once = pg->psql(db,
                        "SELECT count(*) FROM (SELECT task_id FROM task_attempts WHERE outcome = 'succeeded' "
                        "GROUP BY task_id HAVING count(*) = 1) x");
   REQUIRE(once);
-  CHECK(one_line(*once) == std::to_string(kTasks));
+  CHECK(trim_output(*once) == std::to_string(kTasks));
   MESSAGE("stale completions refused: " << refused.load());
 }

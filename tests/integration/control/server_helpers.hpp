@@ -99,17 +99,13 @@ inline ForeignPki make_foreign_pki(const std::filesystem::path& dir, const std::
   return pki;
 }
 
-// Enrolls a fresh node with a token from the real CLI; returns its node id and credential.
+// Enrolls a fresh node (a new id and key) with the enrollment token `secret`; returns its node
+// id and credential.
 struct EnrolledNode {
   std::string id;
   ClientCredential credential;
 };
-inline EnrolledNode enroll_node(const ControlServer& server) {
-  const auto token = server.cli({"token", "create"});
-  REQUIRE_MESSAGE(token.exit_code == 0, token.err);
-  std::string secret = token.out;
-  while (!secret.empty() && (secret.back() == '\n' || secret.back() == ' ')) secret.pop_back();
-
+inline EnrolledNode enroll_node_with_token(const ControlServer& server, const std::string& secret) {
   EnrolledNode node;
   node.id = random_uuid().str();
   auto key = generate_key(KeyType::ed25519);
@@ -129,6 +125,13 @@ inline EnrolledNode enroll_node(const ControlServer& server) {
   REQUIRE(write_file_atomic(node.credential.cert, cert->certificate_pem));
   REQUIRE(write_file_atomic(node.credential.key, *private_key_pem(key->get()), 0600));
   return node;
+}
+
+// Enrolls a fresh node with a token of its own from the real CLI.
+inline EnrolledNode enroll_node(const ControlServer& server) {
+  const auto token = server.cli({"token", "create"});
+  REQUIRE_MESSAGE(token.exit_code == 0, token.err);
+  return enroll_node_with_token(server, trim_output(token.out));
 }
 
 inline TlsOptions as_node(const ControlServer& server, const EnrolledNode& node) {

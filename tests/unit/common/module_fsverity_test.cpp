@@ -2,9 +2,6 @@
 // one-pass file digests agree whether computed on one thread or two.
 #include <doctest/doctest.h>
 
-#include <unistd.h>
-
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -39,24 +36,10 @@ void write_pattern(const std::filesystem::path& path, std::uint64_t size) {
   }
 }
 
-// The program's absolute path on PATH (posix_spawn does not search), or "" when absent.
-std::string which(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::string_view dirs = path != nullptr ? path : "/usr/bin:/bin";
-  while (!dirs.empty()) {
-    const auto colon = dirs.find(':');
-    const auto candidate = std::filesystem::path(dirs.substr(0, colon)) / name;
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
-    if (colon == std::string_view::npos) break;
-    dirs.remove_prefix(colon + 1);
-  }
-  return {};
-}
-
 }  // namespace
 
 TEST_CASE("the fs-verity digest equals fsverity-utils for empty, tiny, block-edge and large files") {
-  const std::string fsverity = which("fsverity");
+  const std::string fsverity = test::which("fsverity");
   if (fsverity.empty()) CAIRN_SKIP("fsverity (fsverity-utils) is not installed; run tools/install-deps");
   test::TempDir dir;
   const std::uint64_t sizes[] = {0, 1, 4095, 4096, 4097, 4096 * 128, 4096 * 128 + 1, (1 << 20) + 1, 100ULL << 20};
