@@ -1413,7 +1413,9 @@ ORDER BY c.ord)sql",
     if (q.max_tasks <= 0) return std::vector<TaskRecord>{};
     // ORDER BY node_id first (one value in each walk): the planner then walks the index in
     // its order; by seq alone it would scan tasks_queued and filter out other nodes' tasks.
-    const std::string window = " ORDER BY t.node_id, t.seq LIMIT $8::bigint * 4 + 16 FOR UPDATE OF t SKIP LOCKED)";
+    // The window (each candidate fits the budget alone; the walk then sums them) is kept
+    // small: every row locked and not taken is one more row the other leases skip.
+    const std::string window = " ORDER BY t.node_id, t.seq LIMIT $8::bigint * 2 + 4 FOR UPDATE OF t SKIP LOCKED)";
     const std::string sql = std::string("WITH RECURSIVE ") + kHeldSql + R"sql(,
 mine AS (
   SELECT t.id, t.seq, t.min_cpu, t.min_mem, t.min_disk FROM tasks t, held h

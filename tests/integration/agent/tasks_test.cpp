@@ -163,3 +163,53 @@ TEST_CASE("kill -9 of the agent mid-task: the task returns after its lease and r
 }
 
 }  // namespace cairn::test
+
+namespace cairn::test {
+
+// tasks (h-taskbatch): `task submit --batch FILE` queues many tasks in one request; the agent
+// runs them (completing those that finish together in one request) and each succeeds once.
+TEST_CASE("task submit --batch queues every task of a file once; the node runs each exactly once") {
+  ControlServer server({"--heartbeat-interval", "1s", "--max-lease", "5s"});
+  Node node(server);
+  Json tasks = Json::array();
+  for (int i = 0; i < 8; ++i) {
+    tasks.push_back({{"kind", "exec"},
+                     {"node", node.id()},
+                     {"args", {{"argv", {"sh", "-c", "echo batch " + std::to_string(i)}}}},
+                     {"idempotency_key", "batch-e2e-" + std::to_string(i)}});
+  }
+  const auto file = server.scratch() / "tasks.json";
+  std::ofstream(file) << dump_json(tasks, 2);
+  auto submit_file = [&] {
+    const auto r = run_capture({control_binary(), "task", "submit", "--json", "--state", server.state().string(),
+                                "--server", server.url(), "--batch", file.string()},
+                               server.scratch());
+    REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+    auto j = parse_json(r.out, "task submit --batch --json");
+    REQUIRE(j);
+    return *j;
+  };
+  const Json first = submit_file();
+  CHECK(first["created"] == 8);
+  REQUIRE(first["tasks"].size() == 8);
+  CHECK(submit_file()["created"] == 0);  // the same file again: every key is known
+
+  node.start();
+  std::vector<std::string> ids;
+  for (const auto& t : first["tasks"]) ids.push_back(t["id"].get<std::string>());
+  const bool done = wait_for([&] {
+    for (const auto& id : ids) {
+      if (state_of(server, id) != "succeeded") return false;
+    }
+    return true;
+  }, std::chrono::seconds(120), std::chrono::milliseconds(500));
+  REQUIRE_MESSAGE(done, "agent log:\n" << slurp(node.log()));
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const auto j = show(server, ids[i]);
+    CHECK(j["output"] == "batch " + std::to_string(i) + "\n");
+    CHECK(j["attempts"].size() == 1);
+  }
+  CHECK(node.stop(SIGTERM) == 0);
+}
+
+}  // namespace cairn::test

@@ -128,10 +128,10 @@ TEST_CASE("postgres: replicas opening a new database at once apply each migratio
   for (auto& t : threads) t.join();
   CHECK_MESSAGE(opened == 4, (errors.empty() ? "" : errors.front()));
   auto store = open(url);
-  CHECK(store->schema_version() == 3);
+  CHECK(store->schema_version() == 4);
   auto versions = server->psql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version");
   REQUIRE(versions);
-  CHECK(*versions == "1,2,3\n");  // 3: the module manifest (h-modctl)
+  CHECK(*versions == "1,2,4\n");  // 3 is the module manifest's (h-modctl), 4 the task indexes (h-taskbatch)
 }
 
 TEST_CASE("postgres: a database from a newer cairn-control is refused; errors name the URL without its password") {
