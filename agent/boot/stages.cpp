@@ -10,6 +10,17 @@ bool retryable(const Error& error) {
   return error.code == Errc::unavailable || error.code == Errc::temporary || error.code == Errc::io;
 }
 
+BootOrder boot_order(std::string_view persist_mode, std::string_view key_source, bool persist_mounted) {
+  // Mounted already (a re-run of the boot): the credentials on /persist are there to use.
+  if (persist_mode == "tmpfs" || key_source != "escrow" || persist_mounted) return BootOrder::standard;
+  return BootOrder::escrow;
+}
+
+std::vector<std::string> stage_order(BootOrder order) {
+  if (order == BootOrder::escrow) return {"identity", "enroll", "persist", "modules"};
+  return {"identity", "persist", "enroll", "modules"};
+}
+
 std::chrono::milliseconds retry_delay(const RetryPolicy& policy, int attempt) {
   auto delay = policy.first_delay;
   for (int i = 2; i < attempt && delay < policy.max_delay; ++i) delay *= 2;

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/clock.hpp"
@@ -44,6 +45,14 @@ bool retryable(const Error& error);
 
 // Delay before attempt `attempt` (2, 3, ...): first_delay * 2^(attempt-2), at most max_delay.
 std::chrono::milliseconds retry_delay(const RetryPolicy& policy, int attempt);
+
+// The order of the stages. standard: identity, persist, enroll, modules. escrow (persist on a
+// disk with key_source escrow, /persist not mounted yet): the volume key is fetched over mTLS
+// with the node's certificate, which would live on the locked volume, so the node enrolls
+// first into tmpfs: identity, enroll, persist (which moves the credentials in), modules.
+enum class BootOrder { standard, escrow };
+BootOrder boot_order(std::string_view persist_mode, std::string_view key_source, bool persist_mounted);
+std::vector<std::string> stage_order(BootOrder order);
 
 class StageRunner {
  public:

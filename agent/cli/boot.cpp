@@ -1,11 +1,15 @@
 // `cairn-agent boot`: the stage runner the initramfs' /init runs (DESIGN.md, "Boot"):
 //   identity -> persist -> enroll -> modules -> handoff
+// or, for an escrow node (key_source escrow, /persist not mounted yet), whose certificate is
+// needed to fetch the volume key and would live on the locked volume (issue 15):
+//   identity -> enroll (into tmpfs) -> persist (the credentials then move in) -> modules -> handoff
 // Bootstrap values (control URL, CA fingerprint, token, persist mode) come from the kernel
 // command line and fw-cfg (agent/boot/bootstrap.hpp) where the config file and flags leave
 // them unset. Each stage logs `event=boot.stage stage=X ok=true duration_ms=N uptime_ms=N`
 // on the console; a temporary failure is retried with backoff and says what it waits for, a
 // configuration error stops at once with its hint. Handoff in this slice: the service loop
 // runs in this process (later slices switch_root and let systemd start `cairn-agent service`).
+#include <map>
 #include <random>
 
 #include "agent/boot/bootstrap.hpp"
@@ -15,7 +19,9 @@
 #include "agent/enroll/enroll.hpp"
 #include "agent/enroll/node_identity.hpp"
 #include "agent/modules/attachments.hpp"
+#include "agent/persist/host.hpp"
 #include "agent/persist/runtime.hpp"
+#include "agent/persist/staging.hpp"
 #include "agent/runtime/service.hpp"
 #include "agent/runtime/stop_signal.hpp"
 #include "common/fs.hpp"
@@ -65,10 +71,26 @@ Result<boot::StageOutcome> persist_stage(const AgentConfig& config, const std::s
   auto& r = **rt;
   auto result = persist::open_volume(r.config, r.deps);
   if (!result) return fail(result.error());
-  (void)persist::clear_pending_event(config.root);
+  // An unlock failure's event (run/cairn/persist-event.json) stays for the service to send.
   return boot::StageOutcome{.note = std::string(persist::action_name(result->action)) + " " +
                                     result->target.partition_host_path.string() + " on " +
                                     r.config.mount_point.string()};
+}
+
+// Escrow order (issue 15): the key is fetched with the credentials enrolled into tmpfs, then
+// they move onto the opened volume.
+Result<boot::StageOutcome> escrow_persist_stage(const AgentConfig& config) {
+  auto rt = persist::open_runtime(config, true, persist::staged_config(config).state_dir());
+  if (!rt) return fail(rt.error());
+  auto& r = **rt;
+  auto result = persist::open_escrow_volume(config, r.config, r.deps);
+  if (!result) return fail(result.error());
+  return boot::StageOutcome{
+      .note = std::string(persist::action_name(result->volume.action)) + " " +
+              result->volume.target.partition_host_path.string() + " on " + r.config.mount_point.string() +
+              " with the escrow key" +
+              (result->credentials.moved ? "; credentials (serial " + result->credentials.serial + ") moved onto it"
+                                         : std::string{})};
 }
 
 Result<boot::StageOutcome> modules_stage(const AgentConfig& config) {
@@ -142,35 +164,63 @@ void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code) {
           !ok) {
         return out.error = ok.error(), out;
       }
-      // persist: one attempt; a volume that does not unlock is never retried into a wipe.
-      if (auto ok = stage("persist", {.max_attempts = 1},
-                          [&] { return persist_stage(*config, used.persist->value); });
-          !ok) {
-        return out.error = ok.error(), out;
-      }
-      // enroll: the control service may be down or the network late; say so and retry.
+      const bool mounted = persist::is_mount_point(config->root, config->persist_dir).value_or(false);
+      const auto order = boot::boot_order(used.persist->value, config->persist.key_source, mounted);
+      // escrow: enrollment writes into tmpfs (persist/staging.hpp); the persist stage moves it in.
+      const AgentConfig enroll_config = order == boot::BootOrder::escrow ? persist::staged_config(*config) : *config;
       std::string node_id;
-      if (auto ok = stage("enroll",
+      const std::map<std::string, std::function<Status()>> run_stage{
+          // persist: one attempt; a volume that does not unlock is never retried into a wipe (an
+          // unlock failure is a refusal, never retried). escrow: control may be late, as for enroll.
+          {"persist",
+           [&] {
+             const boot::RetryPolicy policy =
+                 order == boot::BootOrder::escrow
+                     ? boot::RetryPolicy{.max_attempts = opts->enroll_attempts,
+                                         .first_delay = std::chrono::milliseconds(500), .max_delay = retry_max}
+                     : boot::RetryPolicy{.max_attempts = 1};
+             return stage("persist", policy, [&] {
+               return order == boot::BootOrder::escrow ? escrow_persist_stage(*config)
+                                                       : persist_stage(*config, used.persist->value);
+             });
+           }},
+          // enroll: the control service may be down or the network late; say so and retry.
+          {"enroll",
+           [&] {
+             return stage("enroll",
                           {.max_attempts = opts->enroll_attempts, .first_delay = std::chrono::milliseconds(500),
                            .max_delay = retry_max},
                           [&]() -> Result<boot::StageOutcome> {
+                            if (order == boot::BootOrder::escrow) {
+                              if (auto ok = persist::prepare_staging(*config); !ok) return fail(ok.error());
+                            }
                             EnrollOptions eo;
                             if (bootstrap->token && used.token) eo.token = used.token->value;
-                            auto r = enroll(*config, *identity, eo, clock);
-                            if (!r) return fail(r.error());
+                            auto r = enroll(enroll_config, *identity, eo, clock);
+                            if (!r) {
+                              if (order == boot::BootOrder::escrow) {
+                                return fail(persist::escrow_enroll_error(r.error(), identity->node_id));
+                              }
+                              return fail(r.error());
+                            }
                             node_id = r->node_id;
-                            return boot::StageOutcome{.note = (r->already_enrolled ? "already enrolled: node "
-                                                                                   : "enrolled: node ") +
-                                                              r->node_id};
+                            return boot::StageOutcome{
+                                .note = (r->already_enrolled ? "already enrolled: node " : "enrolled: node ") +
+                                        r->node_id +
+                                        (order == boot::BootOrder::escrow ? " (credentials in tmpfs until /persist is open)"
+                                                                          : "")};
                           });
-          !ok) {
-        return out.error = ok.error(), out;
-      }
-      if (auto ok = stage("modules", {.max_attempts = 3, .first_delay = std::chrono::milliseconds(1000),
-                                       .max_delay = retry_max},
+           }},
+          {"modules",
+           [&] {
+             return stage("modules", {.max_attempts = 3, .first_delay = std::chrono::milliseconds(1000),
+                                      .max_delay = retry_max},
                           [&] { return modules_stage(*config); });
-          !ok) {
-        return out.error = ok.error(), out;
+           }},
+      };
+      for (const auto& name : boot::stage_order(order)) {
+        if (name == "identity") continue;  // ran above: every other stage needs it
+        if (auto ok = run_stage.at(name)(); !ok) return out.error = ok.error(), out;
       }
 
       Json stages = Json::array();

@@ -124,9 +124,15 @@ CommandOutcome status(const GlobalOptions& global) {
   human += "mounted:     " + std::string(mounted.value_or(false) ? "yes, " : "no, ") + r.config.mount_point.string() +
            (dm ? "" : " (this kernel has no device-mapper: the volume cannot be activated here)") + "\n";
   auto pending = read_pending_event(config->root);
+  // The event of an unlock failure stays on tmpfs until the service sends it (it starts only
+  // once the volume is open): while mounted, it is a failure of this boot that was resolved.
+  const bool resolved = mounted.value_or(false);
   d["unlock_failure"] = pending && *pending ? **pending : Json(nullptr);
-  if (pending && *pending && (*pending)->contains("message")) {
-    human += "UNLOCK FAILED: " + (**pending)["message"].get<std::string>() + "\n";
+  d["unlock_failure_resolved"] = pending && *pending ? Json(resolved) : Json(nullptr);
+  if (pending && *pending && (*pending)->contains("message") && (**pending)["message"].is_string()) {
+    human += std::string(resolved ? "unlock failed earlier this boot (resolved; sent to control when the service starts): "
+                                  : "UNLOCK FAILED: ") +
+             (**pending)["message"].get<std::string>() + "\n";
   }
   out.details = std::move(d);
   out.human = human;
@@ -171,7 +177,7 @@ CommandOutcome reseal_cmd(const GlobalOptions& global, const std::string& key_fi
   out.stage = "persist.reseal";
   auto slot = reseal((*rt)->config, (*rt)->deps, recovery);
   if (!slot) return out.error = slot.error(), out;
-  (void)clear_pending_event(config->root);
+  // The unlock failure's event stays pending: the service sends it once the volume is open.
   out.details["keyslot"] = *slot;
   out.details["pcrs"] = (*rt)->config.policy.pcrs;
   out.human = "resealed: keyslot " + std::to_string(*slot) + " opens with the TPM at the current PCR " +

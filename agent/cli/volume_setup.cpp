@@ -2,9 +2,12 @@
 // hand. First boot: partition, seal, format, mkfs, mount. Later boots: unseal, activate, fsck,
 // mount. A volume that does not unlock is never reformatted: exit 77 with a critical event,
 // until an operator runs `persist reseal` or this command with --wipe --yes-destroy-data.
+// Run again with the volume open but not mounted, it continues (fsck, mount); mounted, it
+// reports so.
 #include "agent/cli/commands.hpp"
 #include "agent/cli/report.hpp"
 #include "agent/persist/runtime.hpp"
+#include "agent/persist/staging.hpp"
 
 namespace cairn::agent::cli {
 namespace {
@@ -23,7 +26,7 @@ void add_volume_setup(CLI::App& app, const GlobalOptions& global, int& exit_code
   cmd->add_flag("--wipe", opts->wipe, "format the cairn-persist partition anew: every file on it is lost");
   cmd->add_flag("--yes-destroy-data", opts->yes_destroy_data, "confirms --wipe");
   cmd->add_option("--credentials", opts->credentials_dir,
-                  "escrow: directory holding the node's certificate (default: the agent's state dir)");
+                  "escrow: directory holding the node's certificate (default: the tmpfs credentials of an escrow boot, else the agent's state dir)");
   cmd->callback([&global, &exit_code, opts] {
     exit_code = run_command("volume-setup", global.json, [&]() -> CommandOutcome {
       CommandOutcome out{.stage = "config"};
@@ -37,15 +40,27 @@ void add_volume_setup(CLI::App& app, const GlobalOptions& global, int& exit_code
       auto config = load_agent_config(global);
       if (!config) return out.error = config.error(), out;
       out.stage = "persist.open";
-      auto rt = persist::open_runtime(*config, true, opts->credentials_dir);
+      // escrow: credentials a boot enrolled into tmpfs (persist/staging.hpp) are used, then
+      // moved onto the volume, as the boot's persist stage does.
+      std::string credentials_dir = opts->credentials_dir;
+      const auto staged = persist::staged_config(*config).state_dir();
+      const bool use_staged = credentials_dir.empty() && config->persist.key_source == "escrow" &&
+                              std::filesystem::exists(staged / "certs/current");
+      if (use_staged) credentials_dir = staged.string();
+      auto rt = persist::open_runtime(*config, true, credentials_dir);
       if (!rt) return out.error = rt.error(), out;
       auto& r = **rt;
       auto result = opts->wipe ? persist::wipe_and_create(r.config, r.deps) : persist::open_volume(r.config, r.deps);
+      if (result && use_staged) {
+        auto moved = persist::move_staged_credentials(*config);
+        if (!moved) return out.error = moved.error(), out;
+        if (moved->moved) result->steps.push_back("moved the enrollment credentials (serial " + moved->serial + ") onto the volume");
+      }
       out.stage = "persist";
       out.details["key_source"] = std::string(persist::key_source_name(r.config.key_source));
       out.details["mount_point"] = r.config.mount_point.string();
       if (!result) return out.error = result.error(), out;
-      (void)persist::clear_pending_event(config->root);
+      // An unlock failure's event (run/cairn/persist-event.json) stays: the service sends it.
       out.details["action"] = std::string(persist::action_name(result->action));
       out.details["disk"] = result->target.disk.host_path.string();
       out.details["partition"] = result->target.partition_host_path.string();

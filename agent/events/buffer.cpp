@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <unordered_set>
 
 #include "common/crypto.hpp"
@@ -230,6 +231,30 @@ Result<std::size_t> flush(EventBuffer& buffer, const SendBatch& send, std::size_
     delivered += ids.size();
   }
   return delivered;
+}
+
+// persist (issue 15, h-escrow)
+Result<bool> append_external_event(EventBuffer& buffer, const std::filesystem::path& file) {
+  auto text = read_file_if_exists(file, 64 * 1024);
+  if (!text) return fail(text.error().with_context("external event"));
+  if (!*text) return false;
+  auto j = parse_json(**text, file.string());
+  std::optional<protocol::Event> event;
+  if (j) event = event_from(*j);
+  if (!event) {
+    // Unreadable: it would fail the same way at every start. Said once, then dropped.
+    log::warn("events.external_unreadable", {{"file", file.string()}});
+  } else {
+    const auto pending = buffer.pending(buffer.pending_count());
+    const bool known = std::any_of(pending.begin(), pending.end(), [&](const protocol::Event& e) { return e.id == event->id; });
+    if (!known) {
+      if (auto id = buffer.append(*event); !id) return fail(id.error());
+    }
+  }
+  std::error_code ec;
+  std::filesystem::remove(file, ec);
+  if (ec) return fail(Errc::io, file.string() + ": " + ec.message(), "remove it by hand; its event is in the buffer");
+  return true;
 }
 
 }  // namespace cairn::agent::events

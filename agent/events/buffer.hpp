@@ -79,4 +79,10 @@ class EventBuffer {
 using SendBatch = std::function<Result<protocol::EventBatchResponse>(const protocol::EventBatch&)>;
 Result<std::size_t> flush(EventBuffer& buffer, const SendBatch& send, std::size_t max_batches = 20);
 
+// persist (issue 15, h-escrow): an event made before the buffer could be opened (a boot stage
+// that found /persist locked keeps it on tmpfs) and left in `file` as one protocol::Event JSON
+// object. Appended unless an event with its id is pending (the same episode keeps one id on
+// every boot, so control also stores it once), then the file is removed. false: no file.
+Result<bool> append_external_event(EventBuffer& buffer, const std::filesystem::path& file);
+
 }  // namespace cairn::agent::events

@@ -228,6 +228,27 @@ class Libcryptsetup final : public BlockCrypt {
     if (rc < 0) return fail(Errc::io, "closing /dev/mapper/" + name + ": " + errno_text(rc), "is it still mounted?");
     return {};
   }
+
+  Result<std::optional<ActiveMapping>> active_mapping(const std::string& name) override {
+    install_logger();
+    g_last_log.clear();
+    const crypt_status_info status = crypt_status(nullptr, name.c_str());
+    if (status != CRYPT_ACTIVE && status != CRYPT_BUSY) {
+      g_last_log.clear();
+      return std::optional<ActiveMapping>{};
+    }
+    crypt_device* cd = nullptr;
+    const int rc = crypt_init_by_name(&cd, name.c_str());
+    if (rc < 0) {
+      return fail(Errc::io, "/dev/mapper/" + name + " is open but cannot be inspected: " + errno_text(rc),
+                  "`dmsetup info " + name + "` shows what it is; close it with `cryptsetup close " + name + "`");
+    }
+    const CryptDevice owner(cd);
+    ActiveMapping mapping;
+    if (const char* uuid = crypt_get_uuid(cd); uuid != nullptr) mapping.luks_uuid = uuid;
+    if (const char* device = crypt_get_device_name(cd); device != nullptr) mapping.backing_device = device;
+    return std::optional<ActiveMapping>(std::move(mapping));
+  }
 };
 
 }  // namespace

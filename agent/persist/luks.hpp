@@ -35,6 +35,12 @@ struct LuksHeader {
   std::vector<LuksToken> tokens;
 };
 
+// An open device-mapper mapping and the LUKS volume behind it (luks_uuid empty: not LUKS).
+struct ActiveMapping {
+  std::string luks_uuid;
+  std::string backing_device;
+};
+
 class BlockCrypt {
  public:
   virtual ~BlockCrypt() = default;
@@ -56,6 +62,9 @@ class BlockCrypt {
   // Needs device-mapper: /dev/mapper/<name>.
   virtual Status activate(const std::filesystem::path& device, const std::string& name, const Secret& passphrase) = 0;
   virtual Status deactivate(const std::string& name) = 0;
+  // /dev/mapper/<name> as it is open now; nullopt when no such mapping exists (or no
+  // device-mapper at all).
+  virtual Result<std::optional<ActiveMapping>> active_mapping(const std::string& name) = 0;
 };
 
 std::unique_ptr<BlockCrypt> make_libcryptsetup();

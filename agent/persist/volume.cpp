@@ -206,6 +206,31 @@ Result<VolumeOutcome> open_existing(const VolumeConfig& config, VolumeDeps& deps
                                 config.policy));
     case LuksHeader::State::luks2: break;
   }
+  // The mapping may be open already: an earlier run (or boot) activated it and stopped before
+  // mounting. Activating again would fail (the name is taken); the key was proved when it was
+  // opened, so continue with fsck and mount, provided it is this volume behind it.
+  auto mapping = deps.crypt->active_mapping(config.mapper_name);
+  if (!mapping) return fail(mapping.error());
+  if (*mapping) {
+    const auto mapped = mapper_path(config);
+    if ((*mapping)->luks_uuid != header->uuid) {
+      std::string other = (*mapping)->luks_uuid.empty() ? "not LUKS" : "LUKS " + (*mapping)->luks_uuid;
+      if (!(*mapping)->backing_device.empty()) other += ", " + (*mapping)->backing_device;
+      return fail(Errc::refused,
+                  mapped.string() + " is open on another volume (" + other + "), not on " +
+                      target.partition_host_path.string() + " (LUKS " + header->uuid + ")",
+                  "close it (`cryptsetup close " + config.mapper_name +
+                      "`) or set persist mapper_name to another name, then run `cairn-agent volume-setup` again");
+    }
+    out.steps.push_back(mapped.string() + " was already open on " + target.partition_host_path.string() +
+                        " (an earlier run stopped before mounting): continuing");
+    out.action = VolumeOutcome::Action::resumed;
+    if (auto ok = deps.host->check_filesystem(mapped); !ok) return fail(ok.error());
+    out.steps.push_back("checked the filesystem on " + mapped.string());
+    if (auto ok = deps.host->mount(mapped, config.mount_point); !ok) return fail(ok.error());
+    out.steps.push_back("mounted at " + config.mount_point.string());
+    return out;
+  }
   bool unlock_failure = false;
   auto opening = opening_key(config, deps, *header, unlock_failure);
   if (!opening) {
@@ -254,6 +279,7 @@ std::string_view action_name(VolumeOutcome::Action action) {
     case VolumeOutcome::Action::formatted: return "formatted";
     case VolumeOutcome::Action::opened: return "opened";
     case VolumeOutcome::Action::already_mounted: return "already_mounted";
+    case VolumeOutcome::Action::resumed: return "resumed";
   }
   return "opened";
 }
@@ -303,6 +329,21 @@ Result<VolumeOutcome> wipe_and_create(const VolumeConfig& config, VolumeDeps& de
   if (!target->exists) return open_volume(config, deps);
   VolumeOutcome out;
   out.target = *target;
+  // A mapping left open by an earlier run (not mounted: checked above) holds the device busy.
+  auto mapping = deps.crypt->active_mapping(config.mapper_name);
+  if (!mapping) return fail(mapping.error());
+  if (*mapping) {
+    auto header = deps.crypt->inspect(deps.host->resolve(target->partition_host_path));
+    if (!header) return fail(header.error());
+    if (header->state != LuksHeader::State::luks2 || (*mapping)->luks_uuid != header->uuid) {
+      return fail(Errc::refused,
+                  mapper_path(config).string() + " is open on another volume, not on " +
+                      target->partition_host_path.string(),
+                  "close it (`cryptsetup close " + config.mapper_name + "`), then run the wipe again");
+    }
+    if (auto ok = deps.crypt->deactivate(config.mapper_name); !ok) return fail(ok.error());
+    out.steps.push_back("closed " + mapper_path(config).string() + " (left open by an earlier run)");
+  }
   out.steps.push_back("wiping " + target->partition_host_path.string() + " (operator confirmed)");
   return format_and_mount(config, deps, *target, std::move(out));
 }

@@ -77,7 +77,9 @@ struct VolumeDeps {
 };
 
 struct VolumeOutcome {
-  enum class Action { formatted, opened, already_mounted };
+  // resumed: the mapping was open but not mounted (an earlier run stopped before mounting);
+  // the run continued from there (fsck, mount) without unsealing again.
+  enum class Action { formatted, opened, already_mounted, resumed };
   Action action = Action::opened;
   PersistTarget target;
   int keyslot = -1;

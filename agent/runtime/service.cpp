@@ -13,6 +13,7 @@
 #include "agent/tasks/runner.hpp"
 #include "agent/enroll/enroll.hpp"
 #include "agent/modules/attachments.hpp"
+#include "agent/persist/runtime.hpp"  // persist (issue 15, h-escrow): the boot's pending event
 #include "agent/runtime/status_file.hpp"
 #include "agent/runtime/system_stats.hpp"
 #include "agent/transport/control_client.hpp"
@@ -76,6 +77,10 @@ class Loop {
     auto buffer = events::EventBuffer::open(config_.state_dir() / "events", clock_);
     if (!buffer) return fail(buffer.error());
     events_ = std::move(*buffer);
+    // persist (issue 15, h-escrow): the critical event a boot kept on tmpfs goes out with the others.
+    if (auto kept = events::append_external_event(*events_, persist::pending_event_path(config_.root)); !kept) {
+      log::warn("events.external_failed", {{"error", kept.error().message}});
+    }
     tasks::KindSettings kinds{.exec_allowlist = config_.exec_allowlist, .services_dir = config_.services_dir};
     runner_.emplace(kinds, tasks::RunnerOptions{.max_concurrent = config_.max_concurrent_tasks}, config_.root, clock_,
                     [this] { return task_channel(); }, events_.get());

@@ -41,6 +41,10 @@ class NoDmCrypt final : public BlockCrypt {
     return {};
   }
   Status deactivate(const std::string&) override { return {}; }
+  // Activation is only a key check here: no mapping is ever left open.
+  Result<std::optional<ActiveMapping>> active_mapping(const std::string&) override {
+    return std::optional<ActiveMapping>{};
+  }
   int activations = 0;
 
  private:

@@ -127,16 +127,25 @@ class FakeCrypt final : public BlockCrypt {
   }
   Status activate(const std::filesystem::path& device, const std::string& name, const Secret& passphrase) override {
     if (!check_passphrase(device, passphrase)) return fail(Errc::refused, "fake: wrong key");
-    active.insert(name);
+    // As device-mapper does: the name is taken (libcryptsetup returns -EEXIST).
+    if (active.count(name) != 0) return fail(Errc::io, "activating " + device.string() + " as /dev/mapper/" + name + ": File exists");
+    active[name] = device.string();
     return {};
   }
   Status deactivate(const std::string& name) override {
     active.erase(name);
     return {};
   }
+  Result<std::optional<ActiveMapping>> active_mapping(const std::string& name) override {
+    auto it = active.find(name);
+    if (it == active.end()) return std::optional<ActiveMapping>{};
+    auto v = volumes.find(it->second);
+    return std::optional<ActiveMapping>(
+        ActiveMapping{v == volumes.end() ? std::string{} : v->second.header.uuid, it->second});
+  }
 
   std::map<std::string, Volume> volumes;  // by device path
-  std::set<std::string> active;
+  std::map<std::string, std::string> active;  // open mappings: name -> device (clear(): a reboot)
   std::vector<int> removed;
   int formats = 0;
 
@@ -174,6 +183,7 @@ class FakeHost final : public VolumeHost {
     return {};
   }
   Status mount(const std::filesystem::path& host_path, const std::filesystem::path& mount_point) override {
+    if (fail_mount) return fail(Errc::io, "mounting " + host_path.string() + ": Input/output error");
     mounts.push_back(host_path.string() + " " + mount_point.string());
     return {};
   }
@@ -185,6 +195,7 @@ class FakeHost final : public VolumeHost {
   bool foreign_partition = false;
   bool dm = true;
   bool mounted = false;
+  bool fail_mount = false;
   std::string partition_signature;
   int partitions = 0;
   std::vector<std::string> mkfs, fsck, mounts;

@@ -33,7 +33,13 @@ struct Rig {
     deps.critical = [this](const protocol::Event& e) { events.push_back(e); };
     deps.now_rfc3339 = [] { return std::string("2026-11-30T12:00:00Z"); };
   }
-  Result<VolumeOutcome> boot() { return open_volume(config, deps); }
+  // A boot: the mappings of the previous one are gone.
+  Result<VolumeOutcome> boot() {
+    crypt.active.clear();
+    return open_volume(config, deps);
+  }
+  // `volume-setup` run again within the same boot: what is open stays open.
+  Result<VolumeOutcome> rerun() { return open_volume(config, deps); }
 };
 
 }  // namespace
@@ -333,4 +339,71 @@ TEST_CASE("volume-setup --wipe formats the existing volume anew; refused while m
   CHECK(out->action == VolumeOutcome::Action::formatted);
   CHECK(r.crypt.formats == 2);
   CHECK(r.boot().has_value());
+}
+
+TEST_CASE("volume-setup re-run with the mapping open but not mounted continues: fsck and mount, no second unlock") {
+  Rig r;
+  REQUIRE(r.boot().has_value());
+  // A later boot stopped after activation (mount failed, or the agent was killed).
+  r.crypt.active.clear();
+  r.host.fail_mount = true;
+  auto stopped = r.boot();
+  REQUIRE_FALSE(stopped.has_value());
+  CHECK(r.crypt.active.count("cairn-persist") == 1);
+  const int unseals = r.tpm.unseals;
+  r.host.fail_mount = false;
+
+  auto out = r.rerun();
+  REQUIRE_MESSAGE(out.has_value(), out.error().message);
+  CHECK(out->action == VolumeOutcome::Action::resumed);
+  CHECK(action_name(out->action) == "resumed");
+  CHECK(r.tpm.unseals == unseals);  // the key was proved when the mapping was opened
+  CHECK(r.crypt.formats == 1);
+  CHECK(r.host.fsck.back() == "/dev/mapper/cairn-persist");
+  CHECK(r.host.mounts.back() == "/dev/mapper/cairn-persist /persist");
+
+  // Open and mounted: reported as it is, nothing done.
+  r.host.mounted = true;
+  const auto mounts = r.host.mounts.size();
+  auto again = r.rerun();
+  REQUIRE(again.has_value());
+  CHECK(again->action == VolumeOutcome::Action::already_mounted);
+  CHECK(r.host.mounts.size() == mounts);
+}
+
+TEST_CASE("escrow mode: a re-run with the mapping open continues without fetching the key again") {
+  Rig r;
+  r.config.key_source = KeySource::escrow;
+  r.deps.tpm = nullptr;
+  REQUIRE(r.boot().has_value());
+  REQUIRE(r.escrow.fetches == 1);
+  auto out = r.rerun();
+  REQUIRE_MESSAGE(out.has_value(), out.error().message);
+  CHECK(out->action == VolumeOutcome::Action::resumed);
+  CHECK(r.escrow.fetches == 1);
+}
+
+TEST_CASE("a mapping of that name open on another volume is refused, naming it; nothing is mounted") {
+  Rig r;
+  REQUIRE(r.boot().has_value());
+  r.crypt.active.clear();
+  r.crypt.active["cairn-persist"] = "/dev/sdz";  // not a LUKS volume the fake knows
+  const auto mounts = r.host.mounts.size();
+  auto out = r.rerun();
+  REQUIRE_FALSE(out.has_value());
+  CHECK(out.error().code == Errc::refused);
+  CHECK(out.error().message.find("open on another volume") != std::string::npos);
+  CHECK(out.error().message.find("/dev/sdz") != std::string::npos);
+  CHECK(out.error().hint.find("cryptsetup close cairn-persist") != std::string::npos);
+  CHECK(r.host.mounts.size() == mounts);
+}
+
+TEST_CASE("volume-setup --wipe with the mapping open but not mounted closes it, then formats") {
+  Rig r;
+  REQUIRE(r.boot().has_value());
+  auto out = wipe_and_create(r.config, r.deps);
+  REQUIRE_MESSAGE(out.has_value(), out.error().message);
+  CHECK(out->action == VolumeOutcome::Action::formatted);
+  CHECK(r.crypt.formats == 2);
+  CHECK(r.crypt.active.count("cairn-persist") == 1);
 }
