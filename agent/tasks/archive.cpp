@@ -2,6 +2,7 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <sys/stat.h>
@@ -23,8 +24,86 @@ namespace {
 
 constexpr std::uint64_t kRatioFloor = 1 << 20;  // below this, any ratio is fine (tiny archives)
 
+// libarchive is loaded the first time a service archive is unpacked (dlopen, the way systemd
+// loads its optional libraries), so the agent does not need it for anything else: the
+// initramfs leaves it out, and with it libxml2 and libicu (~30 MiB of libicudata) that it
+// pulls in. Only the declarations of <archive.h> are used here, for the function types.
+constexpr const char* kLibArchive = "libarchive.so.13";  // the soname since libarchive 3.0
+
+struct LibArchive {
+  decltype(&::archive_read_new) read_new = nullptr;
+  decltype(&::archive_read_free) read_free = nullptr;
+  decltype(&::archive_read_support_format_tar) support_format_tar = nullptr;
+  decltype(&::archive_read_support_format_gnutar) support_format_gnutar = nullptr;
+  decltype(&::archive_read_support_format_zip) support_format_zip = nullptr;
+  decltype(&::archive_read_support_filter_gzip) support_filter_gzip = nullptr;
+  decltype(&::archive_read_support_filter_xz) support_filter_xz = nullptr;
+  decltype(&::archive_read_support_filter_zstd) support_filter_zstd = nullptr;
+  decltype(&::archive_read_support_filter_bzip2) support_filter_bzip2 = nullptr;
+  decltype(&::archive_read_open_filename) read_open_filename = nullptr;
+  decltype(&::archive_error_string) error_string = nullptr;
+  decltype(&::archive_read_next_header) read_next_header = nullptr;
+  decltype(&::archive_read_data) read_data = nullptr;
+  decltype(&::archive_entry_pathname) entry_pathname = nullptr;
+  decltype(&::archive_entry_filetype) entry_filetype = nullptr;
+  decltype(&::archive_entry_hardlink) entry_hardlink = nullptr;
+  decltype(&::archive_entry_symlink) entry_symlink = nullptr;
+  decltype(&::archive_entry_perm) entry_perm = nullptr;
+};
+
+Result<LibArchive> load_libarchive() {
+  // Kept open for the life of the process (its functions are used from every later unpack).
+  void* handle = ::dlopen(kLibArchive, RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const char* why = ::dlerror();
+    return fail(Errc::unavailable, std::string("service archives need ") + kLibArchive + ": " + (why ? why : "not found"),
+                "install libarchive13 on the node (the initramfs leaves it out)");
+  }
+  LibArchive lib;
+  std::string missing;
+  auto bind = [&](auto& fn, const char* name) {
+    void* sym = ::dlsym(handle, name);
+    if (sym == nullptr) missing += std::string(missing.empty() ? "" : ", ") + name;
+    static_assert(sizeof fn == sizeof sym);
+    std::memcpy(&fn, &sym, sizeof fn);  // object pointer -> function pointer, as dlsym(3) intends
+  };
+  bind(lib.read_new, "archive_read_new");
+  bind(lib.read_free, "archive_read_free");
+  bind(lib.support_format_tar, "archive_read_support_format_tar");
+  bind(lib.support_format_gnutar, "archive_read_support_format_gnutar");
+  bind(lib.support_format_zip, "archive_read_support_format_zip");
+  bind(lib.support_filter_gzip, "archive_read_support_filter_gzip");
+  bind(lib.support_filter_xz, "archive_read_support_filter_xz");
+  bind(lib.support_filter_zstd, "archive_read_support_filter_zstd");
+  bind(lib.support_filter_bzip2, "archive_read_support_filter_bzip2");
+  bind(lib.read_open_filename, "archive_read_open_filename");
+  bind(lib.error_string, "archive_error_string");
+  bind(lib.read_next_header, "archive_read_next_header");
+  bind(lib.read_data, "archive_read_data");
+  bind(lib.entry_pathname, "archive_entry_pathname");
+  bind(lib.entry_filetype, "archive_entry_filetype");
+  bind(lib.entry_hardlink, "archive_entry_hardlink");
+  bind(lib.entry_symlink, "archive_entry_symlink");
+  bind(lib.entry_perm, "archive_entry_perm");
+  if (!missing.empty()) {
+    return fail(Errc::unavailable, std::string(kLibArchive) + " lacks " + missing,
+                "install libarchive13 3.3 or later on the node");
+  }
+  return lib;
+}
+
+// Loaded once per process; a failure is remembered (the node's libraries do not change).
+Result<const LibArchive*> libarchive() {
+  static const Result<LibArchive> loaded = load_libarchive();
+  if (!loaded) return fail(loaded.error());
+  return &*loaded;
+}
+
 struct ArchiveDeleter {
-  void operator()(struct archive* a) const { archive_read_free(a); }
+  decltype(&::archive_read_free) read_free = nullptr;
+  void operator()(struct archive* a) const {
+    if (a != nullptr) read_free(a);
+  }
 };
 using ArchivePtr = std::unique_ptr<struct archive, ArchiveDeleter>;
 
@@ -91,17 +170,20 @@ Result<ExtractStats> extract_archive(const std::filesystem::path& archive_path, 
   UniqueFd root(::open(dest.c_str(), O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_RDONLY));
   if (!root) return fail(Errc::io, "open " + dest.string() + ": " + std::strerror(errno));
 
-  ArchivePtr a(archive_read_new());
+  auto loaded = libarchive();
+  if (!loaded) return fail(loaded.error());
+  const LibArchive& la = **loaded;
+  ArchivePtr a(la.read_new(), ArchiveDeleter{la.read_free});
   if (!a) return fail(Errc::internal, "archive_read_new failed");
-  archive_read_support_format_tar(a.get());
-  archive_read_support_format_gnutar(a.get());
-  archive_read_support_format_zip(a.get());
-  archive_read_support_filter_gzip(a.get());
-  archive_read_support_filter_xz(a.get());
-  archive_read_support_filter_zstd(a.get());
-  archive_read_support_filter_bzip2(a.get());
-  if (archive_read_open_filename(a.get(), archive_path.c_str(), 64 * 1024) != ARCHIVE_OK) {
-    return fail(Errc::data, "archive " + archive_path.filename().string() + ": " + archive_error_string(a.get()),
+  la.support_format_tar(a.get());
+  la.support_format_gnutar(a.get());
+  la.support_format_zip(a.get());
+  la.support_filter_gzip(a.get());
+  la.support_filter_xz(a.get());
+  la.support_filter_zstd(a.get());
+  la.support_filter_bzip2(a.get());
+  if (la.read_open_filename(a.get(), archive_path.c_str(), 64 * 1024) != ARCHIVE_OK) {
+    return fail(Errc::data, "archive " + archive_path.filename().string() + ": " + la.error_string(a.get()),
                 "send a tar (plain, gzip, xz, zstd or bzip2) or a zip");
   }
 
@@ -110,27 +192,27 @@ Result<ExtractStats> extract_archive(const std::filesystem::path& archive_path, 
   std::vector<char> buf(64 * 1024);
   archive_entry* entry = nullptr;
   for (;;) {
-    const int r = archive_read_next_header(a.get(), &entry);
+    const int r = la.read_next_header(a.get(), &entry);
     if (r == ARCHIVE_EOF) break;
     if (r != ARCHIVE_OK && r != ARCHIVE_WARN) {
-      return fail(Errc::data, "archive " + archive_path.filename().string() + ": " + archive_error_string(a.get()));
+      return fail(Errc::data, "archive " + archive_path.filename().string() + ": " + la.error_string(a.get()));
     }
     if (++stats.entries > limits.max_entries) {
       return fail(Errc::data, "archive: more than " + std::to_string(limits.max_entries) + " entries",
                   "an archive bomb is refused; pack fewer files");
     }
-    const char* raw = archive_entry_pathname(entry);
+    const char* raw = la.entry_pathname(entry);
     const std::string name = raw ? raw : "";
     const auto parts = split_entry(name);
     if (!parts) return fail(bad(name, name.starts_with("/") ? "absolute path" : "'..' in the path"));
     if (parts->empty()) continue;  // "./" itself
-    const auto type = archive_entry_filetype(entry);
+    const auto type = la.entry_filetype(entry);
     auto parent = open_parent(root.get(), *parts, name);
     if (!parent) return fail(parent.error());
     const std::string& leaf = parts->back();
     const std::string rel = join(*parts, parts->size());
 
-    if (const char* hard = archive_entry_hardlink(entry)) {
+    if (const char* hard = la.entry_hardlink(entry)) {
       const auto target = split_entry(hard);
       if (!target || target->empty()) return fail(bad(name, std::string("hard link to '") + hard + "' outside the archive"));
       UniqueFd t(open_beneath(root.get(), join(*target, target->size())));
@@ -162,7 +244,7 @@ Result<ExtractStats> extract_archive(const std::filesystem::path& archive_path, 
       continue;
     }
     if (type == AE_IFLNK) {
-      const char* target = archive_entry_symlink(entry);
+      const char* target = la.entry_symlink(entry);
       if (!target || !*target) return fail(bad(name, "symlink without a target"));
       if (target[0] == '/') return fail(bad(name, std::string("symlink to the absolute path '") + target + "'"));
       if (::symlinkat(target, parent->get(), leaf.c_str()) != 0) {
@@ -174,13 +256,13 @@ Result<ExtractStats> extract_archive(const std::filesystem::path& archive_path, 
     if (type != AE_IFREG) return fail(bad(name, "not a file, directory or link (device, FIFO or socket)"));
 
     // Regular file: never through a symlink, never over an existing file, no setuid bits.
-    const mode_t mode = (archive_entry_perm(entry) & 0755) | 0600;
+    const mode_t mode = (la.entry_perm(entry) & 0755) | 0600;
     UniqueFd out(::openat(parent->get(), leaf.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
     if (!out) return fail(bad(name, std::string("cannot create: ") + std::strerror(errno) + " (a duplicate entry?)"));
     for (;;) {
-      const la_ssize_t n = archive_read_data(a.get(), buf.data(), buf.size());
+      const la_ssize_t n = la.read_data(a.get(), buf.data(), buf.size());
       if (n == 0) break;
-      if (n < 0) return fail(Errc::data, "archive entry '" + name + "': " + archive_error_string(a.get()));
+      if (n < 0) return fail(Errc::data, "archive entry '" + name + "': " + la.error_string(a.get()));
       stats.bytes += static_cast<std::uint64_t>(n);
       if (stats.bytes > limits.max_total_bytes) {
         return fail(Errc::data, "archive: unpacks to more than " + std::to_string(limits.max_total_bytes) + " bytes",

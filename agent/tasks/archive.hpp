@@ -1,4 +1,5 @@
-// Safe extraction of a service archive (tar, optionally compressed, or zip) with libarchive:
+// Safe extraction of a service archive (tar, optionally compressed, or zip) with libarchive,
+// loaded with dlopen on first use (Errc::unavailable on a node without it, such as the initramfs):
 // the only file that speaks libarchive. Every entry is checked before anything is written:
 // no absolute path, no `..`, no device, FIFO or socket, no write through a symlink, links
 // (sym and hard) must resolve inside the destination, and caps on entries, total size and the
