@@ -131,7 +131,7 @@ TEST_CASE("postgres: replicas opening a new database at once apply each migratio
   CHECK(store->schema_version() == 4);
   auto versions = server->psql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version");
   REQUIRE(versions);
-  CHECK(*versions == "1,2,4\n");  // 3 is the module manifest's (h-modctl), 4 the task indexes (h-taskbatch)
+  CHECK(*versions == "1,2,3,4\n");  // 3: the module manifest, 4: the task indexes
 }
 
 TEST_CASE("postgres: a database from a newer cairn-control is refused; errors name the URL without its password") {
