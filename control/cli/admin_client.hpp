@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,5 +37,17 @@ void print_error(std::string_view command, const Error& error, bool json);
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);
 // A field of an object as display text ("-" when absent or null).
 std::string cell(const Json& object, std::string_view key);
+
+// Runs `fn` (returning Status) as `cmd`'s action: a failure is printed as `name`'s error and
+// its code becomes the process exit code.
+template <class Fn>
+void on_run(CLI::App* cmd, std::shared_ptr<AdminOptions> admin, const char* name, int& exit_code, Fn fn) {
+  cmd->callback([admin, name, &exit_code, fn] {
+    if (auto ok = fn(); !ok) {
+      print_error(name, ok.error(), admin->json);
+      exit_code = static_cast<int>(ok.error().code);
+    }
+  });
+}
 
 }  // namespace cairn::control::cli

@@ -289,16 +289,6 @@ Status unassign(const AdminOptions& admin, const AssignOptions& o) {
   return {};
 }
 
-template <class Fn>
-void on_run(CLI::App* cmd, std::shared_ptr<AdminOptions> admin, const char* name, int& exit_code, Fn fn) {
-  cmd->callback([admin, name, &exit_code, fn] {
-    if (auto ok = fn(); !ok) {
-      print_error(name, ok.error(), admin->json);
-      exit_code = static_cast<int>(ok.error().code);
-    }
-  });
-}
-
 }  // namespace
 
 void add_module(CLI::App& app, int& exit_code) {
