@@ -35,24 +35,19 @@ void render_tasks(std::string& out, const TaskMetrics& m) {
     out += "# TYPE cairn_task_queue_depth gauge\n";
     fmt::format_to(it, "cairn_task_queue_depth {}\n", queued == m.by_state.end() ? 0 : queued->second);
   }
-  out += "# HELP cairn_task_lease_requests_total Lease requests that reached the store.\n";
-  out += "# TYPE cairn_task_lease_requests_total counter\n";
-  fmt::format_to(it, "cairn_task_lease_requests_total {}\n", m.lease_requests);
-  out += "# HELP cairn_task_leases_total Tasks leased to nodes.\n";
-  out += "# TYPE cairn_task_leases_total counter\n";
-  fmt::format_to(it, "cairn_task_leases_total {}\n", m.leased);
+  const auto counter = [&](std::string_view name, std::string_view help, std::int64_t value) {
+    fmt::format_to(it, "# HELP {0} {1}\n# TYPE {0} counter\n{0} {2}\n", name, help, value);
+  };
+  counter("cairn_task_lease_requests_total", "Lease requests that reached the store.", m.lease_requests);
+  counter("cairn_task_leases_total", "Tasks leased to nodes.", m.leased);
   out += "# HELP cairn_task_completions_total Completions accepted, by outcome (succeeded, cancelled) or failure "
          "reason.\n";
   out += "# TYPE cairn_task_completions_total counter\n";
   for (const auto& [reason, n] : m.completions) {
     fmt::format_to(it, "cairn_task_completions_total{{reason=\"{}\"}} {}\n", reason, n);
   }
-  out += "# HELP cairn_task_lease_expirations_total Leases that ran out before their task completed.\n";
-  out += "# TYPE cairn_task_lease_expirations_total counter\n";
-  fmt::format_to(it, "cairn_task_lease_expirations_total {}\n", m.expirations);
-  out += "# HELP cairn_task_dead_total Tasks that ended dead (transient failures until max attempts).\n";
-  out += "# TYPE cairn_task_dead_total counter\n";
-  fmt::format_to(it, "cairn_task_dead_total {}\n", m.dead);
+  counter("cairn_task_lease_expirations_total", "Leases that ran out before their task completed.", m.expirations);
+  counter("cairn_task_dead_total", "Tasks that ended dead (transient failures until max attempts).", m.dead);
   out += "# HELP cairn_task_lease_duration_seconds Time the store took to lease (placement, admission, update).\n";
   out += "# TYPE cairn_task_lease_duration_seconds histogram\n";
   std::int64_t cumulative = 0;

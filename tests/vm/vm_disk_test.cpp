@@ -31,6 +31,7 @@
 #include <fstream>
 #include <iostream>
 #include <regex>
+#include <initializer_list>
 #include <sstream>
 
 #include "common/json.hpp"
@@ -53,6 +54,12 @@ using vm::trimmed;
 using vm::VmControl;
 
 namespace fs = std::filesystem;
+
+// A boot's fw-cfg entries: the machine's `base` ones plus this boot's `more`.
+std::vector<vm::FwCfg> with_fw_cfg(std::vector<vm::FwCfg> base, std::initializer_list<vm::FwCfg> more) {
+  base.insert(base.end(), more);
+  return base;
+}
 
 // The guest's address of the registry (guestfwd to docker-registry on 127.0.0.1).
 constexpr const char* kRegistryGuestIp = "10.0.2.101";
@@ -301,12 +308,7 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
   {
     Boot boot;
     m.start(boot, "boot1", tpm_state,
-            [&] {
-              auto f = etc;
-              f.push_back({.name = "opt/org.cairn/config", .file = fw_config});
-              f.push_back({.name = "opt/org.cairn/hook", .file = hook1});
-              return f;
-            }(),
+            with_fw_cfg(etc, {{.name = "opt/org.cairn/config", .file = fw_config}, {.name = "opt/org.cairn/hook", .file = hook1}}),
             {control_fwd, {.guest_ip = kRegistryGuestIp, .guest_port = kRegistryGuestPort, .host_port = registry_port}},
             append);
     const bool ready = wait_for(
@@ -376,12 +378,7 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
     Boot boot;
     // No registry forward: the module can only come from the local store.
     m.start(boot, "boot2", tpm_state,
-            [&] {
-              auto f = etc;
-              f.push_back({.name = "opt/org.cairn/config", .file = fw_config});
-              f.push_back({.name = "opt/org.cairn/hook", .file = hook2});
-              return f;
-            }(),
+            with_fw_cfg(etc, {{.name = "opt/org.cairn/config", .file = fw_config}, {.name = "opt/org.cairn/hook", .file = hook2}}),
             {control_fwd}, append);
     const bool hb = wait_for([&] { return has(boot.vm->serial(), "event=heartbeat.ok") || agent_exited(*boot.vm); }, 300s,
                              250ms) &&
@@ -444,12 +441,7 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
   {
     Boot boot;
     m.start(boot, "boot4", m.dir.path() / "other-tpm-state",
-            [&] {
-              auto f = etc;
-              f.push_back({.name = "opt/org.cairn/etc/recovery.key", .file = key_file});
-              f.push_back({.name = "opt/org.cairn/hook", .file = hook4});
-              return f;
-            }(),
+            with_fw_cfg(etc, {{.name = "opt/org.cairn/etc/recovery.key", .file = key_file}, {.name = "opt/org.cairn/hook", .file = hook4}}),
             {control_fwd}, append);
     const bool done = boot.vm->wait_serial("event=init.hook done=true", 300s);
     const std::string log = boot.vm->serial();
