@@ -185,10 +185,29 @@ class Rows {
   PgResultPtr res_;
 };
 
+// A statement prepared on one connection: its name there, how often it ran, and after how
+// many runs it is prepared again (see Conn).
+struct Prepared {
+  std::string name;
+  std::int64_t runs = 0;
+  std::int64_t replan_after = 0;
+};
+
 // One connection with its prepared statements (named per connection, prepared on first use).
+// PostgreSQL keeps the generic plan of a prepared statement until the statistics of its
+// tables change, and a young table has none: autovacuum analyzes it after a minute at the
+// earliest. A plan chosen while the task tables held a few pages (a sequential scan is the
+// cheapest there) stayed in use while they grew to thousands: at 20,000 tasks a batch
+// complete read 2,600-8,700 pages instead of ~100. So a statement is prepared again after
+// 32, 128, 512, ... runs (x4, then every 32,768): a plan is at most a few multiples of the
+// table's growth old, for a cost of a dozen extra prepares per statement and connection.
+// (Planning every run, force_custom_plan, would cost 0.4-0.8 ms per lease or complete.)
 struct Conn {
+  static constexpr std::int64_t kFirstReplan = 32;
+  static constexpr std::int64_t kMaxReplan = 32'768;
   PgConnPtr pg;
-  std::unordered_map<std::string, std::string> prepared;  // sql -> statement name
+  std::unordered_map<std::string, Prepared> prepared;  // by sql
+  std::int64_t names = 0;                              // statement names used: s1, s2, ...
   bool broken = false;
 };
 
@@ -1279,6 +1298,13 @@ RETURNING )sql") + kTaskColumns,
   // tasks are locked in id order (two batches never wait on each other in a cycle); each
   // completion is decided as complete_task decides one. A task named twice in a batch is
   // completed in a second round (its repeat then answers as a repeat does).
+  // Each table is reached through its key whatever the planner thinks of it: `id =
+  // ANY (ARRAY(ids))` is an index scan for any size of table (tasks_pkey, or
+  // task_attempts_by_fence on its first column). Joined to the jsonb rows instead, the planner
+  // of a young table (no statistics yet, the generic plan of a prepared statement, 100 rows
+  // guessed for jsonb_to_recordset) chose sequential scans of both tables, or an index scan
+  // on the fence alone: 15-55 ms and 2,600-8,700 pages per batch of 10 at 20,000 tasks, the
+  // most of the benchmark's database time.
   Result<std::vector<CompleteOutcome>> complete_tasks(std::span<const TaskCompletion> completions) override {
     std::vector<CompleteOutcome> out(completions.size());
     std::vector<std::size_t> pending(completions.size());
@@ -1316,9 +1342,10 @@ WITH c AS (
     truncated boolean, bytes bigint)),
 cur AS (
   SELECT t.id, t.state, t.fence, t.leased_by, t.attempts, t.max_attempts, t.cancel_requested FROM tasks t
-  WHERE t.id IN (SELECT id FROM c) ORDER BY t.id FOR UPDATE OF t),
+  WHERE t.id = ANY (ARRAY(SELECT id FROM c)) ORDER BY t.id FOR UPDATE OF t),
 prev AS (
-  SELECT c.ord, a.outcome, a.node_id FROM c JOIN task_attempts a ON a.task_id = c.id AND a.fence = c.fence),
+  SELECT c.ord, a.outcome, a.node_id FROM c JOIN task_attempts a ON a.task_id = c.id AND a.fence = c.fence
+  WHERE a.task_id = ANY (ARRAY(SELECT id FROM c))),
 nxt AS (
   SELECT c.ord, c.id, CASE WHEN c.outcome = 'succeeded' THEN 'succeeded'
                            WHEN c.outcome = 'cancelled' OR cur.cancel_requested THEN 'cancelled'
@@ -1335,11 +1362,12 @@ upd AS (
     not_before_ms = CASE WHEN nxt.state = 'queued' THEN c.not_before ELSE t.not_before_ms END,
     lease_expires_ms = NULL, exit_code = c.exit_code, last_reason = c.reason, last_error = c.error,
     output = decode(c.output, 'hex'), output_truncated = c.truncated, output_bytes = c.bytes
-  FROM nxt JOIN c ON c.ord = nxt.ord WHERE t.id = nxt.id),
+  FROM nxt JOIN c ON c.ord = nxt.ord WHERE t.id = nxt.id AND t.id = ANY (ARRAY(SELECT id FROM nxt))),
 att AS (
   UPDATE task_attempts a SET finished_at_ms = c.now, outcome = c.outcome, reason = c.reason,
     exit_code = c.exit_code, error = c.error
-  FROM nxt JOIN c ON c.ord = nxt.ord WHERE a.task_id = nxt.id AND a.fence = c.fence)
+  FROM nxt JOIN c ON c.ord = nxt.ord
+  WHERE a.task_id = nxt.id AND a.fence = c.fence AND a.task_id = ANY (ARRAY(SELECT id FROM nxt)))
 SELECT c.ord, cur.state, prev.outcome, nxt.state, prev.node_id
 FROM c LEFT JOIN cur ON cur.id = c.id LEFT JOIN prev ON prev.ord = c.ord LEFT JOIN nxt ON nxt.ord = c.ord
 ORDER BY c.ord)sql",
@@ -1773,17 +1801,36 @@ SELECT count(*) FROM gone)sql",
     return {};
   }
 
-  // A prepared statement (prepared on this connection at first use) with text parameters.
+  Status prepare(Conn& conn, const std::string& sql) {
+    const std::string name = "s" + std::to_string(++conn.names);
+    PgResultPtr res(PQprepare(conn.pg.get(), name.c_str(), sql.c_str(), 0, nullptr));
+    if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) return fail(db_error(conn, res.get(), sql).error());
+    conn.prepared.emplace(sql, Prepared{name, 0, Conn::kFirstReplan});
+    return {};
+  }
+
+  // A prepared statement (prepared on this connection at first use, again now and then: see
+  // Conn) with text parameters.
   Result<Rows> exec(Conn& conn, const std::string& sql, const Params& params) {
     auto it = conn.prepared.find(sql);
-    if (it == conn.prepared.end()) {
-      const std::string name = "s" + std::to_string(conn.prepared.size() + 1);
-      PgResultPtr res(PQprepare(conn.pg.get(), name.c_str(), sql.c_str(), 0, nullptr));
-      if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) return fail(db_error(conn, res.get(), sql).error());
-      it = conn.prepared.emplace(sql, name).first;
+    if (it != conn.prepared.end() && it->second.runs >= it->second.replan_after) {
+      // Time for a fresh plan (see Conn): the old statement goes, the new one gets a new name.
+      const std::string deallocate = "DEALLOCATE " + it->second.name;
+      if (auto ok = simple(conn, deallocate.c_str()); !ok) return fail(ok.error());
+      const std::int64_t next = std::min(it->second.replan_after * 4, Conn::kMaxReplan);
+      conn.prepared.erase(it);
+      it = conn.prepared.end();
+      if (auto prepared = prepare(conn, sql); !prepared) return fail(prepared.error());
+      it = conn.prepared.find(sql);
+      it->second.replan_after = next;
     }
+    if (it == conn.prepared.end()) {
+      if (auto prepared = prepare(conn, sql); !prepared) return fail(prepared.error());
+      it = conn.prepared.find(sql);
+    }
+    ++it->second.runs;
     const auto values = params.pointers();
-    PgResultPtr res(PQexecPrepared(conn.pg.get(), it->second.c_str(), params.size(), values.data(), nullptr,
+    PgResultPtr res(PQexecPrepared(conn.pg.get(), it->second.name.c_str(), params.size(), values.data(), nullptr,
                                    nullptr, 0));
     const auto st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return fail(db_error(conn, res.get(), sql).error());

@@ -7,7 +7,8 @@
 // together, POST /v1/tasks/complete; --complete-batch 1: one complete_task each). With two
 // --database arguments the load is split over two stores on the same database (two replicas'
 // stores: separate connection pools). Prints one JSON object: throughput, latency from submit
-// to completion, and the exactly-once check (from the clients and from the store).
+// to completion, the driver's own CPU time, and the exactly-once check (from the clients and
+// from the store).
 //   tasks_load --database URL|PATH [--database URL] [--nodes 1000] [--tasks 20000]
 //              [--workers 16] [--submitters 8] [--batch 10] [--submit-batch 100] [--complete-batch 10]
 #include <algorithm>
@@ -21,6 +22,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/resource.h>
 
 #include "common/json.hpp"
 #include "control/store/open_store.hpp"
@@ -231,6 +234,12 @@ int main(int argc, char** argv) {
       if (t.attempts != 1) ++stored_multi;
     }
   }
+  // The driver's own CPU (user + system, all threads): what the simulated nodes and the
+  // store's client side (libpq, JSON) cost, next to the server's CPU the script measures.
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const double cpu_s = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+                       static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
   std::vector<std::int64_t> all;
   for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
   Json out = {{"stores", static_cast<std::int64_t>(stores.size())},
@@ -243,6 +252,7 @@ int main(int argc, char** argv) {
               {"submit_batch", o.submit_batch},
               {"complete_batch", o.complete_batch},
               {"seconds", seconds},
+              {"driver_cpu_s", cpu_s},
               {"completed", done.load()},
               {"completed_per_s", static_cast<double>(done.load()) / seconds},
               {"latency_p50_ms", percentile(all, 0.50)},

@@ -471,6 +471,49 @@ TEST_CASE("postgres: two stores on one database (replicas) lease 2,000 tasks con
         std::to_string(kTasks) + "\n");
 }
 
+// The store prepares each statement again after 32, 128, 512... runs on a connection (a new
+// name; the old one deallocated), so a generic plan chosen on a small table does not stay
+// while the table grows. One connection runs every statement hundreds of times here, in and
+// out of transactions: a re-prepare that failed (a name taken twice, a statement missing)
+// would fail a call.
+TEST_CASE("postgres: statements prepared again as they run keep answering (one connection, 600 tasks)") {
+  FRESH_DATABASE(server, url);
+  auto opened = control::open_postgres_store(url, {1});
+  REQUIRE_MESSAGE(opened, (opened ? "" : opened.error().message));
+  auto& store = **opened;
+  constexpr int kTasks = 600;  // 600 single submits: prepared again at runs 32, 128 and 512
+  for (int i = 0; i < kTasks; ++i) REQUIRE(store.submit_task(task("t" + std::to_string(i))));
+  std::map<std::string, int> completed;
+  int rounds = 0;
+  for (;;) {
+    // expire_leases runs inside BEGIN/COMMIT: its statements are prepared again there too
+    auto expired = store.expire_leases(50, [](std::int64_t) { return 0; });
+    REQUIRE_MESSAGE(expired, (expired ? "" : expired.error().message));
+    CHECK(expired->empty());
+    auto leased = store.lease_tasks(lease_query("n1", 100, 3));
+    REQUIRE_MESSAGE(leased, (leased ? "" : leased.error().message));
+    if (leased->empty()) break;
+    ++rounds;
+    std::vector<control::TaskCompletion> batch;
+    for (const auto& t : *leased) batch.push_back(completion(t, "n1", "succeeded", 200));
+    auto done = store.complete_tasks(batch);
+    REQUIRE_MESSAGE(done, (done ? "" : done.error().message));
+    REQUIRE(done->size() == batch.size());
+    for (std::size_t k = 0; k < batch.size(); ++k) {
+      CHECK((*done)[k].check == FenceCheck::ok);
+      CHECK_FALSE((*done)[k].repeat);
+      ++completed[batch[k].task_id];
+    }
+  }
+  CHECK(rounds == kTasks / 3);
+  CHECK(completed.size() == static_cast<std::size_t>(kTasks));
+  CHECK(std::all_of(completed.begin(), completed.end(), [](const auto& kv) { return kv.second == 1; }));
+  CHECK(*server->psql(url, "SELECT count(*) FROM tasks WHERE state = 'succeeded' AND attempts = 1") ==
+        std::to_string(kTasks) + "\n");
+  CHECK(*server->psql(url, "SELECT count(*) FROM task_attempts WHERE outcome = 'succeeded'") ==
+        std::to_string(kTasks) + "\n");
+}
+
 TEST_CASE("postgres: a store keeps working after the server restarts (its idle connections are replaced)") {
   FRESH_DATABASE(server, url);
   auto store = open(url);
