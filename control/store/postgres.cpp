@@ -1801,36 +1801,35 @@ SELECT count(*) FROM gone)sql",
     return {};
   }
 
-  Status prepare(Conn& conn, const std::string& sql) {
+  // Prepares `sql` under a fresh name, to be prepared again after `replan_after` runs.
+  Result<Prepared*> prepare(Conn& conn, const std::string& sql, std::int64_t replan_after) {
     const std::string name = "s" + std::to_string(++conn.names);
     PgResultPtr res(PQprepare(conn.pg.get(), name.c_str(), sql.c_str(), 0, nullptr));
     if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) return fail(db_error(conn, res.get(), sql).error());
-    conn.prepared.emplace(sql, Prepared{name, 0, Conn::kFirstReplan});
-    return {};
+    return &(conn.prepared[sql] = Prepared{name, 0, replan_after});
   }
 
   // A prepared statement (prepared on this connection at first use, again now and then: see
   // Conn) with text parameters.
   Result<Rows> exec(Conn& conn, const std::string& sql, const Params& params) {
-    auto it = conn.prepared.find(sql);
-    if (it != conn.prepared.end() && it->second.runs >= it->second.replan_after) {
+    Prepared* stmt = nullptr;
+    if (auto it = conn.prepared.find(sql); it == conn.prepared.end()) {
+      auto prepared = prepare(conn, sql, Conn::kFirstReplan);
+      if (!prepared) return fail(prepared.error());
+      stmt = *prepared;
+    } else if (it->second.runs >= it->second.replan_after) {
       // Time for a fresh plan (see Conn): the old statement goes, the new one gets a new name.
       const std::string deallocate = "DEALLOCATE " + it->second.name;
       if (auto ok = simple(conn, deallocate.c_str()); !ok) return fail(ok.error());
-      const std::int64_t next = std::min(it->second.replan_after * 4, Conn::kMaxReplan);
-      conn.prepared.erase(it);
-      it = conn.prepared.end();
-      if (auto prepared = prepare(conn, sql); !prepared) return fail(prepared.error());
-      it = conn.prepared.find(sql);
-      it->second.replan_after = next;
+      auto prepared = prepare(conn, sql, std::min(it->second.replan_after * 4, Conn::kMaxReplan));
+      if (!prepared) return fail(prepared.error());
+      stmt = *prepared;
+    } else {
+      stmt = &it->second;
     }
-    if (it == conn.prepared.end()) {
-      if (auto prepared = prepare(conn, sql); !prepared) return fail(prepared.error());
-      it = conn.prepared.find(sql);
-    }
-    ++it->second.runs;
+    ++stmt->runs;
     const auto values = params.pointers();
-    PgResultPtr res(PQexecPrepared(conn.pg.get(), it->second.name.c_str(), params.size(), values.data(), nullptr,
+    PgResultPtr res(PQexecPrepared(conn.pg.get(), stmt->name.c_str(), params.size(), values.data(), nullptr,
                                    nullptr, 0));
     const auto st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return fail(db_error(conn, res.get(), sql).error());
