@@ -35,6 +35,14 @@ Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig&
       if (auto u = m.find("union"); u != m.end()) cfg.module_union = host_path(*u);
       cfg.module_upper = m.value("upper", "tmpfs");
       if (auto r = m.find("run_dir"); r != m.end()) cfg.module_run_dir = host_path(*r);
+      if (auto k = m.find("policy_keys"); k != m.end()) cfg.module_policy_keys = *k;  // modules (h-modpolicy)
+      if (auto a = m.find("auto_apply"); a != m.end()) {  // modules (h-apply)
+        if (!a->is_boolean()) {
+          return fail(Errc::config, path.string() + ": modules.auto_apply is not true or false", "write true or false");
+        }
+        cfg.module_auto_apply = a->get<bool>();
+        cfg.module_auto_apply_source = "config file " + path.string();
+      }
       if (cfg.module_upper != "tmpfs" && cfg.module_upper != "persist") {
         return fail(Errc::config, path.string() + ": modules.upper '" + cfg.module_upper + "'", "use tmpfs or persist");
       }
@@ -67,6 +75,7 @@ Status apply_tasks_section(const Json& j, const std::filesystem::path& path, Age
       cfg.max_concurrent_tasks = static_cast<std::size_t>(n);
     }
     if (auto v = t.find("exec_allowlist"); v != t.end()) cfg.exec_allowlist = v->get<std::vector<std::string>>();
+    if (auto v = t.find("allow_root_services"); v != t.end()) cfg.allow_root_services = v->get<bool>();
     if (auto v = t.find("stop_timeout_s"); v != t.end()) {
       cfg.task_stop_timeout = std::chrono::seconds(std::clamp<std::int64_t>(v->get<std::int64_t>(), 0, 3600));
     }
@@ -94,6 +103,7 @@ Status apply_persist_section(const Json& j, const std::filesystem::path& path, P
       if (!value.is_string() || value.get<std::string>().empty()) return bad(key + ": not a non-empty string", "see the agent config reference");
       const auto s = value.get<std::string>();
       if (key == "disk") p.disk = s;
+      if (key == "disk") p.disk_configured = true;  // h-userdata
       if (key == "tcti") p.tcti = s;
       if (key == "mapper_name") p.mapper_name = s;
       if (key == "key_source") {

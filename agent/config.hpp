@@ -55,6 +55,8 @@ struct PersistConfig {
   std::string key_source = "tpm";
   std::string tcti = "device:/dev/tpmrm0";
   std::string mapper_name = "cairn-persist";
+  // h-userdata: the config file named the disk rule (it then wins over cairn.disk= of the boot).
+  bool disk_configured = false;
 };
 
 struct AgentConfig {
@@ -79,6 +81,9 @@ struct AgentConfig {
   // room for the kill grace (5 s), the completions and the event flush.
   std::chrono::seconds task_stop_timeout{20};
   std::string services_dir = "/var/lib/cairn/services";  // a host path (used through root)
+  // "allow_root_services": service.install may run a service as root (default false: a root
+  // service escapes every sandbox, so only the node's own configuration can allow it).
+  bool allow_root_services = false;
   // modules (issue 14), config file section "modules": {"registry": "HOST[:PORT]/PREFIX",
   // "plain_http": false, "credentials_file": "...", "trust": {"NAME"|"*": ["key.pub", ...]},
   // "union": "/run/cairn/union", "upper": "tmpfs"|"persist", "run_dir": "/run/cairn/modules"}
@@ -90,6 +95,14 @@ struct AgentConfig {
   std::filesystem::path module_union;                 // union mount point (default <root>/run/cairn/union)
   std::string module_upper = "tmpfs";                 // upper layer: tmpfs (ephemeral) or persist
   std::filesystem::path module_run_dir;               // layer mounts, staging (default <root>/run/cairn/modules)
+  // modules (h-modpolicy): "policy_keys": ["keys/policy.pub", ...], the keys a trust policy
+  // distributed by control must be signed with (agent/modules/policy.hpp). None: ignored.
+  Json module_policy_keys = nullptr;
+  // modules (h-apply): "auto_apply": true|false. true (default): `cairn-agent service` applies
+  // each new desired set of a heartbeat reply by itself (agent/runtime/module_reconciler.hpp);
+  // false: it only stores the set, applied when an operator runs `cairn-agent update`.
+  bool module_auto_apply = true;
+  std::string module_auto_apply_source = "default";  // for `config --explain`
 
   [[nodiscard]] std::filesystem::path state_dir() const { return persist_dir / "cairn"; }
 };

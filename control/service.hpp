@@ -252,6 +252,11 @@ class ControlService {
   virtual ApiResult<Json> admin_unassign_module(std::string_view /*id*/) {
     return refuse(404, "not_found", "this control service has no module catalog");
   }
+  // modules (h-modpolicy): the signed module trust policy (control/service/module_policy.hpp).
+  virtual ApiResult<Json> admin_show_module_policy() { return refuse(404, "not_found", "this control service has no module policy"); }
+  virtual ApiResult<Json> admin_set_module_policy(const Json& /*body*/) {
+    return refuse(404, "not_found", "this control service has no module policy");
+  }
 
   // Read only: the states the liveness sweep last set.
   virtual NodeCounts node_counts() = 0;

@@ -68,10 +68,8 @@ void add_update(CLI::App& app, const GlobalOptions& global, int& exit_code) {
         return out;
       }
       out.stage = "update";
-      auto http = oci::make_registry_http(env->registry->options);
-      oci::Registry registry(*http, env->registry->host, env->registry->options);
-      auto mounter = modules::make_linux_mounter(config->root);
-      auto result = modules::update(*env, *mounter, registry, **desired, format_rfc3339(SystemClock::instance().now()));
+      // The same construction as the service's reconciler (h-apply): one shared function.
+      auto result = modules::update_from_config(*config, **desired, format_rfc3339(SystemClock::instance().now()));
       if (!result) return out.error = result.error(), out;
       out.details = change_details(result->change);
       Json failed = Json::array();

@@ -7,12 +7,16 @@
 // command line and fw-cfg (agent/boot/bootstrap.hpp) where the config file and flags leave
 // them unset. Each stage logs `event=boot.stage stage=X ok=true duration_ms=N uptime_ms=N`
 // on the console; a temporary failure is retried with backoff and says what it waits for, a
-// configuration error stops at once with its hint. Handoff in this slice: the service loop
-// runs in this process (later slices switch_root and let systemd start `cairn-agent service`).
+// configuration error stops at once with its hint. Handoff: with a sealed base
+// (cairn.base=NAME@sha256:..., agent/boot/sealed_base.hpp) the modules stage mounts base +
+// desired set at /sysroot and the agent exits 0 for /init to switch_root into it, where
+// systemd starts `cairn-agent service` (units/cairn-agent.service); without one the service
+// loop runs in this process, in the initramfs.
 #include <map>
 #include <random>
 
 #include "agent/boot/bootstrap.hpp"
+#include "agent/boot/sealed_base.hpp"
 #include "agent/boot/stages.hpp"
 #include "agent/cli/commands.hpp"
 #include "agent/cli/report.hpp"
@@ -32,7 +36,7 @@ namespace cairn::agent::cli {
 namespace {
 
 struct BootOptions {
-  std::string handoff = "service";  // service | none
+  std::string handoff;  // service | none | switch-root; empty: switch-root with a sealed base, else service
   int enroll_attempts = 0;          // 0: until it succeeds
   std::int64_t retry_max_ms = 30000;
 };
@@ -56,7 +60,8 @@ Json bootstrap_json(const boot::Bootstrap& b) {
   return {{"control_url", entry(b.control_url, false)},
           {"ca_fingerprint", entry(b.ca_fingerprint, false)},
           {"token", entry(b.token, true)},
-          {"persist", entry(b.persist, false)}};
+          {"persist", entry(b.persist, false)},
+          {"base", entry(b.base, false)}};
 }
 
 Result<boot::StageOutcome> persist_stage(const AgentConfig& config, const std::string& mode) {
@@ -118,8 +123,11 @@ void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code) {
   auto* cmd = app.add_subcommand(
       "boot", "the boot stages run by the initramfs: identity, persist, enroll, modules, then the service loop");
   auto opts = std::make_shared<BootOptions>();
-  cmd->add_option("--handoff", opts->handoff, "after the stages: service (run the service loop) or none (exit)")
-      ->check(CLI::IsMember({"service", "none"}));
+  cmd->add_option("--handoff", opts->handoff,
+                  "after the stages: switch-root (exit 0 for /init to switch_root into the union at /sysroot; "
+                  "the default with a sealed base, cairn.base=), service (run the service loop here; the default "
+                  "without one) or none (exit)")
+      ->check(CLI::IsMember({"service", "none", "switch-root"}));
   cmd->add_option("--enroll-attempts", opts->enroll_attempts,
                   "give up enrolling after this many attempts (default 0: retry until it succeeds)")
       ->check(CLI::NonNegativeNumber);
@@ -135,14 +143,29 @@ void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code) {
 
       auto config = load_agent_config(global);
       if (!config) return out.error = config.error(), out;
-      auto bootstrap = boot::read_bootstrap(config->root);
+      // With the cloud's user-data, its metadata server given time to come up (h-userdata).
+      auto bootstrap = boot::read_bootstrap(*config, 8, clock);
       if (!bootstrap) return out.error = bootstrap.error(), out;
-      const auto used = boot::apply(*config, *bootstrap);
+      auto used = boot::apply(*config, *bootstrap);
       out.details["bootstrap"] = bootstrap_json(used);
+      std::optional<boot::BaseRef> base;
+      if (used.base) {
+        auto ref = boot::parse_base_ref(used.base->value, used.base->source);
+        if (!ref) return out.error = ref.error(), out;
+        base = *ref;
+      }
+      const std::string handoff = !opts->handoff.empty() ? opts->handoff : base ? "switch-root" : "service";
+      if (handoff == "switch-root" && !base) {
+        out.error = Error{Errc::usage, "--handoff switch-root without a sealed base",
+                          "name the base on the kernel command line (cairn.base=NAME@sha256:...) or in fw-cfg "
+                          "opt/org.cairn/config \"base\"; nothing else may become /"};
+        return out;
+      }
       log::info("boot.start", {{"uptime_ms", uptime_ms(config->root)},
                                {"control", config->control_url.empty() ? std::string("(none)") : config->control_url},
                                {"control_from", used.control_url ? used.control_url->source : std::string("-")},
                                {"persist", used.persist->value},
+                               {"base", base ? base->str() : std::string("(none)")},
                                {"token_from", used.token ? used.token->source : std::string("token file")}});
 
       auto stage = [&](const std::string& name, const boot::RetryPolicy& policy,
@@ -204,6 +227,9 @@ void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code) {
                               return fail(r.error());
                             }
                             node_id = r->node_id;
+                            // The token did its work: no copy stays in memory (h-userdata).
+                            boot::forget_token(*bootstrap);
+                            boot::forget_token(used);
                             return boot::StageOutcome{
                                 .note = (r->already_enrolled ? "already enrolled: node " : "enrolled: node ") +
                                         r->node_id +
@@ -215,7 +241,7 @@ void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code) {
            [&] {
              return stage("modules", {.max_attempts = 3, .first_delay = std::chrono::milliseconds(1000),
                                       .max_delay = retry_max},
-                          [&] { return modules_stage(*config); });
+                          [&] { return base ? boot::sealed_modules_stage(*config, *base, clock) : modules_stage(*config); });
            }},
       };
       for (const auto& name : boot::stage_order(order)) {
@@ -230,9 +256,20 @@ void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       }
       out.details["stages"] = stages;
       out.details["node_id"] = node_id;
-      log::info("boot.handoff", {{"to", opts->handoff}, {"node", node_id}, {"uptime_ms", uptime_ms(config->root)}});
       out.stage = "handoff";
-      if (opts->handoff == "none") {
+      if (handoff == "switch-root") {
+        // /init moves /run, /persist, /dev, /proc, /sys into the union and switch_roots;
+        // systemd then starts cairn-agent.service with the same persist root and credentials.
+        if (auto ok = boot::write_handoff(*config); !ok) return out.error = ok.error(), out;
+        log::info("boot.handoff", {{"to", handoff}, {"sysroot", (config->root / boot::kSysroot).string()},
+                                   {"base", base->str()}, {"node", node_id}, {"uptime_ms", uptime_ms(config->root)}});
+        out.details["sysroot"] = (config->root / boot::kSysroot).string();
+        out.human = "booted: node " + node_id + "; switch_root into " + (config->root / boot::kSysroot).string() +
+                    " (base " + base->str() + ")\n";
+        return out;
+      }
+      log::info("boot.handoff", {{"to", handoff}, {"node", node_id}, {"uptime_ms", uptime_ms(config->root)}});
+      if (handoff == "none") {
         out.human = "booted: node " + node_id + " (no handoff)\n";
         return out;
       }

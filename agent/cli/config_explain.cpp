@@ -1,6 +1,7 @@
 // `cairn-agent config [--explain]`: the configuration the boot and the service would use,
 // and with --explain where each value came from (config file or flag, kernel command line,
-// fw-cfg, default). The bootstrap token is never shown, only its source.
+// fw-cfg, the cloud's user-data, default) and what the user-data lookup did. The bootstrap
+// token is never shown, only its source.
 #include "agent/boot/bootstrap.hpp"
 #include "agent/cli/commands.hpp"
 #include "agent/cli/report.hpp"
@@ -17,7 +18,7 @@ void add_config(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       auto config = load_agent_config(global);
       if (!config) return out.error = config.error(), out;
       out.stage = "bootstrap";
-      auto bootstrap = boot::read_bootstrap(config->root);
+      auto bootstrap = boot::read_bootstrap(*config);
       if (!bootstrap) return out.error = bootstrap.error(), out;
       const auto used = boot::apply(*config, *bootstrap);
       struct Row {
@@ -42,9 +43,19 @@ void add_config(CLI::App& app, const GlobalOptions& global, int& exit_code) {
         add("token", {"", config->token_file.string(), "token file (read at enroll)"});
       }
       add("persist", from(used.persist, false));
+      add("base", from(used.base, false));  // sealed base module (h-base)
+      add("persist_disk", from(used.disk, false));  // h-userdata: persist disk rule
+      if (used.labels) {  // user-data (h-userdata)
+        std::string text;
+        for (const auto& [k, v] : used.labels->values) text += (text.empty() ? "" : ",") + k + "=" + v;
+        add("labels", {"", text, used.labels->source});
+      } else {
+        add("labels", {"", "(none)", "-"});
+      }
       add("persist_dir", {"", config->persist_dir.string(), "config file, flag or default"});
       add("module_registry",
           {"", config->module_registry.empty() ? "(unset)" : config->module_registry, "config file"});
+      add("modules.auto_apply", {"", config->module_auto_apply ? "true" : "false", config->module_auto_apply_source});  // h-apply
       Json details = Json::object();
       std::string human;
       for (const auto& r : rows) {
@@ -52,6 +63,10 @@ void add_config(CLI::App& app, const GlobalOptions& global, int& exit_code) {
         human += r.key + std::string(r.key.size() < 16 ? 16 - r.key.size() : 1, ' ') + r.value;
         if (*explain) human += "    (" + r.source + ")";
         human += "\n";
+      }
+      if (*explain) {  // user-data (h-userdata): which clouds were asked and what they said
+        details["user_data"] = used.notes;
+        for (const auto& n : used.notes) human += n + "\n";
       }
       out.details = details;
       out.human = human;

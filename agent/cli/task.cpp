@@ -41,7 +41,9 @@ CommandOutcome run_task_command(const GlobalOptions& global, const std::string& 
   const tasks::TaskContext ctx{.root = config->root, .clock = SystemClock::instance(),
                                .timeout = std::chrono::seconds(std::max<std::int64_t>(0, timeout_s)),
                                .cancel_fd = stop.get()};
-  const tasks::KindSettings settings{.exec_allowlist = config->exec_allowlist, .services_dir = config->services_dir};
+  const tasks::KindSettings settings{.exec_allowlist = config->exec_allowlist,
+                                     .allow_root_services = config->allow_root_services,
+                                     .services_dir = config->services_dir};
   auto r = tasks::run_task(kind, args, settings, ctx);
   if (r.ok() && r.after_complete) {  // by hand there is no completion to wait for (reboot)
     if (auto ok = r.after_complete(); !ok) return out.error = ok.error(), out;

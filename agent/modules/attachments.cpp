@@ -18,6 +18,7 @@
 #include "common/module/manifest.hpp"
 #include "common/module/signature.hpp"
 #include "common/oci/module_artifact.hpp"
+#include "agent/modules/policy.hpp"
 
 namespace cairn::agent::modules {
 namespace {
@@ -141,6 +142,11 @@ Result<ModulesEnv> modules_env(const AgentConfig& config) {
     return config_file_path(config.root, config.module_config_file, value);
   });
   if (!policy) return fail(policy.error());
+  // The policy control distributed, as far as a pinned policy key signed it (h-modpolicy).
+  if (auto ok = merge_accepted_policy(config, *policy); !ok) {
+    if (ok.error().code == Errc::config) return fail(ok.error());
+    log::warn("modules.policy_unusable", {{"error", ok.error().message}});  // the agent's own trust still holds
+  }
   auto registry = registry_settings(config);
   if (!registry) return fail(registry.error());
   auto mode = parse_upper_mode(config.module_upper);
@@ -161,6 +167,10 @@ Result<ChangeOutcome> apply_set(ModulesEnv& env, Mounter& mounter, std::vector<A
     if (it == next.end()) return fail(Errc::internal, "layer " + l.name + " without an attached module");
     return reverify_attached(env.store, *it, env.policy);
   });
+  if (!env.inspect_mounts) {
+    checks.mounted_layer = nullptr;
+    checks.merged = nullptr;
+  }
   UnionManager manager(mounter, env.paths);
   auto before = env.store.load_attached();
   auto outcome = manager.apply(layers_of(env.store, next), checks);
@@ -255,7 +265,11 @@ Result<ChangeOutcome> detach(ModulesEnv& env, Mounter& mounter, const std::strin
 
 Status save_desired(const AgentConfig& config, const std::vector<protocol::ModuleRef>& desired) {
   Json list = Json::array();
-  for (const auto& d : desired) list.push_back({{"name", d.name}, {"digest", d.digest}});
+  for (const auto& d : desired) {
+    Json entry = {{"name", d.name}, {"digest", d.digest}};
+    if (d.required) entry["required"] = true;
+    list.push_back(std::move(entry));
+  }
   const auto path = config.state_dir() / "modules/desired.json";
   const auto text = dump_json({{"desired", list}}, 2) + "\n";
   // Every heartbeat brings it: written (and fsynced) only when it changed.
@@ -270,51 +284,116 @@ Result<std::optional<std::vector<protocol::ModuleRef>>> load_desired(const Agent
   if (!*text) return std::optional<std::vector<protocol::ModuleRef>>{};
   return decode_json<std::optional<std::vector<protocol::ModuleRef>>>(**text, path.string(), [](const Json& j) {
     std::vector<protocol::ModuleRef> out;
-    for (const auto& d : j.at("desired")) out.push_back({d.at("name").get<std::string>(), d.at("digest").get<std::string>(), false});
+    for (const auto& d : j.at("desired")) {
+      out.push_back({d.at("name").get<std::string>(), d.at("digest").get<std::string>(), false, d.value("required", false)});
+    }
     return std::optional(out);
   });
 }
 
 Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, oci::Registry& registry,
-                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339) {
+                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339,
+                             const std::function<bool()>& stop) {
   if (!env.registry) {
     return fail(Errc::config, "no module registry configured", "set \"registry\" in the \"modules\" section of the agent's config");
   }
+  const FetchFn fetch = [&](const protocol::ModuleRef& d) -> Result<AttachedModule> {
+    auto ref = oci::parse_reference(env.registry->host + "/" + (env.registry->prefix.empty() ? "" : env.registry->prefix + "/") +
+                                    d.name + "@" + d.digest);
+    if (!ref) return fail(ref.error());
+    return fetch_and_verify_ref(env, registry, *ref, d.name, std::nullopt, now_rfc3339);
+  };
+  return update(env, mounter, fetch, desired, now_rfc3339, stop);
+}
+
+std::optional<Error> fatal_failure(const std::vector<protocol::ModuleRef>& desired, const std::vector<AttachedModule>& next,
+                                   const std::vector<Exclusion>& failed, std::string* culprit) {
+  for (const auto& f : failed) {
+    if (culprit != nullptr) *culprit = f.name;
+    const bool required = std::any_of(desired.begin(), desired.end(),
+                                      [&](const protocol::ModuleRef& d) { return d.name == f.name && d.required; });
+    if (required) {
+      return Error{Errc::refused, "required module " + f.name + " could not be fetched or verified: " + f.reason,
+                   "the whole change is refused and the union stays as it was; fix or replace " + f.name + " in the catalog"};
+    }
+    for (const auto& a : next) {
+      if (a.name == f.name) continue;
+      if (std::find(a.depends.begin(), a.depends.end(), f.name) != a.depends.end()) {
+        return Error{Errc::refused, "module " + f.name + " could not be fetched or verified (" + f.reason + ") and module " + a.name +
+                                        " depends on it",
+                     "the whole change is refused and the union stays as it was; fix or replace " + f.name + " in the catalog"};
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, const FetchFn& fetch,
+                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339,
+                             const std::function<bool()>& stop) {
   auto current = env.store.load_attached();
   if (!current) return fail(current.error());
+  // h-apply: a stop between two steps leaves everything as it was (nothing mounted yet).
+  const auto abandoned = [&] { return stop && stop(); };
+  const auto abandon = [] {
+    return fail(Errc::temporary, "module update abandoned: the agent is stopping",
+                "nothing was mounted or unmounted; the service applies the desired set when it runs again");
+  };
   UpdateOutcome out;
   std::vector<AttachedModule> next;
+  std::vector<std::pair<protocol::ModuleRef, Error>> refusals;
   for (const auto& d : desired) {
+    if (abandoned()) return abandon();
     auto it = std::find_if(current->begin(), current->end(), [&](const AttachedModule& a) { return a.name == d.name; });
     if (it != current->end() && it->source.ends_with("@" + d.digest)) {
       next.push_back(*it);  // already the desired one
+      next.back().required = d.required;
       continue;
     }
-    auto ref = oci::parse_reference(env.registry->host + "/" + (env.registry->prefix.empty() ? "" : env.registry->prefix + "/") +
-                                    d.name + "@" + d.digest);
-    Result<AttachedModule> fetched = ref ? fetch_and_verify_ref(env, registry, *ref, d.name, std::nullopt, now_rfc3339)
-                                         : Result<AttachedModule>(fail(ref.error()));
+    auto fetched = fetch(d);
     if (!fetched) {
       out.failed.push_back({d.name, fetched.error().message});
-      // Control keeps ids of up to 128 bytes: the name (at most 64) and 32 hex of the digest.
-      record_all(env.store, {{"module.refused." + d.name + "." + id_part(d.digest).substr(0, 39), "warning", "module.refused",
-                              "desired module " + d.name + " (" + d.digest + ") refused: " + fetched.error().message +
-                                  (it != current->end() ? "; " + it->name + " " + it->version + " stays attached"
-                                                        : "; it is not attached"),
-                              now_rfc3339}});
+      refusals.emplace_back(d, fetched.error());
       if (!out.first_error) out.first_error = fetched.error();
       if (it != current->end()) next.push_back(*it);  // keep what runs until the new one verifies
       continue;
     }
+    fetched->required = d.required;
     next.push_back(std::move(*fetched));
   }
+  if (abandoned()) return abandon();  // h-apply: the last point before events and mounts
   std::string set_key;
-  for (const auto& d : desired) set_key += d.name + "@" + d.digest + "\n";
+  for (const auto& d : desired) set_key += d.name + "@" + d.digest + (d.required ? "!" : "") + "\n";
+  const auto update_failed = [&](const std::string& why) {
+    record_all(env.store, {{"module.update_failed." + sha256_hex(set_key).substr(0, 32), "warning", "module.update_failed",
+                            "the desired module set could not be applied: " + why + "; the union stays as it was", now_rfc3339}});
+  };
+  std::string culprit;
+  if (auto fatal = fatal_failure(desired, next, out.failed, &culprit)) {
+    // A registry that did not answer (or a download that broke off) is worth another attempt
+    // soon: the change keeps that error's code, so the boot and the service retry it as such
+    // instead of waiting as for a refused signature.
+    for (const auto& [d, error] : refusals) {
+      if (d.name == culprit && (error.code == Errc::unavailable || error.code == Errc::temporary || error.code == Errc::io)) {
+        fatal->code = error.code;
+      }
+    }
+    // Nothing was mounted yet: the union and the attached list stay exactly as they were.
+    update_failed(fatal->message);
+    return fail(std::move(*fatal));
+  }
+  for (const auto& [d, error] : refusals) {
+    auto it = std::find_if(current->begin(), current->end(), [&](const AttachedModule& a) { return a.name == d.name; });
+    // Control keeps ids of up to 128 bytes: the name (at most 64) and 32 hex of the digest.
+    record_all(env.store, {{"module.refused." + d.name + "." + id_part(d.digest).substr(0, 39), "warning", "module.refused",
+                            "desired module " + d.name + " (" + d.digest + ") refused: " + error.message +
+                                (it != current->end() ? "; " + it->name + " " + it->version + " stays attached"
+                                                      : "; it is not attached"),
+                            now_rfc3339}});
+  }
   auto change = apply_set(env, mounter, std::move(next));
   if (!change) {
-    record_all(env.store, {{"module.update_failed." + sha256_hex(set_key).substr(0, 32), "warning", "module.update_failed",
-                            "the desired module set could not be applied: " + change.error().message + "; the union stays as it was",
-                            now_rfc3339}});
+    update_failed(change.error().message);
     return fail(change.error());
   }
   out.change = std::move(*change);
@@ -339,6 +418,60 @@ std::vector<protocol::ModuleRef> running_modules(const AgentConfig& config) {
     out.push_back({a.name, a.image_digest, mounted});
   }
   return out;
+}
+
+}  // namespace cairn::agent::modules
+
+namespace cairn::agent::modules {
+namespace {
+
+// h-apply: the one update of a persist root at a time (flock, released with the fd).
+Result<UniqueFd> lock_updates(const ModuleStore& store, const UpdateHooks& hooks) {
+  if (auto ok = make_dirs(store.dir(), 0700); !ok) return fail(ok.error());
+  const auto path = store.dir() / "update.lock";
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd) return fail(Errc::io, "open " + path.string() + ": " + std::strerror(errno));
+  const Clock& clock = hooks.clock != nullptr ? *hooks.clock : SystemClock::instance();
+  const auto deadline = clock.monotonic() + hooks.lock_wait;
+  for (;;) {
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return fd;
+    if (errno != EWOULDBLOCK && errno != EINTR) return fail(Errc::io, "lock " + path.string() + ": " + std::strerror(errno));
+    if (hooks.stop && hooks.stop()) {
+      return fail(Errc::temporary, "module update abandoned while waiting for " + path.string() + ": the agent is stopping");
+    }
+    if (clock.monotonic() >= deadline) {
+      return fail(Errc::temporary, "another module update holds " + path.string(),
+                  "`cairn-agent update` or the service is applying the desired set; retry when it is done");
+    }
+    clock.sleep_until(std::min<Clock::MonoTime>(deadline, clock.monotonic() + std::chrono::milliseconds(100)));
+  }
+}
+
+}  // namespace
+
+Result<UpdateOutcome> update_from_config(const AgentConfig& config, const std::vector<protocol::ModuleRef>& desired,
+                                         const std::string& now_rfc3339, const UpdateHooks& hooks) {
+  auto env = modules_env(config);
+  if (!env) return fail(env.error());
+  if (!env->registry) {
+    return fail(Errc::config, "no module registry configured", "set \"registry\" in the \"modules\" section of the agent's config");
+  }
+  auto lock = lock_updates(env->store, hooks);
+  if (!lock) return fail(lock.error());
+  std::unique_ptr<HttpClient> http = oci::make_registry_http(env->registry->options);
+  if (hooks.wrap_http) http = hooks.wrap_http(std::move(http));
+  oci::Registry registry(*http, env->registry->host, env->registry->options);
+  auto mounter = make_linux_mounter(config.root);
+  return update(*env, *mounter, registry, desired, now_rfc3339, hooks.stop);
+}
+
+bool matches_desired(const std::vector<AttachedModule>& attached, const std::vector<protocol::ModuleRef>& desired) {
+  if (attached.size() != desired.size()) return false;
+  return std::all_of(desired.begin(), desired.end(), [&](const protocol::ModuleRef& d) {
+    return std::any_of(attached.begin(), attached.end(), [&](const AttachedModule& a) {
+      return a.name == d.name && a.source.ends_with("@" + d.digest) && a.required == d.required;
+    });
+  });
 }
 
 }  // namespace cairn::agent::modules

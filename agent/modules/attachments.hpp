@@ -4,8 +4,10 @@
 // then saves the attached list and collects the store's garbage.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,9 +15,12 @@
 #include "agent/config.hpp"
 #include "agent/modules/fetch.hpp"
 #include "agent/modules/mounter.hpp"
+#include "agent/modules/policy.hpp"  // receive_policy for the service (h-modpolicy)
 #include "agent/modules/store.hpp"
 #include "agent/modules/union.hpp"
 #include "agent/modules/verify.hpp"
+#include "common/clock.hpp"
+#include "common/http.hpp"
 #include "common/protocol/messages.hpp"
 
 namespace cairn::agent::modules {
@@ -25,6 +30,9 @@ struct ModulesEnv {
   UnionPaths paths;
   TrustPolicy policy;
   std::optional<RegistrySettings> registry;
+  // false only with a fake Mounter (unit tests): nothing is really mounted, so the checks that
+  // look into a mounted layer or the new union are skipped; the re-verification still runs.
+  bool inspect_mounts = true;
 };
 // From the agent's configuration: store <persist>/cairn/modules, run dir <root>/run/cairn/modules.
 Result<ModulesEnv> modules_env(const AgentConfig& config);
@@ -66,9 +74,45 @@ struct UpdateOutcome {
 };
 // Reconciles the attached set with `desired` (name + OCI manifest digest): fetches and verifies
 // what is new, drops what is no longer desired, applies the union once. A module that fails is
-// left out with its reason (an attached older version of it stays); the others proceed.
+// left out with its reason (an attached older version of it stays); the others proceed. A
+// failed module that is required, or that another module of the set depends on, fails the
+// whole change instead (Errc::refused naming it, event module.update_failed): nothing is
+// mounted or unmounted and the attached list stays as it was.
+// `stop` (h-apply), when given, is asked before each fetch and before the union changes: true
+// abandons the update with Errc::temporary, nothing mounted or unmounted, no event recorded.
 Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, oci::Registry& registry,
-                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339);
+                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339,
+                             const std::function<bool()>& stop = {});
+// The same over any way of fetching: `fetch` fetches and verifies one desired module.
+using FetchFn = std::function<Result<AttachedModule>(const protocol::ModuleRef& desired)>;
+Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, const FetchFn& fetch,
+                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339,
+                             const std::function<bool()>& stop = {});
+
+// h-apply: `update` with the configuration's own parts, shared by `cairn-agent update` and the
+// service's reconciler (agent/runtime/module_reconciler.hpp): modules_env(config), the
+// configured registry over libcurl, the Linux mounter. One update at a time per persist root:
+// <persist>/cairn/modules/update.lock (flock) is waited for up to lock_wait, then
+// Errc::temporary.
+struct UpdateHooks {
+  std::function<bool()> stop{};  // as for update() above; also ends the wait for the lock
+  // Wraps the registry's HttpClient (the service makes a stop abort a download in flight).
+  std::function<std::unique_ptr<HttpClient>(std::unique_ptr<HttpClient>)> wrap_http{};
+  std::chrono::milliseconds lock_wait{std::chrono::minutes(2)};
+  const Clock* clock = nullptr;  // for the lock wait; nullptr: the system clock
+};
+Result<UpdateOutcome> update_from_config(const AgentConfig& config, const std::vector<protocol::ModuleRef>& desired,
+                                         const std::string& now_rfc3339, const UpdateHooks& hooks = {});
+
+// h-apply: whether `attached` is exactly `desired`: the same names, each attached from the
+// desired OCI manifest digest (its source ends "@<digest>"), with the same required flag.
+bool matches_desired(const std::vector<AttachedModule>& attached, const std::vector<protocol::ModuleRef>& desired);
+
+// The rule above: the first of `failed` that is required in `desired` or that a module of
+// `next` (the set that would be applied) depends on, as the error naming it; none: nullopt.
+// `culprit`, when given, receives the failed module's name.
+std::optional<Error> fatal_failure(const std::vector<protocol::ModuleRef>& desired, const std::vector<AttachedModule>& next,
+                                   const std::vector<Exclusion>& failed, std::string* culprit = nullptr);
 
 // Module events (fs-verity unavailable, a desired module refused). The commands that change
 // the set (attach, update) run in their own process, so they leave events in

@@ -104,6 +104,11 @@ Json to_json(const UnionState& s) {
   Json j = {{"generation", s.generation}, {"mount_point", s.mount_point.string()},
             {"upper_mode", upper_mode_name(s.upper_mode)}, {"layers", layers}};
   if (!s.merged.empty()) j["merged"] = s.merged.string();
+  if (!s.previous.empty()) {
+    Json dirs = Json::array();
+    for (const auto& d : s.previous_layers) dirs.push_back(d.string());
+    j["previous"] = {{"merged", s.previous.string()}, {"generation", s.previous_generation}, {"layers", dirs}};
+  }
   return j;
 }
 
@@ -121,6 +126,11 @@ Result<UnionState> union_state_from_json(const Json& j) {
                           l.at("dir").get<std::string>()});
     }
     if (auto it = j.find("merged"); it != j.end()) s.merged = it->get<std::string>();
+    if (auto it = j.find("previous"); it != j.end()) {
+      s.previous = it->at("merged").get<std::string>();
+      s.previous_generation = it->at("generation").get<std::uint64_t>();
+      for (const auto& d : it->at("layers")) s.previous_layers.emplace_back(d.get<std::string>());
+    }
     return s;
   } catch (const nlohmann::json::exception& e) {
     return fail(Errc::data, std::string("union state: ") + e.what(), "unmount the union by hand and remove union.json");
@@ -230,6 +240,49 @@ Status UnionManager::rollback(const std::vector<std::filesystem::path>& fresh) {
   return result;
 }
 
+void UnionManager::retire_previous(const UnionState& state, const std::set<std::filesystem::path>& keep) {
+  if (state.previous.empty()) return;
+  auto mounted = mounter_.is_mount_point(state.previous);
+  if (mounted && *mounted) {
+    if (auto ok = mounter_.unmount(state.previous, true); !ok) {
+      log::warn("modules.old_generation_unmount_failed", {{"dir", state.previous.string()}, {"error", ok.error().message}});
+      return;  // its layers stay too: the next change or teardown tries again
+    }
+  }
+  remove_tree(state.previous);
+  for (const auto& dir : state.previous_layers) {
+    if (keep.contains(dir)) continue;
+    auto layer_mounted = mounter_.is_mount_point(dir);
+    if (layer_mounted && *layer_mounted) {
+      if (auto ok = mounter_.unmount(dir, true); !ok) {
+        log::warn("modules.layer_unmount_failed", {{"dir", dir.string()}, {"error", ok.error().message}});
+        continue;
+      }
+    }
+    remove_tree(dir);
+  }
+  const auto base = state.upper_mode == UpperMode::persist ? paths_.persist_upper : paths_.run_dir / "upper";
+  remove_tree(base / ("work-" + std::to_string(state.previous_generation)));
+}
+
+void UnionManager::sweep_stale(const UnionState& state) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(paths_.run_dir, ec)) {
+    const auto name = entry.path().filename().string();
+    if (!name.starts_with("gen-") && !name.starts_with("staging-")) continue;
+    if (entry.path() == state.merged || entry.path() == state.previous) continue;
+    auto mounted = mounter_.is_mount_point(entry.path());
+    if (mounted && *mounted) {
+      if (auto ok = mounter_.unmount(entry.path(), true); !ok) {
+        log::warn("modules.stale_generation_unmount_failed", {{"dir", entry.path().string()}, {"error", ok.error().message}});
+        continue;
+      }
+    }
+    log::info("modules.stale_generation_removed", {{"dir", entry.path().string()}});
+    remove_tree(entry.path());
+  }
+}
+
 Result<std::filesystem::path> UnionManager::prepare_upper_base() {
   if (paths_.upper_mode == UpperMode::persist) {
     if (auto ok = make_dirs(paths_.persist_upper); !ok) return fail(ok.error());
@@ -259,9 +312,13 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
     return fail(Errc::config, "the union is mounted at " + current->mount_point.string() + ", the configuration names " + paths_.mount_point.string(),
                 "detach every module before moving the union mount point");
   }
+  sweep_stale(*current);
   const std::uint64_t gen = current->generation + 1;
   std::set<std::filesystem::path> kept_dirs;
   for (const auto& l : current->layers) kept_dirs.insert(l.dir);
+  // The kept previous generation's own layers are still mounted: a set that takes one of them
+  // back reuses the mount.
+  kept_dirs.insert(current->previous_layers.begin(), current->previous_layers.end());
 
   // 1. Each layer mounted (or its mount reused), checked; failures become exclusions.
   std::vector<std::filesystem::path> fresh;
@@ -327,7 +384,7 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
   }
   const bool had_union = !current->layers.empty() && *old_mounted;
   // Without MOVE_MOUNT_BENEATH: generation directories and a symlink (never for a union at "/").
-  const bool via_link = !paths_.mount_point.relative_path().empty() && !mounter_.can_move_beneath();
+  const bool via_link = !paths_.direct && !paths_.mount_point.relative_path().empty() && !mounter_.can_move_beneath();
 
   if (!selected->empty()) {
     // 3. The new union at a staging path, checked.
@@ -372,11 +429,17 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
         return fail(ok.error().with_context("new union (the old one stays)"));
       }
       next.merged = staging;
+      // The generation before the old one goes now; the old one stays mounted until the next
+      // change, with the layers only it uses, so a reader that resolved the link just before
+      // the swap still sees its files (h-modpolicy).
+      std::set<std::filesystem::path> in_use = selected_dirs;
+      for (const auto& l : current->layers) in_use.insert(l.dir);
+      retire_previous(*current, in_use);
       if (had_union && !current->merged.empty()) {
-        if (auto ok = mounter_.unmount(current->merged, true); !ok) {
-          log::warn("modules.old_generation_unmount_failed", {{"dir", current->merged.string()}, {"error", ok.error().message}});
-        } else {
-          remove_tree(current->merged);
+        next.previous = current->merged;
+        next.previous_generation = current->generation;
+        for (const auto& l : current->layers) {
+          if (!selected_dirs.contains(l.dir)) next.previous_layers.push_back(l.dir);
         }
       }
     } else if (auto ok = mounter_.move_mount(staging, paths_.mount_point, had_union); !ok) {
@@ -398,11 +461,13 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
       remove_link(paths_.mount_point);
       remove_tree(current->merged);
     }
+    retire_previous(*current, {});
   }
 
   // 5. The old union is gone: its layers that the new one does not use, and its work dir.
+  const std::set<std::filesystem::path> kept_for_previous(next.previous_layers.begin(), next.previous_layers.end());
   for (const auto& l : current->layers) {
-    if (selected_dirs.contains(l.dir)) continue;
+    if (selected_dirs.contains(l.dir) || kept_for_previous.contains(l.dir)) continue;
     auto mounted = mounter_.is_mount_point(l.dir);
     if (mounted && *mounted) {
       if (auto ok = mounter_.unmount(l.dir, true); !ok) {
@@ -412,7 +477,7 @@ Result<UnionOutcome> UnionManager::apply(const std::vector<Layer>& desired, cons
     }
     remove_tree(l.dir);
   }
-  if (current->generation > 0) {
+  if (current->generation > 0 && next.previous.empty()) {  // a kept generation keeps its work dir
     const auto old_base = current->upper_mode == UpperMode::persist ? paths_.persist_upper : paths_.run_dir / "upper";
     remove_tree(old_base / ("work-" + std::to_string(current->generation)));
   }
@@ -447,10 +512,12 @@ Status UnionManager::teardown() {
       remove_tree(current->merged);
     }
   }
+  retire_previous(*current, {});
   for (const auto& l : current->layers) {
     if (auto ok = unmount_if(l.dir, true); !ok) return ok;
     remove_tree(l.dir);
   }
+  sweep_stale(UnionState{});
   if (auto ok = unmount_if(paths_.run_dir / "upper", true); !ok) return ok;
   if (current->generation > 0 && current->upper_mode == UpperMode::persist) {
     remove_tree(paths_.persist_upper / ("work-" + std::to_string(current->generation)));

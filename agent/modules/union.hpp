@@ -5,7 +5,10 @@
 // failure before that point unmounts what the change mounted and leaves the old union as it
 // was. Kernels before 6.5 (Debian 12's 6.1) lack MOVE_MOUNT_BENEATH: there each union is
 // mounted at run_dir/gen-N and the mount point is a symlink to it, replaced with rename(2)
-// (atomic for every reader), then the old generation is unmounted. A union at "/" (boot)
+// (atomic for every reader). The generation it replaced stays mounted until the next change
+// (a reader that resolved the old link a moment before the swap still finds its files), and
+// is unmounted then, with the layers only it used; teardown unmounts both, and any other
+// gen-N dir (a crashed agent's) is swept at the next change. A union at "/" (boot)
 // cannot be a symlink: there a change of a live union still needs MOVE_MOUNT_BENEATH. One bad module is left out with its reason, unless it is required or another module
 // of the set depends on it (then the whole change is refused).
 #pragma once
@@ -14,6 +17,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,6 +47,10 @@ struct UnionPaths {
   std::filesystem::path run_dir;        // layer mounts, staging, union.json (<root>/run/cairn/modules)
   std::filesystem::path persist_upper;  // upper + work dirs for UpperMode::persist
   UpperMode upper_mode = UpperMode::tmpfs;
+  // The overlay is mounted at mount_point itself, never through a gen-N symlink, whatever the
+  // kernel: the boot's union at /sysroot becomes `/` by switch_root, and /run (where gen-N
+  // would live) is moved inside it (h-base).
+  bool direct = false;
 };
 
 struct MountedLayer {
@@ -62,6 +70,11 @@ struct UnionState {
   // Without MOVE_MOUNT_BENEATH: where the overlay is mounted (run_dir/gen-N), mount_point being
   // a symlink to it. Empty: the overlay is mounted at mount_point itself.
   std::filesystem::path merged{};
+  // Without MOVE_MOUNT_BENEATH: the generation this one replaced, still mounted until the next
+  // change (h-modpolicy), with the layer dirs only it uses. Empty: none kept.
+  std::filesystem::path previous{};
+  std::uint64_t previous_generation = 0;
+  std::vector<std::filesystem::path> previous_layers{};
   // Where the overlay of this state is mounted.
   [[nodiscard]] const std::filesystem::path& live_path() const { return merged.empty() ? mount_point : merged; }
 };
@@ -119,6 +132,11 @@ class UnionManager {
 
  private:
   Status rollback(const std::vector<std::filesystem::path>& fresh);
+  // Unmounts the kept previous generation of `state` and its own layers (except those in
+  // `keep`), and removes its work dir.
+  void retire_previous(const UnionState& state, const std::set<std::filesystem::path>& keep);
+  // gen-N / staging-N dirs of run_dir that `state` does not name (a crashed change's).
+  void sweep_stale(const UnionState& state);
   Result<std::filesystem::path> prepare_upper_base();
 
   Mounter& mounter_;

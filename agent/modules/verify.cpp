@@ -31,7 +31,7 @@ Result<std::pair<std::size_t, std::string>> check_signatures(const module::Manif
   const auto allowed = allowed_keys(policy, m.name);
   if (allowed.empty()) {
     return fail(Errc::refused, "the trust policy allows no key for module " + m.name,
-                "add the module's signing key under \"trust\" in the agent's modules configuration");
+                "add the module's signing key under \"trust\" in the agent's modules configuration, or to the policy control distributes");
   }
   std::string reasons;
   for (std::size_t i = 0; i < signatures.size(); ++i) {
@@ -104,6 +104,9 @@ std::vector<std::string> allowed_keys(const TrustPolicy& policy, const std::stri
   for (const auto* key : {&name, static_cast<const std::string*>(nullptr)}) {
     auto it = policy.allowed.find(key ? *key : std::string("*"));
     if (it != policy.allowed.end()) out.insert(out.end(), it->second.begin(), it->second.end());
+  }
+  for (const auto& rule : policy.distributed) {
+    if (module::policy_pattern_matches(rule.pattern, name)) out.insert(out.end(), rule.key_ids.begin(), rule.key_ids.end());
   }
   return out;
 }

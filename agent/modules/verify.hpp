@@ -7,6 +7,7 @@
 // "unavailable" with the reason.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -16,6 +17,7 @@
 #include "agent/modules/store.hpp"
 #include "common/json.hpp"
 #include "common/module/manifest.hpp"
+#include "common/module/policy.hpp"
 #include "common/module/signature.hpp"
 #include "common/result.hpp"
 #include "common/root.hpp"
@@ -26,14 +28,19 @@ namespace cairn::agent::modules {
 // Which keys may sign which module, pinned by the agent's configuration:
 //   "trust": {"NAME": ["keys/a.pub", ...], "*": ["keys/fleet.pub"]}
 // "*" applies to every name. Keys are public key PEM files; they are named by key id.
+// The effective trust is the union of that and the policy distributed by control once the
+// agent accepted it (agent/modules/policy.hpp): its rules match names by glob.
 struct TrustPolicy {
   std::map<std::string, std::vector<std::string>> allowed;  // module name or "*" -> key ids
   std::map<std::string, EvpPkey> keys;                      // key id -> public key
+  std::vector<module::PolicyRule> distributed{};            // the accepted distributed policy's rules
+  std::uint64_t distributed_version = 0;                    // 0: none accepted
 };
 // `resolve` turns a key file value of the config into a host path.
 Result<TrustPolicy> trust_policy_from_json(const Json& j,
                                            const std::function<std::filesystem::path(const std::string&)>& resolve);
-// Key ids allowed for a module name (its own list plus "*").
+// Key ids allowed for a module name (its own list plus "*", plus every distributed rule
+// whose pattern matches it).
 std::vector<std::string> allowed_keys(const TrustPolicy& policy, const std::string& name);
 
 struct VerifyRequest {

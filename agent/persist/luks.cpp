@@ -14,10 +14,68 @@
 #include <cstring>
 #include <mutex>
 
+#include "common/dynamic_library.hpp"
 #include "common/fd.hpp"
 
 namespace cairn::agent::persist {
 namespace {
+
+// libcryptsetup is loaded on first use (dlopen, as agent/tasks/archive.cpp does for libarchive,
+// the way systemd loads its optional libraries): the service loop never needs it, and without
+// it at startup the agent maps neither it nor libdevmapper, libjson-c, libargon2 and the rest of
+// its closure (agent RSS). Only the declarations of <libcryptsetup.h> are used here.
+constexpr const char* kLibCryptsetup = "libcryptsetup.so.12";  // the soname since cryptsetup 2.0
+
+#define CAIRN_CRYPTSETUP_FUNCTIONS(X) \
+  X(crypt_activate_by_passphrase) \
+  X(crypt_deactivate) \
+  X(crypt_format) \
+  X(crypt_free) \
+  X(crypt_get_device_name) \
+  X(crypt_get_label) \
+  X(crypt_get_uuid) \
+  X(crypt_init) \
+  X(crypt_init_by_name) \
+  X(crypt_keyslot_add_by_passphrase) \
+  X(crypt_keyslot_add_by_volume_key) \
+  X(crypt_keyslot_destroy) \
+  X(crypt_keyslot_max) \
+  X(crypt_keyslot_status) \
+  X(crypt_load) \
+  X(crypt_set_log_callback) \
+  X(crypt_set_pbkdf_type) \
+  X(crypt_status) \
+  X(crypt_token_json_get) \
+  X(crypt_token_json_set) \
+  X(crypt_token_max) \
+  X(crypt_token_status)
+
+struct LibCryptsetup {
+#define X(f) decltype(&::f) f = nullptr;
+  CAIRN_CRYPTSETUP_FUNCTIONS(X)
+#undef X
+};
+
+Result<LibCryptsetup> load_libcryptsetup() {
+  auto so = DynamicLibrary::open(kLibCryptsetup, "LUKS2", "install libcryptsetup12 on the node");
+  if (!so) return fail(so.error());
+  LibCryptsetup lib;
+  MissingSymbols missing;
+#define X(f) so->bind(lib.f, #f, missing);
+  CAIRN_CRYPTSETUP_FUNCTIONS(X)
+#undef X
+  if (auto ok = missing.check(kLibCryptsetup, "install libcryptsetup12 2.4 or later"); !ok) return fail(ok.error());
+  return lib;
+}
+#undef CAIRN_CRYPTSETUP_FUNCTIONS
+
+// Loaded once per process; a failure is remembered (the node's libraries do not change).
+const Result<LibCryptsetup>& loaded_libcryptsetup() {
+  static const Result<LibCryptsetup> loaded = load_libcryptsetup();
+  return loaded;
+}
+// Only after install_logger() succeeded (every entry point calls it first).
+const LibCryptsetup& lib() { return *loaded_libcryptsetup(); }
 
 // The last error libcryptsetup reported on this thread, added to our message (its default
 // logger would print to stderr, outside the CLI's contract).
@@ -29,9 +87,12 @@ void log_to_last(int level, const char* msg, void* /*usrptr*/) {
   while (!g_last_log.empty() && (g_last_log.back() == '\n' || g_last_log.back() == ' ')) g_last_log.pop_back();
 }
 
-void install_logger() {
+// Loads libcryptsetup (the error says why it cannot) and routes its log to g_last_log.
+Status install_logger() {
+  if (const auto& loaded = loaded_libcryptsetup(); !loaded) return fail(loaded.error());
   static std::once_flag once;
-  std::call_once(once, [] { crypt_set_log_callback(nullptr, log_to_last, nullptr); });
+  std::call_once(once, [] { lib().crypt_set_log_callback(nullptr, log_to_last, nullptr); });
+  return {};
 }
 
 std::string errno_text(int rc) {
@@ -42,26 +103,26 @@ std::string errno_text(int rc) {
 }
 
 struct CryptDeleter {
-  void operator()(crypt_device* cd) const { crypt_free(cd); }
+  void operator()(crypt_device* cd) const { lib().crypt_free(cd); }
 };
 using CryptDevice = std::unique_ptr<crypt_device, CryptDeleter>;
 
 Result<CryptDevice> init(const std::filesystem::path& device) {
-  install_logger();
+  if (auto ok = install_logger(); !ok) return fail(ok.error());
   g_last_log.clear();
   crypt_device* cd = nullptr;
-  const int rc = crypt_init(&cd, device.c_str());
+  const int rc = lib().crypt_init(&cd, device.c_str());
   if (rc < 0) {
     return fail(Errc::io, "LUKS device " + device.string() + ": " + errno_text(rc), "check that the device exists");
   }
-  crypt_set_log_callback(cd, log_to_last, nullptr);
+  lib().crypt_set_log_callback(cd, log_to_last, nullptr);
   return CryptDevice(cd);
 }
 
 Result<CryptDevice> load(const std::filesystem::path& device) {
   auto cd = init(device);
   if (!cd) return cd;
-  const int rc = crypt_load(cd->get(), CRYPT_LUKS2, nullptr);
+  const int rc = lib().crypt_load(cd->get(), CRYPT_LUKS2, nullptr);
   if (rc < 0) {
     return fail(Errc::data, "LUKS2 header of " + device.string() + ": " + errno_text(rc),
                 "the header is damaged or not LUKS2; `cairn-agent persist status` shows what is there");
@@ -76,7 +137,7 @@ Status use_minimal_pbkdf(crypt_device* cd, const std::filesystem::path& device) 
   pbkdf.hash = "sha256";
   pbkdf.iterations = 1000;
   pbkdf.flags = CRYPT_PBKDF_NO_BENCHMARK;
-  const int rc = crypt_set_pbkdf_type(cd, &pbkdf);
+  const int rc = lib().crypt_set_pbkdf_type(cd, &pbkdf);
   if (rc < 0) return fail(Errc::internal, "LUKS device " + device.string() + ": PBKDF setting: " + errno_text(rc));
   return {};
 }
@@ -107,27 +168,27 @@ class Libcryptsetup final : public BlockCrypt {
     if (!*magic) return h;
     auto cd = init(device);
     if (!cd) return fail(cd.error());
-    const int rc = crypt_load(cd->get(), CRYPT_LUKS2, nullptr);
+    const int rc = lib().crypt_load(cd->get(), CRYPT_LUKS2, nullptr);
     if (rc < 0) {
       h.state = LuksHeader::State::unreadable;
       h.detail = errno_text(rc);
       return h;
     }
     h.state = LuksHeader::State::luks2;
-    if (const char* uuid = crypt_get_uuid(cd->get())) h.uuid = uuid;
-    if (const char* label = crypt_get_label(cd->get())) h.label = label;
-    const int slots = crypt_keyslot_max(CRYPT_LUKS2);
+    if (const char* uuid = lib().crypt_get_uuid(cd->get())) h.uuid = uuid;
+    if (const char* label = lib().crypt_get_label(cd->get())) h.label = label;
+    const int slots = lib().crypt_keyslot_max(CRYPT_LUKS2);
     for (int i = 0; i < slots; ++i) {
-      const auto st = crypt_keyslot_status(cd->get(), i);
+      const auto st = lib().crypt_keyslot_status(cd->get(), i);
       if (st == CRYPT_SLOT_ACTIVE || st == CRYPT_SLOT_ACTIVE_LAST) h.active_keyslots.push_back(i);
     }
-    const int tokens = crypt_token_max(CRYPT_LUKS2);
+    const int tokens = lib().crypt_token_max(CRYPT_LUKS2);
     for (int i = 0; i < tokens; ++i) {
       const char* type = nullptr;
-      const auto st = crypt_token_status(cd->get(), i, &type);
+      const auto st = lib().crypt_token_status(cd->get(), i, &type);
       if (st == CRYPT_TOKEN_INVALID || st == CRYPT_TOKEN_INACTIVE) continue;
       const char* json = nullptr;
-      if (crypt_token_json_get(cd->get(), i, &json) < 0 || json == nullptr) continue;
+      if (lib().crypt_token_json_get(cd->get(), i, &json) < 0 || json == nullptr) continue;
       h.tokens.push_back(LuksToken{i, type ? type : "", json});
     }
     return h;
@@ -140,12 +201,12 @@ class Libcryptsetup final : public BlockCrypt {
     params.sector_size = 4096;
     params.label = label.c_str();
     if (auto ok = use_minimal_pbkdf(cd->get(), device); !ok) return fail(ok.error());
-    int rc = crypt_format(cd->get(), CRYPT_LUKS2, "aes", "xts-plain64", nullptr, nullptr, 64, &params);
+    int rc = lib().crypt_format(cd->get(), CRYPT_LUKS2, "aes", "xts-plain64", nullptr, nullptr, 64, &params);
     if (rc < 0) {
       return fail(Errc::io, "formatting LUKS2 on " + device.string() + ": " + errno_text(rc),
                   "check the device is writable and at least 32 MiB");
     }
-    rc = crypt_keyslot_add_by_volume_key(cd->get(), CRYPT_ANY_SLOT, nullptr, 0, passphrase.view().data(),
+    rc = lib().crypt_keyslot_add_by_volume_key(cd->get(), CRYPT_ANY_SLOT, nullptr, 0, passphrase.view().data(),
                                          passphrase.size());
     if (rc < 0) return fail(Errc::io, "adding the first keyslot on " + device.string() + ": " + errno_text(rc));
     return rc;
@@ -156,7 +217,7 @@ class Libcryptsetup final : public BlockCrypt {
     auto cd = load(device);
     if (!cd) return fail(cd.error());
     if (auto ok = use_minimal_pbkdf(cd->get(), device); !ok) return fail(ok.error());
-    const int rc = crypt_keyslot_add_by_passphrase(cd->get(), CRYPT_ANY_SLOT, existing.view().data(), existing.size(),
+    const int rc = lib().crypt_keyslot_add_by_passphrase(cd->get(), CRYPT_ANY_SLOT, existing.view().data(), existing.size(),
                                                    new_passphrase.view().data(), new_passphrase.size());
     if (rc == -EPERM) {
       return fail(Errc::refused, "adding a keyslot on " + device.string() + ": no keyslot opens with the given key",
@@ -169,7 +230,7 @@ class Libcryptsetup final : public BlockCrypt {
   Status remove_keyslot(const std::filesystem::path& device, int keyslot) override {
     auto cd = load(device);
     if (!cd) return fail(cd.error());
-    const int rc = crypt_keyslot_destroy(cd->get(), keyslot);
+    const int rc = lib().crypt_keyslot_destroy(cd->get(), keyslot);
     if (rc < 0) {
       return fail(Errc::io, "removing keyslot " + std::to_string(keyslot) + " of " + device.string() + ": " +
                                 errno_text(rc));
@@ -181,7 +242,7 @@ class Libcryptsetup final : public BlockCrypt {
                         std::optional<int> replace) override {
     auto cd = load(device);
     if (!cd) return fail(cd.error());
-    const int rc = crypt_token_json_set(cd->get(), replace.value_or(CRYPT_ANY_TOKEN), json.c_str());
+    const int rc = lib().crypt_token_json_set(cd->get(), replace.value_or(CRYPT_ANY_TOKEN), json.c_str());
     if (rc < 0) {
       return fail(Errc::io, "writing a LUKS2 token on " + device.string() + ": " + errno_text(rc),
                   "the header's JSON area may be full; `cryptsetup luksDump` shows it");
@@ -193,7 +254,7 @@ class Libcryptsetup final : public BlockCrypt {
     auto cd = load(device);
     if (!cd) return fail(cd.error());
     // A NULL name only checks the key: nothing is activated, no device-mapper needed.
-    const int rc = crypt_activate_by_passphrase(cd->get(), nullptr, CRYPT_ANY_SLOT, passphrase.view().data(),
+    const int rc = lib().crypt_activate_by_passphrase(cd->get(), nullptr, CRYPT_ANY_SLOT, passphrase.view().data(),
                                                 passphrase.size(), 0);
     if (rc == -EPERM || rc == -ENOENT) {
       g_last_log.clear();
@@ -207,7 +268,7 @@ class Libcryptsetup final : public BlockCrypt {
   Status activate(const std::filesystem::path& device, const std::string& name, const Secret& passphrase) override {
     auto cd = load(device);
     if (!cd) return fail(cd.error());
-    const int rc = crypt_activate_by_passphrase(cd->get(), name.c_str(), CRYPT_ANY_SLOT, passphrase.view().data(),
+    const int rc = lib().crypt_activate_by_passphrase(cd->get(), name.c_str(), CRYPT_ANY_SLOT, passphrase.view().data(),
                                                 passphrase.size(), 0);
     if (rc == -EPERM) {
       g_last_log.clear();
@@ -222,31 +283,31 @@ class Libcryptsetup final : public BlockCrypt {
   }
 
   Status deactivate(const std::string& name) override {
-    install_logger();
+    if (auto ok = install_logger(); !ok) return fail(ok.error());
     g_last_log.clear();
-    const int rc = crypt_deactivate(nullptr, name.c_str());
+    const int rc = lib().crypt_deactivate(nullptr, name.c_str());
     if (rc < 0) return fail(Errc::io, "closing /dev/mapper/" + name + ": " + errno_text(rc), "is it still mounted?");
     return {};
   }
 
   Result<std::optional<ActiveMapping>> active_mapping(const std::string& name) override {
-    install_logger();
+    if (auto ok = install_logger(); !ok) return fail(ok.error());
     g_last_log.clear();
-    const crypt_status_info status = crypt_status(nullptr, name.c_str());
+    const crypt_status_info status = lib().crypt_status(nullptr, name.c_str());
     if (status != CRYPT_ACTIVE && status != CRYPT_BUSY) {
       g_last_log.clear();
       return std::optional<ActiveMapping>{};
     }
     crypt_device* cd = nullptr;
-    const int rc = crypt_init_by_name(&cd, name.c_str());
+    const int rc = lib().crypt_init_by_name(&cd, name.c_str());
     if (rc < 0) {
       return fail(Errc::io, "/dev/mapper/" + name + " is open but cannot be inspected: " + errno_text(rc),
                   "`dmsetup info " + name + "` shows what it is; close it with `cryptsetup close " + name + "`");
     }
     const CryptDevice owner(cd);
     ActiveMapping mapping;
-    if (const char* uuid = crypt_get_uuid(cd); uuid != nullptr) mapping.luks_uuid = uuid;
-    if (const char* device = crypt_get_device_name(cd); device != nullptr) mapping.backing_device = device;
+    if (const char* uuid = lib().crypt_get_uuid(cd); uuid != nullptr) mapping.luks_uuid = uuid;
+    if (const char* device = lib().crypt_get_device_name(cd); device != nullptr) mapping.backing_device = device;
     return std::optional<ActiveMapping>(std::move(mapping));
   }
 };

@@ -21,6 +21,7 @@
 #include <mutex>
 
 #include "common/crypto.hpp"
+#include "common/dynamic_library.hpp"
 
 namespace cairn::agent::persist {
 
@@ -32,10 +33,97 @@ std::string pcr_list(const std::vector<int>& pcrs) {
 
 namespace {
 
+// tpm2-tss is loaded on first use (dlopen, as agent/tasks/archive.cpp does for libarchive): only
+// the persist stage and the persist commands talk to the TPM, so the service loop does not map
+// ESYS, the TCTI loader, the marshalling and error-text libraries and their closure (agent RSS).
+// Only the declarations of the tss2 headers are used here.
+#define CAIRN_TSS2_ESYS(X) \
+  X(Esys_Create) \
+  X(Esys_CreatePrimary) \
+  X(Esys_Finalize) \
+  X(Esys_FlushContext) \
+  X(Esys_Free) \
+  X(Esys_Initialize) \
+  X(Esys_Load) \
+  X(Esys_PCR_Read) \
+  X(Esys_PolicyGetDigest) \
+  X(Esys_PolicyPCR) \
+  X(Esys_StartAuthSession) \
+  X(Esys_TRSess_SetAttributes) \
+  X(Esys_Unseal)
+#define CAIRN_TSS2_TCTILDR(X) \
+  X(Tss2_TctiLdr_Finalize) \
+  X(Tss2_TctiLdr_Initialize)
+#define CAIRN_TSS2_MU(X) \
+  X(Tss2_MU_TPM2B_PRIVATE_Marshal) \
+  X(Tss2_MU_TPM2B_PRIVATE_Unmarshal) \
+  X(Tss2_MU_TPM2B_PUBLIC_Marshal) \
+  X(Tss2_MU_TPM2B_PUBLIC_Unmarshal)
+#define CAIRN_TSS2_RC(X) \
+  X(Tss2_RC_Decode)
+
+struct LibTss2 {
+#define X(f) decltype(&::f) f = nullptr;
+  CAIRN_TSS2_ESYS(X)
+  CAIRN_TSS2_TCTILDR(X)
+  CAIRN_TSS2_MU(X)
+  CAIRN_TSS2_RC(X)
+#undef X
+};
+
+Result<LibTss2> load_tss2() {
+  LibTss2 lib;
+  MissingSymbols missing;
+  const auto open = [](const char* soname) {
+    return DynamicLibrary::open(soname, "the TPM",
+                                "install tpm2-tss (libtss2-esys-3.0.2-0, libtss2-tctildr0, libtss2-mu0, libtss2-rc0) on the node");
+  };
+  auto esys = open("libtss2-esys.so.0");
+  if (!esys) return fail(esys.error());
+  auto tctildr = open("libtss2-tctildr.so.0");
+  if (!tctildr) return fail(tctildr.error());
+  auto mu = open("libtss2-mu.so.0");
+  if (!mu) return fail(mu.error());
+  auto rc = open("libtss2-rc.so.0");
+  if (!rc) return fail(rc.error());
+#define X(f) so.bind(lib.f, #f, missing);
+  {
+    const auto& so = *esys;
+    CAIRN_TSS2_ESYS(X)
+  }
+  {
+    const auto& so = *tctildr;
+    CAIRN_TSS2_TCTILDR(X)
+  }
+  {
+    const auto& so = *mu;
+    CAIRN_TSS2_MU(X)
+  }
+  {
+    const auto& so = *rc;
+    CAIRN_TSS2_RC(X)
+  }
+#undef X
+  if (auto ok = missing.check("tpm2-tss", "install tpm2-tss 3.0 or later"); !ok) return fail(ok.error());
+  return lib;
+}
+#undef CAIRN_TSS2_ESYS
+#undef CAIRN_TSS2_TCTILDR
+#undef CAIRN_TSS2_MU
+#undef CAIRN_TSS2_RC
+
+// Loaded once per process; a failure is remembered (the node's libraries do not change).
+const Result<LibTss2>& loaded_tss2() {
+  static const Result<LibTss2> loaded = load_tss2();
+  return loaded;
+}
+// Only after Connection::open() loaded it: every Tpm comes from open_tpm(), which opens one.
+const LibTss2& lib() { return *loaded_tss2(); }
+
 constexpr std::size_t kMaxBlobBytes = 4096;
 
 std::string rc_text(TSS2_RC rc) {
-  const char* text = Tss2_RC_Decode(rc);
+  const char* text = lib().Tss2_RC_Decode(rc);
   char hex[16];
   std::snprintf(hex, sizeof hex, "0x%x", rc);
   return std::string(text ? text : "unknown") + " (" + hex + ")";
@@ -112,14 +200,15 @@ void quiet_tss2_logging() {
 class Connection {
  public:
   static Result<Connection> open(const std::string& tcti) {
+    if (const auto& loaded = loaded_tss2(); !loaded) return fail(loaded.error());
     quiet_tss2_logging();
     Connection c;
-    TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.c_str(), &c.tcti_);
+    TSS2_RC rc = lib().Tss2_TctiLdr_Initialize(tcti.c_str(), &c.tcti_);
     if (rc != TSS2_RC_SUCCESS) {
       return fail(Errc::unavailable, "TPM TCTI '" + tcti + "': " + rc_text(rc),
                   "check the TPM device (or simulator) and the persist tcti setting");
     }
-    rc = Esys_Initialize(&c.ctx_, c.tcti_, nullptr);
+    rc = lib().Esys_Initialize(&c.ctx_, c.tcti_, nullptr);
     if (rc != TSS2_RC_SUCCESS) {
       return fail(Errc::unavailable, "TPM on '" + tcti + "': ESYS initialization: " + rc_text(rc),
                   "check the TPM device (or simulator) and the persist tcti setting");
@@ -133,10 +222,10 @@ class Connection {
   Connection& operator=(const Connection&) = delete;
   ~Connection() {
     if (ctx_ != nullptr) {
-      for (ESYS_TR h : owned_) Esys_FlushContext(ctx_, h);
-      Esys_Finalize(&ctx_);
+      for (ESYS_TR h : owned_) lib().Esys_FlushContext(ctx_, h);
+      lib().Esys_Finalize(&ctx_);
     }
-    if (tcti_ != nullptr) Tss2_TctiLdr_Finalize(&tcti_);
+    if (tcti_ != nullptr) lib().Tss2_TctiLdr_Finalize(&tcti_);
   }
 
   [[nodiscard]] ESYS_CONTEXT* ctx() const { return ctx_; }
@@ -150,7 +239,7 @@ class Connection {
     const TPM2B_DATA outside{};
     const TPML_PCR_SELECTION creation_pcr{};
     ESYS_TR primary = ESYS_TR_NONE;
-    const TSS2_RC rc = Esys_CreatePrimary(ctx_, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
+    const TSS2_RC rc = lib().Esys_CreatePrimary(ctx_, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
                                           &tmpl, &outside, &creation_pcr, &primary, nullptr, nullptr, nullptr, nullptr);
     if (rc != TSS2_RC_SUCCESS) {
       return fail(tpm_error("CreatePrimary (owner hierarchy)", rc,
@@ -167,12 +256,12 @@ class Connection {
     sym.keyBits.aes = 128;
     sym.mode.aes = TPM2_ALG_CFB;
     ESYS_TR session = ESYS_TR_NONE;
-    TSS2_RC rc = Esys_StartAuthSession(ctx_, salt_key, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nullptr,
+    TSS2_RC rc = lib().Esys_StartAuthSession(ctx_, salt_key, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nullptr,
                                        type, &sym, TPM2_ALG_SHA256, &session);
     if (rc != TSS2_RC_SUCCESS) return fail(tpm_error("StartAuthSession", rc));
     own(session);
     if (encrypt_flag != 0) {
-      rc = Esys_TRSess_SetAttributes(ctx_, session, encrypt_flag, 0xff);
+      rc = lib().Esys_TRSess_SetAttributes(ctx_, session, encrypt_flag, 0xff);
       if (rc != TSS2_RC_SUCCESS) return fail(tpm_error("session attributes", rc));
     }
     return session;
@@ -183,13 +272,13 @@ class Connection {
     auto trial = start_session(ESYS_TR_NONE, TPM2_SE_TRIAL, 0);
     if (!trial) return fail(trial.error());
     const TPM2B_DIGEST empty{};
-    TSS2_RC rc = Esys_PolicyPCR(ctx_, *trial, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, &sel);
+    TSS2_RC rc = lib().Esys_PolicyPCR(ctx_, *trial, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, &sel);
     if (rc != TSS2_RC_SUCCESS) return fail(tpm_error("PolicyPCR (trial)", rc));
     TPM2B_DIGEST* digest = nullptr;
-    rc = Esys_PolicyGetDigest(ctx_, *trial, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &digest);
+    rc = lib().Esys_PolicyGetDigest(ctx_, *trial, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &digest);
     if (rc != TSS2_RC_SUCCESS) return fail(tpm_error("PolicyGetDigest", rc));
     const TPM2B_DIGEST out = *digest;
-    Esys_Free(digest);
+    lib().Esys_Free(digest);
     return out;
   }
 
@@ -204,8 +293,8 @@ Result<std::string> marshal(const TPM2B_PUBLIC& pub, const TPM2B_PRIVATE& priv) 
   std::string buf(sizeof(TPM2B_PUBLIC) + sizeof(TPM2B_PRIVATE), '\0');
   auto* data = reinterpret_cast<uint8_t*>(buf.data());
   size_t offset = 0;
-  TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Marshal(&pub, data, buf.size(), &offset);
-  if (rc == TSS2_RC_SUCCESS) rc = Tss2_MU_TPM2B_PRIVATE_Marshal(&priv, data, buf.size(), &offset);
+  TSS2_RC rc = lib().Tss2_MU_TPM2B_PUBLIC_Marshal(&pub, data, buf.size(), &offset);
+  if (rc == TSS2_RC_SUCCESS) rc = lib().Tss2_MU_TPM2B_PRIVATE_Marshal(&priv, data, buf.size(), &offset);
   if (rc != TSS2_RC_SUCCESS) return fail(Errc::internal, "marshalling the sealed object: " + rc_text(rc));
   buf.resize(offset);
   return buf;
@@ -218,8 +307,8 @@ Status unmarshal(const std::string& blob, TPM2B_PUBLIC& pub, TPM2B_PRIVATE& priv
   }
   const auto* data = reinterpret_cast<const uint8_t*>(blob.data());
   size_t offset = 0;
-  TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(data, blob.size(), &offset, &pub);
-  if (rc == TSS2_RC_SUCCESS) rc = Tss2_MU_TPM2B_PRIVATE_Unmarshal(data, blob.size(), &offset, &priv);
+  TSS2_RC rc = lib().Tss2_MU_TPM2B_PUBLIC_Unmarshal(data, blob.size(), &offset, &pub);
+  if (rc == TSS2_RC_SUCCESS) rc = lib().Tss2_MU_TPM2B_PRIVATE_Unmarshal(data, blob.size(), &offset, &priv);
   if (rc != TSS2_RC_SUCCESS || offset != blob.size()) {
     return fail(Errc::data, "sealed key blob: not a marshalled TPM2B_PUBLIC + TPM2B_PRIVATE" +
                                 (rc != TSS2_RC_SUCCESS ? " (" + rc_text(rc) + ")" : std::string(" (trailing bytes)")),
@@ -240,12 +329,12 @@ Result<std::vector<PcrValue>> read_pcrs_on(Connection& c, const std::vector<int>
     TPML_PCR_SELECTION* sel_out = nullptr;
     TPML_DIGEST* values = nullptr;
     const TSS2_RC rc =
-        Esys_PCR_Read(c.ctx(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &sel, &counter, &sel_out, &values);
+        lib().Esys_PCR_Read(c.ctx(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &sel, &counter, &sel_out, &values);
     if (rc != TSS2_RC_SUCCESS) return fail(tpm_error("PCR_Read of PCR " + std::to_string(p), rc));
     const bool ok = values->count == 1;
     std::string hex = ok ? hex_encode(values->digests[0].buffer, values->digests[0].size) : std::string{};
-    Esys_Free(sel_out);
-    Esys_Free(values);
+    lib().Esys_Free(sel_out);
+    lib().Esys_Free(values);
     if (!ok) {
       return fail(Errc::config, "PCR " + std::to_string(p) + " of the sha256 bank: not allocated on this TPM",
                   "bind the key to PCRs of an allocated bank");
@@ -297,14 +386,14 @@ class EsysTpm final : public Tpm {
     if (!session) return fail(session.error());
     TPM2B_PRIVATE* out_private = nullptr;
     TPM2B_PUBLIC* out_public = nullptr;
-    const TSS2_RC rc = Esys_Create(conn->ctx(), *primary, *session, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &tmpl,
+    const TSS2_RC rc = lib().Esys_Create(conn->ctx(), *primary, *session, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &tmpl,
                                    &outside, &creation_pcr, &out_private, &out_public, nullptr, nullptr, nullptr);
     explicit_bzero(&sensitive, sizeof sensitive);
     if (rc != TSS2_RC_SUCCESS) return fail(tpm_error("Create (sealed object)", rc));
     conn->forget(*session);
     auto blob = marshal(*out_public, *out_private);
-    Esys_Free(out_private);
-    Esys_Free(out_public);
+    lib().Esys_Free(out_private);
+    lib().Esys_Free(out_public);
     if (!blob) return fail(blob.error());
     return SealedKey{std::move(*blob), policy};
   }
@@ -319,7 +408,7 @@ class EsysTpm final : public Tpm {
     auto primary = conn->create_primary();
     if (!primary) return fail(primary.error());
     ESYS_TR object = ESYS_TR_NONE;
-    TSS2_RC rc = Esys_Load(conn->ctx(), *primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub, &object);
+    TSS2_RC rc = lib().Esys_Load(conn->ctx(), *primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub, &object);
     if (rc != TSS2_RC_SUCCESS) {
       if ((rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER) {
         return fail(Errc::refused,
@@ -336,10 +425,10 @@ class EsysTpm final : public Tpm {
     if (!session) return fail(session.error());
     const TPML_PCR_SELECTION sel = selection_of(sealed.policy.pcrs);
     const TPM2B_DIGEST empty{};
-    rc = Esys_PolicyPCR(conn->ctx(), *session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, &sel);
+    rc = lib().Esys_PolicyPCR(conn->ctx(), *session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, &sel);
     if (rc != TSS2_RC_SUCCESS) return fail(tpm_error("PolicyPCR", rc));
     TPM2B_SENSITIVE_DATA* data = nullptr;
-    rc = Esys_Unseal(conn->ctx(), object, *session, ESYS_TR_NONE, ESYS_TR_NONE, &data);
+    rc = lib().Esys_Unseal(conn->ctx(), object, *session, ESYS_TR_NONE, ESYS_TR_NONE, &data);
     if (rc != TSS2_RC_SUCCESS) {
       if (is_tpm_rc(rc, TPM2_RC_POLICY_FAIL) || is_tpm_rc(rc, TPM2_RC_PCR_CHANGED)) {
         auto now = read_pcrs_on(*conn, sealed.policy.pcrs);
@@ -356,7 +445,7 @@ class EsysTpm final : public Tpm {
     conn->forget(*session);
     Secret secret(std::string(reinterpret_cast<const char*>(data->buffer), data->size));
     explicit_bzero(data->buffer, data->size);
-    Esys_Free(data);
+    lib().Esys_Free(data);
     return secret;
   }
 

@@ -14,6 +14,7 @@
 #include "agent/enroll/enroll.hpp"
 #include "agent/modules/attachments.hpp"
 #include "agent/persist/runtime.hpp"  // persist (issue 15, h-escrow): the boot's pending event
+#include "agent/boot/bootstrap.hpp"  // modules (h-apply): a sealed base defers the union's changes
 #include "agent/runtime/status_file.hpp"
 #include "agent/runtime/system_stats.hpp"
 #include "agent/transport/control_client.hpp"
@@ -81,10 +82,13 @@ class Loop {
     if (auto kept = events::append_external_event(*events_, persist::pending_event_path(config_.root)); !kept) {
       log::warn("events.external_failed", {{"error", kept.error().message}});
     }
-    tasks::KindSettings kinds{.exec_allowlist = config_.exec_allowlist, .services_dir = config_.services_dir};
+    tasks::KindSettings kinds{.exec_allowlist = config_.exec_allowlist,
+                              .allow_root_services = config_.allow_root_services,
+                              .services_dir = config_.services_dir};
     runner_.emplace(kinds, tasks::RunnerOptions{.max_concurrent = config_.max_concurrent_tasks}, config_.root, clock_,
                     [this] { return task_channel(); }, events_.get());
     slim_inventory();
+    setup_reconciler();  // modules (h-apply)
     event("info", "service.started", "cairn-agent " CAIRN_VERSION " started; certificate serial " + creds_->cert.serial_hex);
     log::info("service.start", {{"node", node_id_}, {"control", control_url_},
                                 {"cert_not_after", format_rfc3339(creds_->cert.not_after)}});
@@ -106,6 +110,10 @@ class Loop {
       if (sleep(next)) break;
     }
     notify("STOPPING=1");
+    // modules (h-apply): an update in flight gives up at its next step (nothing half-mounted);
+    // it winds down while the tasks drain, within the same stop timeout.
+    if (reconciler_) reconciler_->request_stop();
+    const auto stop_deadline = clock_.monotonic() + config_.task_stop_timeout;
     // SIGTERM: no more leases; running tasks get the stop timeout to finish, then are stopped
     // and reported failed/killed (control queues them again); then the events go out.
     const auto running = runner_->running_count();
@@ -113,7 +121,16 @@ class Loop {
       log::info("service.draining", {{"tasks", running}, {"timeout_s", config_.task_stop_timeout.count()}});
       notify("STATUS=stopping: waiting for " + std::to_string(running) + " task(s)");
     }
-    runner_->drain(clock_.monotonic() + config_.task_stop_timeout);
+    runner_->drain(stop_deadline);
+    if (reconciler_) {  // modules (h-apply)
+      if (reconciler_->wait(stop_deadline)) {
+        drain_module_events();
+      } else {
+        log::warn("modules.apply_left_running", {{"timeout_s", config_.task_stop_timeout.count()},
+                                                 {"note", "a registry request did not end in time; the exit ends it"}});
+        reconciler_->abandon();
+      }
+    }
     event("info", "service.stopped", "cairn-agent stopped (SIGTERM)");
     flush_events();
     log::info("service.stop", {{"node", node_id_}});
@@ -262,7 +279,17 @@ class Loop {
       status_.next_interval_s = std::clamp<std::int64_t>(answer->next_interval_s, 1, 3600);
       status_.consecutive_failures = 0;
       write_status(config_.state_dir(), status_);
-      (void)modules::save_desired(config_, answer->desired_modules);  // modules (issue 14): for `cairn-agent update`
+      const auto receipt = modules::receive_policy(config_, answer->module_policy, format_rfc3339(clock_.now()));  // modules (h-modpolicy)
+      if (!receipt && receipt.error().message != last_policy_error_) {  // once per distinct error, not every heartbeat
+        last_policy_error_ = receipt.error().message;
+        log::warn("modules.policy_not_taken", {{"error", last_policy_error_}});
+      }
+      if (auto saved = modules::save_desired(config_, answer->desired_modules); !saved) {  // for `cairn-agent update`
+        log::warn("modules.desired_not_saved", {{"error", saved.error().message}});
+      }
+      if (reconciler_) {  // modules (h-apply): a new set starts on the worker, the heartbeat goes on
+        on_modules(reconciler_->offer({answer->desired_modules, accepted_policy_version(receipt)}));
+      }
       drain_module_events();  // modules (h-modctl): events `cairn-agent attach/update` left for the service
       log::debug("heartbeat.ok", {{"node", node_id_}, {"ms", took.count()}, {"acked", status_.heartbeats_acked}});
       notify("STATUS=heartbeat ok at " + format_rfc3339(*status_.last_ok));
@@ -298,7 +325,11 @@ class Loop {
       // While tasks run, look at them every second: a slot that frees while control has
       // work waiting is filled at once, not at the next heartbeat.
       if (runner_->running_count() > 0) wake = std::min<Clock::MonoTime>(wake, now + kTaskCheck);
+      // modules (h-apply): an update on the worker is looked at as often; a held retry on time.
+      if (reconciler_ && reconciler_->busy()) wake = std::min<Clock::MonoTime>(wake, now + kTaskCheck);
+      if (auto retry = reconciler_ ? reconciler_->retry_at() : std::nullopt) wake = std::min(wake, std::max(now, *retry));
       if (stop_.wait_until(clock_, wake)) return true;
+      if (reconciler_) on_modules(reconciler_->tick());
       if (runner_->reap() > 0) {
         if (work_waiting_) lease();
         flush_events();
@@ -321,6 +352,67 @@ class Loop {
       return {};
     });
     if (!drained) log::warn("modules.events_drain_failed", {{"error", drained.error().message}});
+  }
+
+  // modules (h-apply): the reconciler, unless the operator keeps manual control, no registry is
+  // configured, or the union is the root filesystem of a sealed base (a change of it waits for
+  // the next boot: DESIGN.md "Modules").
+  void setup_reconciler() {
+    if (!config_.module_auto_apply) {
+      log::info("modules.auto_apply", {{"state", "off"}, {"source", config_.module_auto_apply_source},
+                                       {"note", "the desired set is stored; cairn-agent update applies it"}});
+      return;
+    }
+    if (config_.module_registry.empty()) {
+      log::info("modules.auto_apply", {{"state", "off"}, {"note", "no module registry configured (agent.json modules.registry)"}});
+      return;
+    }
+    if (auto b = boot::read_bootstrap(config_.root); b && b->base) {
+      log::info("modules.auto_apply", {{"state", "deferred"}, {"base", b->base->value},
+                                       {"note", "the union is / (sealed base): a new desired set is applied at the next boot"}});
+      return;
+    }
+    reconciler_ = std::make_unique<ModuleReconciler>(
+        clock_, random01_, ReconcilerOptions{.min_backoff = options_.min_backoff, .max_backoff = options_.max_backoff},
+        options_.module_apply ? options_.module_apply : make_module_apply(config_), make_attached_reader(config_),
+        reconciled_file(config_));
+    log::info("modules.auto_apply", {{"state", "on"}, {"source", config_.module_auto_apply_source}});
+  }
+
+  std::uint64_t accepted_policy_version(const Result<modules::PolicyReceipt>& receipt) const {
+    using Kind = modules::PolicyReceipt::Kind;
+    if (receipt && (receipt->kind == Kind::accepted || receipt->kind == Kind::unchanged)) return receipt->version;
+    auto accepted = modules::load_accepted_policy(config_);
+    return accepted && *accepted ? (*accepted)->version : 0;
+  }
+
+  // An update of the reconciler ended: its events (refused, update_failed, verity) go into the
+  // buffer, a change that landed becomes module.applied, and they go out now.
+  void on_modules(std::optional<ModuleReconciler::Finished> finished) {
+    if (!finished) return;
+    drain_module_events();
+    if (finished->abandoned) {
+      log::info("modules.apply_abandoned", {{"note", "the agent is stopping; nothing was mounted or unmounted"}});
+      return;
+    }
+    if (finished->changed) {
+      const auto& st = finished->outcome->change.union_outcome.state;
+      std::string mounted;
+      for (const auto& l : st.layers) mounted += (mounted.empty() ? "" : ", ") + l.name + "@" + l.image_digest;
+      std::string message = st.layers.empty() ? "module set applied: no module mounted (the desired set is empty)"
+                                              : "module set applied: " + mounted + " (union generation " +
+                                                    std::to_string(st.generation) + ")";
+      for (const auto& f : finished->outcome->failed) message += "; " + f.name + " left out: " + f.reason.substr(0, 200);
+      event("info", "module.applied", message.substr(0, 2 * kMaxErrorInEvent));
+      log::info("modules.applied", {{"mounted", mounted}, {"generation", st.generation},
+                                    {"left_out", finished->outcome->failed.size()}});
+    }
+    if (!finished->applied) {
+      log::warn("modules.apply_failed", {{"error", finished->error ? finished->error->message : std::string("?")},
+                                         {"failures", reconciler_->failures()},
+                                         {"retry_in_ms", finished->retry_in.count()}});
+    }
+    flush_events();
   }
 
   void flush_events() {
@@ -427,6 +519,8 @@ class Loop {
   std::mutex tls_mutex_;
   TlsOptions task_tls_;  // the current client certificate, for task threads' connections
   std::unique_ptr<events::EventBuffer> events_;
+  std::unique_ptr<ModuleReconciler> reconciler_;  // modules (h-apply); its worker holds none of this
+  std::string last_policy_error_;  // the last receive_policy error logged (logged once per distinct error)
   std::optional<tasks::Runner> runner_;  // declared last: its threads stop first
   bool work_waiting_ = false;
   std::uint64_t dropped_reported_ = 0;

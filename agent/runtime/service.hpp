@@ -2,7 +2,9 @@
 // exponential backoff with jitter while the control service is away, certificate rotation
 // at 75% of its lifetime (with jitter) retried on every turn until it succeeds, one critical
 // `cert.rotation_failing` event per failure episode (reported on every heartbeat under one
-// id while it lasts), sd_notify READY/WATCHDOG/STATUS, clean exit on SIGTERM. Every reading
+// id while it lasts), sd_notify READY/WATCHDOG/STATUS, clean exit on SIGTERM. With
+// modules.auto_apply (the default) each new desired module set of a heartbeat reply is applied
+// on a worker thread (module_reconciler.hpp), never holding up heartbeats, leases or a stop. Every reading
 // of time and every wait goes through the injected Clock, so tests step it on a ManualClock.
 #pragma once
 
@@ -11,6 +13,7 @@
 #include <memory>
 
 #include "agent/config.hpp"
+#include "agent/runtime/module_reconciler.hpp"  // modules (h-apply)
 #include "agent/runtime/stop_signal.hpp"
 #include "common/clock.hpp"
 #include "common/http.hpp"
@@ -24,6 +27,10 @@ struct ServiceOptions {
   double rotate_at_fraction = 0.75;  // of the certificate lifetime
   double rotate_jitter = 0.05;       // +- this fraction, so a fleet does not rotate at once
   int rotation_alert_after = 2;      // consecutive rotation failures before the critical event
+  // modules (h-apply): with modules.auto_apply, what applies a new desired set on the
+  // reconciler's worker (agent/runtime/module_reconciler.hpp); empty: the real update
+  // (registry over libcurl, the Linux mounter). Unit tests put a fake mounter behind it.
+  ModuleApplyFn module_apply{};
 };
 
 // Next delay after `failures` consecutive failures: min(max, min * 2^(failures-1)), scaled by

@@ -2,7 +2,6 @@
 
 #include <archive.h>
 #include <archive_entry.h>
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <sys/stat.h>
@@ -17,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/dynamic_library.hpp"
 #include "common/fd.hpp"
 
 namespace cairn::agent::tasks {
@@ -52,21 +52,12 @@ struct LibArchive {
 };
 
 Result<LibArchive> load_libarchive() {
-  // Kept open for the life of the process (its functions are used from every later unpack).
-  void* handle = ::dlopen(kLibArchive, RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) {
-    const char* why = ::dlerror();
-    return fail(Errc::unavailable, std::string("service archives need ") + kLibArchive + ": " + (why ? why : "not found"),
-                "install libarchive13 on the node (the initramfs leaves it out)");
-  }
+  auto so = DynamicLibrary::open(kLibArchive, "unpacking a service archive",
+                                 "install libarchive13 on the node (the initramfs leaves it out)");
+  if (!so) return fail(so.error());
   LibArchive lib;
-  std::string missing;
-  auto bind = [&](auto& fn, const char* name) {
-    void* sym = ::dlsym(handle, name);
-    if (sym == nullptr) missing += std::string(missing.empty() ? "" : ", ") + name;
-    static_assert(sizeof fn == sizeof sym);
-    std::memcpy(&fn, &sym, sizeof fn);  // object pointer -> function pointer, as dlsym(3) intends
-  };
+  MissingSymbols missing;
+  const auto bind = [&](auto& fn, const char* name) { so->bind(fn, name, missing); };
   bind(lib.read_new, "archive_read_new");
   bind(lib.read_free, "archive_read_free");
   bind(lib.support_format_tar, "archive_read_support_format_tar");
@@ -85,10 +76,7 @@ Result<LibArchive> load_libarchive() {
   bind(lib.entry_hardlink, "archive_entry_hardlink");
   bind(lib.entry_symlink, "archive_entry_symlink");
   bind(lib.entry_perm, "archive_entry_perm");
-  if (!missing.empty()) {
-    return fail(Errc::unavailable, std::string(kLibArchive) + " lacks " + missing,
-                "install libarchive13 3.3 or later on the node");
-  }
+  if (auto ok = missing.check(kLibArchive, "install libarchive13 3.3 or later on the node"); !ok) return fail(ok.error());
   return lib;
 }
 

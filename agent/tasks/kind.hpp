@@ -67,6 +67,10 @@ struct KindSettings {
   // exec: when non-empty, argv[0] must be one of these (exact string). Only the node's
   // configuration sets it: nothing a task carries can widen it.
   std::vector<std::string> exec_allowlist;
+  // service.install: whether a service may run as root (dynamic_user false without a user, or
+  // user root). Off unless the node's configuration says so: a root service runs outside every
+  // sandbox this agent sets, so control could otherwise take the node over with one task.
+  bool allow_root_services = false;
   // service.install / service.remove: where services are unpacked and units written (host
   // paths, resolved through the task's Root), and how systemd is reached (a fake in tests).
   std::string services_dir = "/var/lib/cairn/services";

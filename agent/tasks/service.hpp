@@ -42,6 +42,10 @@ Status validate_service_name(std::string_view name);
 std::string unit_name(std::string_view service_name);  // "cairn-NAME.service"
 
 Result<ServiceSpec> parse_install_args(const Json& args);
+// Whether the service would run as root: neither a dynamic user nor a named user other than root.
+bool runs_as_root(const ServiceSpec& spec);
+// parse_install_args, then the node's own rules: a root service only where settings allow it.
+Result<ServiceSpec> checked_install_args(const Json& args, const KindSettings& settings);
 // The unit file. exec_dir is the host path of the unpacked service.
 std::string render_unit(const ServiceSpec& spec, const std::string& exec_dir);
 

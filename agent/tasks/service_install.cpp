@@ -157,14 +157,29 @@ Status stop_and_wait(Systemd& systemd, const std::string& unit, const TaskContex
   }
 }
 
-Status ServiceInstallKind::validate(const Json& args) const {
+bool runs_as_root(const ServiceSpec& spec) { return !spec.dynamic_user && (spec.user.empty() || spec.user == "root"); }
+
+Result<ServiceSpec> checked_install_args(const Json& args, const KindSettings& settings) {
   auto s = parse_install_args(args);
+  if (!s) return s;
+  if (runs_as_root(*s) && !settings.allow_root_services) {
+    return fail(Errc::data,
+                "service.install args: service '" + s->name + "' would run as root (dynamic_user false" +
+                    (s->user.empty() ? " without a user" : ", user root") +
+                    "), which this node does not allow: run it as a dynamic or named user, or set "
+                    "\"allow_root_services\": true in the \"tasks\" section of the node's agent.json");
+  }
+  return s;
+}
+
+Status ServiceInstallKind::validate(const Json& args) const {
+  auto s = checked_install_args(args, settings_);
   if (!s) return fail(s.error());
   return {};
 }
 
 TaskResult ServiceInstallKind::run(const Json& args, const TaskContext& ctx) {
-  auto spec = parse_install_args(args);
+  auto spec = checked_install_args(args, settings_);
   if (!spec) return bad_args(spec.error());
   const auto dir = ctx.root / settings_.services_dir;
   const auto unit = unit_name(spec->name);

@@ -3,6 +3,8 @@
 #include "common/module/fsverity.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
@@ -306,6 +308,85 @@ constexpr std::size_t kLeafGroup = 8;
 constexpr std::size_t kChunkBlocks = kChunk / kVerityBlockSize;
 static_assert(kChunk % kPieces == 0 && kPiece % kVerityBlockSize == 0);
 
+// The mapped path's rounds: larger than the read path's chunks (nothing is copied, so no
+// buffer to keep in the caches), so the two threads meet, and wait for each other, 16 times
+// less often. Measured on 256 MiB (busier thread's CPU, % of openssl speed): 1 MiB rounds
+// 80-85%, 4 MiB 85-90%, 16 MiB 93-96%, 64 MiB 96-97%.
+constexpr std::size_t kMapChunk = std::size_t{16} << 20;
+constexpr std::size_t kMapChunkBlocks = kMapChunk / kVerityBlockSize;
+
+// A read-only mapping of a whole file, unmapped when it goes.
+class FileMapping {
+ public:
+  FileMapping(int fd, std::size_t size) : size_(size) {
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p != MAP_FAILED) {
+      data_ = static_cast<const unsigned char*>(p);
+      ::madvise(p, size, MADV_SEQUENTIAL);  // aggressive readahead on a cold page cache
+    }
+  }
+  FileMapping(const FileMapping&) = delete;
+  FileMapping& operator=(const FileMapping&) = delete;
+  ~FileMapping() {
+    if (data_ != nullptr) ::munmap(const_cast<unsigned char*>(data_), size_);
+  }
+  [[nodiscard]] const unsigned char* data() const { return data_; }
+
+ private:
+  const unsigned char* data_ = nullptr;
+  std::size_t size_;
+};
+
+// Both digests of `size` bytes in memory (a mapped file). Two threads: per 16 MiB round the
+// worker runs the file's SHA-256 (one sequential hash) and then helps with the chunk's Merkle
+// leaves, which the caller hashes meanwhile in groups; nothing is copied.
+FileDigests digest_mapped(const unsigned char* data, std::uint64_t size, int threads) {
+  Sha256Stream sha;
+  FsverityStream verity;
+  if (threads <= 1) {
+    for (std::uint64_t off = 0; off < size; off += kChunk) {
+      const auto len = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, size - off));
+      sha.update(data + off, len);
+      verity.update(data + off, len);
+    }
+  } else {
+    Worker worker;
+    std::vector<Hash> leaves(kMapChunkBlocks);
+    for (std::uint64_t off = 0; off < size; off += kMapChunk) {
+      const unsigned char* chunk = data + off;
+      const auto len = static_cast<std::size_t>(std::min<std::uint64_t>(kMapChunk, size - off));
+      const std::size_t blocks = len / kVerityBlockSize;  // whole blocks: every chunk but the last is all whole
+      const std::size_t items = (blocks + kLeafGroup - 1) / kLeafGroup;
+      std::atomic<std::size_t> taken{0};
+      auto work = [&] {
+        for (std::size_t i = taken.fetch_add(1); i < items; i = taken.fetch_add(1)) {
+          const std::size_t b = i * kLeafGroup;
+          FsverityStream::hash_blocks(chunk + b * kVerityBlockSize, std::min(kLeafGroup, blocks - b), leaves[b].data());
+        }
+      };
+      const std::function<void()> job = [&] {
+        sha.update(chunk, len);
+        work();
+      };
+      worker.start(job);
+      {
+        struct WaitOnExit {
+          Worker& worker;
+          ~WaitOnExit() { worker.wait(); }
+        } wait_on_exit{worker};
+        work();
+      }
+      verity.add_block_hashes(leaves[0].data(), blocks);
+      verity.update(chunk + blocks * kVerityBlockSize, len - blocks * kVerityBlockSize);
+    }
+  }
+  FileDigests out;
+  out.size = size;
+  out.sha256 = sha.finish_hex();
+  out.fsverity = verity.finish_hex();
+  return out;
+}
+
 }  // namespace
 
 Result<FileDigests> digest_file(const std::filesystem::path& path, int threads, std::uint64_t max_size) {
@@ -318,6 +399,20 @@ Result<FileDigests> digest_file(const std::filesystem::path& path, int threads, 
     return fail(Errc::data, path.string() + ": larger than " + std::to_string(max_size) + " bytes",
                 "a module image this large is refused; check the file");
   };
+  // A regular file is hashed where it lies in the page cache (mmap): copying it out with read()
+  // costs as much as a tenth of the hashing (more for a file written in small pieces). The
+  // files hashed here are root's (the store, an image being packed or checked); one truncated
+  // while it is hashed ends the process with SIGBUS rather than giving a digest. Anything else
+  // (a pipe, a mapping refused) is read.
+  struct stat st {};
+  if (::fstat(raw, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    if (size > max_size) return too_big();
+    if (size <= SIZE_MAX) {
+      FileMapping mapping(raw, static_cast<std::size_t>(size));
+      if (mapping.data() != nullptr) return digest_mapped(mapping.data(), size, threads);
+    }
+  }
   std::array<std::vector<unsigned char>, 2> bufs{std::vector<unsigned char>(kChunk), std::vector<unsigned char>(kChunk)};
   Sha256Stream sha;
   FsverityStream verity;

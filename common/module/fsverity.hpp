@@ -72,11 +72,13 @@ struct FileDigests {
   std::string fsverity;  // hex (print as "sha256:" + hex, as fsverity-utils does)
 };
 
-// Reads the file once and computes both digests. threads = 2 uses a second thread: it runs the
-// file's SHA-256 (one sequential hash) over each 1 MiB chunk while the caller hashes the chunk's
-// Merkle leaves and reads the next chunk; each of the two takes what is left of that work when
-// it is free, so both stay busy (every byte is hashed twice, for two different hashes).
-// threads = 1 does both on the caller's.
+// Reads the file once and computes both digests. A regular file is mapped (mmap) and hashed in
+// place, without copying it out of the page cache; other files are read in 1 MiB chunks.
+// threads = 2 uses a second thread: it runs the file's SHA-256 (one sequential hash) over each
+// round (16 MiB mapped, 1 MiB read) while the caller hashes its Merkle leaves (and, reading, the
+// next chunk);
+// each of the two takes what is left of that work when it is free, so both stay busy (every
+// byte is hashed twice, for two different hashes). threads = 1 does both on the caller's.
 // max_size caps the file (a larger one is Errc::data). Errors: Errc::io naming the path.
 Result<FileDigests> digest_file(const std::filesystem::path& path, int threads = 2,
                                 std::uint64_t max_size = UINT64_MAX);

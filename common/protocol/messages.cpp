@@ -27,7 +27,11 @@ NodeIdentity identity_from(const Json& j) {
 
 Json modules_json(const std::vector<ModuleRef>& modules) {
   Json out = Json::array();
-  for (const auto& m : modules) out.push_back({{"name", m.name}, {"digest", m.digest}, {"mounted", m.mounted}});
+  for (const auto& m : modules) {
+    Json j = {{"name", m.name}, {"digest", m.digest}, {"mounted", m.mounted}};
+    if (m.required) j["required"] = true;  // absent means false: old peers read the same set
+    out.push_back(std::move(j));
+  }
   return out;
 }
 
@@ -39,6 +43,7 @@ std::vector<ModuleRef> modules_from(const Json& j, const char* key) {
       r.name = m.at("name").get<std::string>();
       r.digest = m.at("digest").get<std::string>();
       get_opt(m, "mounted", r.mounted);
+      get_opt(m, "required", r.required);
       out.push_back(std::move(r));
     }
   }
@@ -99,9 +104,11 @@ Json to_json(const HeartbeatRequest& v) {
 }
 
 Json to_json(const HeartbeatResponse& v) {
-  return {{"desired_modules", modules_json(v.desired_modules)}, {"server_time", v.server_time},
-          {"next_interval_s", v.next_interval_s}, {"work_waiting", v.work_waiting},
-          {"cancel_tasks", v.cancel_tasks}};
+  Json j = {{"desired_modules", modules_json(v.desired_modules)}, {"server_time", v.server_time},
+            {"next_interval_s", v.next_interval_s}, {"work_waiting", v.work_waiting},
+            {"cancel_tasks", v.cancel_tasks}};
+  if (!v.module_policy.is_null()) j["module_policy"] = v.module_policy;
+  return j;
 }
 
 Json to_json(const ErrorBody& v) {
@@ -189,6 +196,7 @@ Result<HeartbeatResponse> decode_heartbeat_response(std::string_view body) {
     get_opt(j, "next_interval_s", v.next_interval_s);
     get_opt(j, "work_waiting", v.work_waiting);
     get_opt(j, "cancel_tasks", v.cancel_tasks);
+    if (auto it = j.find("module_policy"); it != j.end() && it->is_object()) v.module_policy = *it;
     return v;
   });
 }

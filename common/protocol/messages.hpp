@@ -72,6 +72,9 @@ struct ModuleRef {
   std::string name;
   std::string digest;  // sha256:<hex>
   bool mounted = false;
+  // In the desired set: a change that would leave this module out (it fails to fetch or
+  // verify) is refused whole. Optional on the wire ("required", default false).
+  bool required = false;
 };
 
 struct Event {
@@ -108,6 +111,10 @@ struct HeartbeatResponse {
   std::int64_t next_interval_s = 30;
   bool work_waiting = false;               // tasks this node may lease are queued: lease now
   std::vector<std::string> cancel_tasks;   // of running_tasks: cancelled, stop them
+  // The module trust policy signed by a policy key (common/module/policy.hpp), as control
+  // stores it; null when control has none. Optional on the wire ("module_policy"). The agent
+  // accepts it only when it verifies against a policy key pinned in its own configuration.
+  Json module_policy = nullptr;
 };
 
 // Every non-2xx answer: {"error": {"code", "message", "hint"}}.

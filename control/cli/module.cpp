@@ -11,6 +11,7 @@
 
 #include "common/fs.hpp"
 #include "common/module/manifest.hpp"
+#include "common/module/policy.hpp"
 #include "common/module/signature.hpp"
 #include "common/oci/module_artifact.hpp"
 #include "common/oci/registry.hpp"
@@ -289,6 +290,56 @@ Status unassign(const AdminOptions& admin, const AssignOptions& o) {
   return {};
 }
 
+// modules (h-modpolicy): `module policy set FILE` / `module policy show`.
+void print_policy(const AdminOptions& admin, const Json& answer, std::string_view verb) {
+  if (admin.json) {
+    std::cout << dump_json(answer, 2) << "\n";
+    return;
+  }
+  if (!answer.contains("policy") || answer["policy"].is_null()) {
+    std::cout << "no module trust policy is set: nodes trust only the keys of their own configuration\n";
+    return;
+  }
+  auto signed_policy = module::signed_policy_from_json(answer["policy"]);
+  auto policy = signed_policy ? module::parse_policy(signed_policy->policy_text) : Result<module::ModulePolicy>(fail(signed_policy.error()));
+  if (!policy) {
+    std::cout << "module trust policy (unreadable: " << policy.error().message << ")\n";
+    return;
+  }
+  std::cout << "module trust policy version " << policy->version << " " << verb << ", signed by policy key "
+            << signed_policy->signature.key_id << "\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& r : policy->rules) {
+    std::string keys;
+    for (const auto& k : r.key_ids) keys += (keys.empty() ? "" : ",") + k;
+    rows.push_back({r.pattern, keys.empty() ? "-" : keys});
+  }
+  print_table({"MODULES", "KEYS"}, rows);
+  std::cout << "nodes accept it only if they pin that policy key (modules.policy_keys)\n";
+}
+
+Status policy_set(const AdminOptions& admin, const std::string& file) {
+  auto text = read_file(file, module::kMaxSignedPolicyBytes);
+  if (!text) return fail(text.error().with_context("module policy set"));
+  auto signed_policy = module::parse_signed_policy(*text);
+  if (!signed_policy) {
+    return fail(Error{Errc::data, file + ": " + signed_policy.error().message, "sign the policy first: cairn-module policy sign POLICY.json --key KEY"});
+  }
+  if (auto policy = module::parse_policy(signed_policy->policy_text); !policy) return fail(policy.error().with_context(file));
+  const Json body = {{"policy", module::signed_policy_json(*signed_policy)}};
+  auto answer = admin_call(admin, "POST", "/v1/admin/modules/policy", &body);
+  if (!answer) return fail(answer.error());
+  print_policy(admin, *answer, "set: nodes receive it with their next heartbeat");
+  return {};
+}
+
+Status policy_show(const AdminOptions& admin) {
+  auto answer = admin_call(admin, "GET", "/v1/admin/modules/policy");
+  if (!answer) return fail(answer.error());
+  print_policy(admin, *answer, "is set");
+  return {};
+}
+
 }  // namespace
 
 void add_module(CLI::App& app, int& exit_code) {
@@ -334,6 +385,21 @@ void add_module(CLI::App& app, int& exit_code) {
   unassign_cmd->add_option("--selector", us->selector, "With NAME@VERSION: the selector it was assigned with");
   on_run(unassign_cmd, admin_unassign, "module unassign", exit_code,
          [admin_unassign, us] { return unassign(*admin_unassign, *us); });
+
+  // modules (h-modpolicy)
+  auto* policy = module->add_subcommand("policy", "The module trust policy nodes receive (signed with cairn-module policy sign)");
+  policy->require_subcommand(1);
+  auto admin_policy_set = std::make_shared<AdminOptions>();
+  auto policy_file = std::make_shared<std::string>();
+  auto* set_cmd = policy->add_subcommand("set", "Hand a signed policy to every node with its desired set (its version must not go back)");
+  add_admin_options(*set_cmd, *admin_policy_set);
+  set_cmd->add_option("FILE", *policy_file, "The signed policy (cairn-module policy sign)")->required();
+  on_run(set_cmd, admin_policy_set, "module policy set", exit_code,
+         [admin_policy_set, policy_file] { return policy_set(*admin_policy_set, *policy_file); });
+  auto admin_policy_show = std::make_shared<AdminOptions>();
+  auto* show_cmd = policy->add_subcommand("show", "Show the module trust policy control distributes");
+  add_admin_options(*show_cmd, *admin_policy_show);
+  on_run(show_cmd, admin_policy_show, "module policy show", exit_code, [admin_policy_show] { return policy_show(*admin_policy_show); });
 }
 
 }  // namespace cairn::control::cli

@@ -22,6 +22,7 @@ struct ServeOptions {
   std::string state_dir;
   std::string listen = "127.0.0.1:8443";
   int threads = 0;
+  int store_threads = 16;
   std::string cert_lifetime = "90d";
   std::string heartbeat_interval = "30s";
   int grace_intervals = 3;
@@ -161,6 +162,7 @@ Status serve(const ServeOptions& o) {
   config.key_file = state.server_key();
   config.ca_file = state.ca_cert();
   config.threads = o.threads;
+  config.store_threads = o.store_threads;
   config.max_body_bytes = *max_body;
   config.max_connections = o.max_connections;
   config.max_requests_per_connection = o.max_requests_per_connection;
@@ -208,6 +210,10 @@ void add_serve(CLI::App& app, int& exit_code) {
   cmd->add_option("--listen", options->listen, "HOST:PORT to listen on ([::1]:PORT for IPv6; port 0 = any)")
       ->capture_default_str();
   cmd->add_option("--threads", options->threads, "IO threads (0 = one per CPU)")->capture_default_str();
+  cmd->add_option("--store-threads", options->store_threads,
+                  "Threads for requests that wait on the database (tasks, events, admin, enroll); 0 = on the IO threads")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 256));
   cmd->add_option("--cert-lifetime", options->cert_lifetime, "Lifetime of node certificates (e.g. 90d, 3600s)")
       ->capture_default_str();
   cmd->add_option("--heartbeat-interval", options->heartbeat_interval, "Heartbeat interval told to agents")

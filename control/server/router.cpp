@@ -278,6 +278,15 @@ Reply route_admin(ControlService& service, const RouteRequest& r, std::string_vi
       return from_result(service.admin_cancel_task(id), identity);
     }
   }
+  // modules (h-modpolicy): the signed module trust policy
+  if (path == "/v1/admin/modules/policy") {
+    if (get) return from_result(service.admin_show_module_policy(), identity);
+    if (!post) return method_not_allowed(r.method, path, "GET or POST");
+    Reply refused;
+    auto body = object_body(r, "module policy body", "{\"policy\": <signed policy document>}", refused);
+    if (!body) return refused;
+    return from_result(service.admin_set_module_policy(*body), identity);
+  }
   // modules (h-modctl): the module catalog and assignments
   constexpr std::string_view kModules = "/v1/admin/modules";
   constexpr std::string_view kAssignments = "/v1/admin/modules/assignments";

@@ -10,6 +10,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
@@ -41,11 +42,22 @@ class BeastServer final : public Server {
         acceptor_(workers_.front()->ioc),
         signals_(workers_.front()->ioc),
         grace_timer_(workers_.front()->ioc),
-        backoff_timer_(workers_.front()->ioc) {}
+        backoff_timer_(workers_.front()->ioc) {
+    if (shared_->config.store_threads > 0) {
+      store_pool_ = std::make_unique<asio::thread_pool>(static_cast<std::size_t>(shared_->config.store_threads));
+      shared_->store_pool = store_pool_.get();
+    }
+  }
 
   ~BeastServer() override {
     // Drop every connection before the io_contexts go (they own the sockets' services).
     for (auto& w : workers_) w->ioc.stop();
+    // Requests still on the store pool finish (their answers are posted to the stopped
+    // io_contexts and dropped with them) before anything they use goes.
+    if (store_pool_) {
+      store_pool_->join();
+      shared_->store_pool = nullptr;
+    }
   }
 
   Status init() {
@@ -235,6 +247,7 @@ class BeastServer final : public Server {
   std::size_t next_worker_ = 0;
   std::uint16_t port_ = 0;
   std::uint64_t refused_logged_ = 0;
+  std::unique_ptr<asio::thread_pool> store_pool_;  // joined in the destructor, before workers_ go
 };
 
 }  // namespace

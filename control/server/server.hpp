@@ -29,6 +29,10 @@ struct ServerConfig {
   TlsMinVersion tls_min = TlsMinVersion::tls1_2;
   bool kernel_tls = false;        // ask OpenSSL for kernel TLS (only where the kernel has the ULP)
   int threads = 0;                // io threads; 0 = hardware concurrency
+  // Requests that wait on the store (tasks, events, admin, enroll, rotate) run on a pool of
+  // this many threads, so the io threads keep serving TLS and heartbeats while a PostgreSQL
+  // round trip is under way (heartbeats have their own writer thread); 0 runs them on the io threads.
+  int store_threads = 16;
   std::size_t max_body_bytes = 1 << 20;
   std::size_t max_header_bytes = 16 << 10;
   std::chrono::milliseconds handshake_timeout{10'000};

@@ -326,6 +326,37 @@ void Session::dispatch() {
       self->turn();
     });
   };
+  // What waits on the store leaves the io thread: the request is copied (parser_ is reused by
+  // the next one), the answer comes back through `done` as a heartbeat's does.
+  const bool on_store_pool = shared_.store_pool != nullptr && endpoint_ != Endpoint::heartbeat &&
+                             endpoint_ != Endpoint::healthz && endpoint_ != Endpoint::metrics;
+  if (on_store_pool) {
+    struct Owned {
+      std::string method, target, authorization, body;
+      Peer peer;
+      std::string peer_cert_error;
+    };
+    auto owned = std::make_shared<Owned>(Owned{std::string(route_request.method), std::string(route_request.target),
+                                               std::string(route_request.authorization), std::string(route_request.body),
+                                               route_request.peer, std::string(route_request.peer_cert_error)});
+    boost::asio::post(*shared_.store_pool, [self = shared_from_this(), owned, done = std::move(done)]() mutable {
+      const RouteRequest request{.method = owned->method,
+                                 .target = owned->target,
+                                 .authorization = owned->authorization,
+                                 .body = owned->body,
+                                 .peer = owned->peer,
+                                 .peer_cert_error = owned->peer_cert_error};
+      ReplyFn reply = done;  // `done` answers once; a late second call is dropped by its request check
+      try {
+        self->shared_.handler(request, std::move(done));
+      } catch (const std::exception& e) {
+        log::error("control.route_failed", {{"target", request.target}, {"error", e.what()}});
+        reply(error_reply(500, "internal", std::string("internal error: ") + e.what(),
+                          "this is a bug in cairn-control; report it with the control log"));
+      }
+    });
+    return;
+  }
   in_route_ = true;
   try {
     shared_.handler(route_request, std::move(done));

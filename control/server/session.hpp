@@ -6,6 +6,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
 
@@ -36,6 +37,10 @@ struct ServerShared {
   TokenBucket enroll_bucket;
   std::atomic<bool> stopping{false};
   std::atomic<std::int64_t> in_flight{0};
+  // The server's store pool (ServerConfig::store_threads), or null. Owned by the server, which
+  // joins it before its io_contexts go: a session never owns it, so a job that drops the last
+  // reference to a session cannot destroy the pool from one of its own threads.
+  boost::asio::thread_pool* store_pool = nullptr;
 
   ServerShared(ServerConfig c, RequestHandler h, Metrics& m)
       : config(std::move(c)),

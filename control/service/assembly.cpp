@@ -94,6 +94,8 @@ class ServiceImpl final : public ControlService {
     if (!total) return fail(total.error());
     enrollment_.set_total(*total);
     if (is_postgres_url(config_.database)) auth_.start_refresh(*store_, config_.auth_refresh_period);
+    module_policy_ = std::make_unique<ModulePolicyFile>(state.dir / "module-policy.json");  // modules (h-modpolicy)
+    heartbeats_.set_module_policy(module_policy_.get());
     heartbeats_.start();
     liveness_.start();
     tasks_.start();
@@ -181,6 +183,15 @@ class ServiceImpl final : public ControlService {
   ApiResult<Json> admin_unassign_module(std::string_view id) override {
     return control::admin_unassign_module(*store_, id);
   }
+  // modules (h-modpolicy)
+  ApiResult<Json> admin_show_module_policy() override {
+    if (!module_policy_) return refuse(503, "starting", "the control service is starting");
+    return module_policy_->admin_show();
+  }
+  ApiResult<Json> admin_set_module_policy(const Json& body) override {
+    if (!module_policy_) return refuse(503, "starting", "the control service is starting");
+    return module_policy_->admin_set(body);
+  }
 
   NodeCounts node_counts() override { return auth_.counts(); }
   std::int64_t enrollments_total() override { return enrollment_.total(); }
@@ -199,6 +210,7 @@ class ServiceImpl final : public ControlService {
   Enrollment enrollment_;
   Rotation rotation_;
   TaskQueue tasks_;
+  std::unique_ptr<ModulePolicyFile> module_policy_;  // modules (h-modpolicy); before heartbeats_, which reads it
   HeartbeatWriter heartbeats_;
   LivenessSweep liveness_;
   AdminViews admin_;

@@ -85,6 +85,7 @@ void HeartbeatWriter::commit(std::vector<Pending>& batch) {
   reply.server_time = format_rfc3339(clock_.now());
   reply.next_interval_s = config_.heartbeat_interval.count();
   const auto catalog = load_catalog(store_);  // modules (issue 14): the desired sets, read once per batch
+  if (module_policy_ != nullptr) reply.module_policy = module_policy_->current();  // modules (h-modpolicy)
   for (std::size_t i = 0; i < batch.size(); ++i) {
     ApiResult<protocol::HeartbeatResponse> answer = reply;
     // modules (issue 14): selectors match the node's stored labels, not its heartbeat's (h-modctl)

@@ -17,6 +17,7 @@
 #include "control/service.hpp"
 #include "control/service/auth_cache.hpp"
 #include "control/service/event_log.hpp"
+#include "control/service/module_policy.hpp"  // modules (h-modpolicy)
 #include "control/service/task_queue.hpp"
 #include "control/store/store.hpp"
 
@@ -42,6 +43,9 @@ class HeartbeatWriter {
   void submit(const AuthorizedNode& node, protocol::HeartbeatRequest request,
               ControlService::HeartbeatDone done);
 
+  // modules (h-modpolicy): the signed trust policy every reply carries; set before start().
+  void set_module_policy(ModulePolicyFile* policy) { module_policy_ = policy; }
+
  private:
   struct Pending {
     HeartbeatRecord record;
@@ -56,6 +60,7 @@ class HeartbeatWriter {
   AuthCache& auth_;
   EventLog& events_;
   TaskQueue& tasks_;  // the reply's work_waiting and cancel_tasks
+  ModulePolicyFile* module_policy_ = nullptr;  // modules (h-modpolicy)
 
   std::mutex mutex_;
   std::condition_variable cv_;

@@ -182,7 +182,7 @@ std::vector<DesiredModule> desired_set(const std::vector<ModuleRecord>& modules,
     });
     if (it == modules.end()) continue;
     out.push_back({it->name, it->version, it->reference, it->manifest_digest, it->priority,
-                   parse_json(it->trust_json, "trust policy of " + it->name).value_or(Json::object())});
+                   parse_json(it->trust_json, "trust policy of " + it->name).value_or(Json::object()), it->required});
   }
   return out;
 }
@@ -192,7 +192,7 @@ std::vector<protocol::ModuleRef> CatalogSnapshot::desired_refs(std::string_view 
   for (const auto& m : desired_set(modules, assignments, node_id, labels)) {
     auto ref = oci::parse_reference(m.reference);
     if (!ref || ref->digest.empty()) continue;  // add_module stores pinned references only
-    out.push_back({m.name, ref->digest, false});
+    out.push_back({m.name, ref->digest, false, m.required});
   }
   return out;
 }

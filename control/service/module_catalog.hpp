@@ -66,6 +66,7 @@ struct DesiredModule {
   std::string manifest_digest;
   std::int64_t priority = 0;
   Json trust = Json::object();
+  bool required = false;  // carried to the node in the desired set (h-modpolicy)
 };
 // What a node with this id and these labels should run: per module name the assignment naming
 // the node wins over selector matches; among equals the newest. Assignments whose module

@@ -2,6 +2,7 @@
 
 #include "common/json.hpp"
 #include "identity/sources/metadata.hpp"
+#include "identity/sources/user_data.hpp"
 
 namespace cairn::identity {
 namespace {
@@ -34,6 +35,14 @@ class Imds {
   // GET with the session token; on 401 (the token expired or was revoked) fetches a new
   // token once and retries, then gives up with a clear reason.
   Result<std::string> get(std::string_view path) {
+    auto body = get_if_present(path, false);
+    if (!body) return fail(body.error());
+    return std::move(**body);
+  }
+
+  // As get; with missing_ok, a 404 (the path does not exist for this instance) is nullopt.
+  Result<std::optional<std::string>> get_if_present(std::string_view path, bool missing_ok,
+                                                    std::size_t max_bytes = std::size_t{1} << 20) {
     for (int attempt = 0; attempt < 2; ++attempt) {
       if (token_.empty() || attempt > 0) {
         if (auto ok = fetch_token(); !ok) return fail(ok.error());
@@ -41,14 +50,16 @@ class Imds {
       HttpRequest request;
       request.url = base_ + std::string(path);
       request.headers = {{"X-aws-ec2-metadata-token", token_}};
+      request.max_response_bytes = max_bytes;
       auto response = context_.fetch(request);
       if (!response) return fail(response.error());
       if (response->status == 401) continue;
+      if (response->status == 404 && missing_ok) return std::optional<std::string>();
       if (response->status != 200) {
         return fail(response->status >= 500 ? Errc::unavailable : Errc::data,
                     "GET " + request.url + ": HTTP " + std::to_string(response->status));
       }
-      return response->body;
+      return std::optional<std::string>(std::move(response->body));
     }
     return fail(Errc::refused, "GET " + base_ + std::string(path) +
                                    ": IMDSv2 refused two fresh session tokens (HTTP 401)",
@@ -85,6 +96,16 @@ SourceResult AwsSource::probe(Context& context) {
   // The hostname is a nicety: without it the identity stands.
   if (auto hostname = imds.get("/latest/meta-data/local-hostname")) id.hostname = *hostname;
   return SourceResult::answered(std::move(id), "EC2 IMDSv2 instance identity document");
+}
+
+// https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-add-user-data.html:
+// GET /latest/user-data answers the text as given at launch, 404 when there is none.
+Result<std::optional<std::string>> aws_user_data(Context& context) {
+  Imds imds(context, context.base_url("aws", kDefaultBase));
+  auto body = imds.get_if_present("/latest/user-data", true, kMaxUserDataBytes);
+  if (!body) return fail(body.error());
+  if (*body && (*body)->empty()) return std::optional<std::string>();
+  return body;
 }
 
 }  // namespace cairn::identity

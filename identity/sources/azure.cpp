@@ -1,8 +1,10 @@
 #include "identity/sources/azure.hpp"
 
+#include "common/crypto.hpp"
 #include "common/json.hpp"
 #include "identity/placeholders.hpp"
 #include "identity/sources/metadata.hpp"
+#include "identity/sources/user_data.hpp"
 
 namespace cairn::identity {
 namespace {
@@ -56,6 +58,31 @@ SourceResult AzureSource::probe(Context& context) {
   id.hostname = string_field(os, "computerName").empty() ? string_field(compute, "name") : string_field(os, "computerName");
   return SourceResult::answered(std::move(id),
                                 "Azure IMDS api-version " + std::string(kApiVersion) + relation);
+}
+
+// https://learn.microsoft.com/azure/virtual-machines/user-data: IMDS serves the VM's userData
+// base64-encoded (api-version 2021-01-01 or later), empty when none was given.
+Result<std::optional<std::string>> azure_user_data(Context& context) {
+  HttpRequest request;
+  request.url = context.base_url("azure", kDefaultBase) +
+                "/metadata/instance/compute/userData?api-version=2021-01-01&format=text";
+  request.headers = {{"Metadata", "true"}};
+  auto body = fetch_user_data_body(context, request);
+  if (!body || !*body) return body;
+  std::string encoded;
+  for (const char c : **body) {
+    if (c != '\n' && c != '\r' && c != ' ' && c != '\t') encoded.push_back(c);
+  }
+  if (encoded.empty()) return std::optional<std::string>();
+  auto decoded = base64_decode(encoded);
+  if (!decoded) {
+    // The answer may be the operator's secret garbled: its bytes are never quoted.
+    return fail(Errc::data, "GET " + request.url + ": userData is not base64 (" + std::to_string(encoded.size()) +
+                                " characters)",
+                "Azure serves userData base64-encoded: check what answers at this metadata URL");
+  }
+  if (decoded->empty()) return std::optional<std::string>();
+  return std::optional<std::string>(std::move(*decoded));
 }
 
 }  // namespace cairn::identity

@@ -2,6 +2,7 @@
 
 #include "common/json.hpp"
 #include "identity/sources/metadata.hpp"
+#include "identity/sources/user_data.hpp"
 
 namespace cairn::identity {
 namespace {
@@ -30,6 +31,14 @@ SourceResult DigitalOceanSource::probe(Context& context) {
   id.region = string_field(*json, "region");
   id.hostname = string_field(*json, "hostname");
   return SourceResult::answered(std::move(id), "DigitalOcean droplet metadata");
+}
+
+// https://docs.digitalocean.com/reference/api/metadata-api/: GET /metadata/v1/user-data
+// answers the droplet's user data as given, 404 or empty when there is none.
+Result<std::optional<std::string>> digitalocean_user_data(Context& context) {
+  HttpRequest request;
+  request.url = context.base_url("digitalocean", kDefaultBase) + "/metadata/v1/user-data";
+  return fetch_user_data_body(context, std::move(request));
 }
 
 }  // namespace cairn::identity

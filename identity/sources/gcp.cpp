@@ -1,6 +1,7 @@
 #include "identity/sources/gcp.hpp"
 
 #include "identity/sources/metadata.hpp"
+#include "identity/sources/user_data.hpp"
 
 namespace cairn::identity {
 namespace {
@@ -58,6 +59,22 @@ SourceResult GcpSource::probe(Context& context) {
   if (auto type = get("machine-type")) id.instance_type = last_segment(*type);
   if (auto hostname = get("hostname")) id.hostname = *hostname;
   return SourceResult::answered(std::move(id), "GCE metadata server");
+}
+
+// https://cloud.google.com/compute/docs/metadata/predefined-metadata-keys: custom metadata is
+// under instance/attributes/<key>, 404 when the key is not set. `cairn-config` is Cairn's own
+// key (the operator keeps `user-data` for cloud-init), else `user-data`, as cloud-init reads it.
+Result<std::optional<std::string>> gcp_user_data(Context& context) {
+  const std::string base = context.base_url("gcp", kDefaultBase) + "/computeMetadata/v1/instance/attributes/";
+  for (const char* key : {"cairn-config", "user-data"}) {
+    HttpRequest request;
+    request.url = base + key;
+    request.headers = {{"Metadata-Flavor", "Google"}};
+    auto body = fetch_user_data_body(context, std::move(request));
+    if (!body) return body;
+    if (*body) return body;
+  }
+  return std::optional<std::string>();
 }
 
 }  // namespace cairn::identity

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "identity/sources/metadata.hpp"
+#include "identity/sources/user_data.hpp"
 
 namespace cairn::identity {
 namespace {
@@ -57,6 +58,14 @@ SourceResult HetznerSource::probe(Context& context) {
   id.zone = keys["availability-zone"];
   id.hostname = keys["hostname"];
   return SourceResult::answered(std::move(id), "Hetzner Cloud server metadata");
+}
+
+// https://docs.hetzner.cloud/#server-metadata: GET /hetzner/v1/userdata answers the server's
+// user data as given, empty when there is none.
+Result<std::optional<std::string>> hetzner_user_data(Context& context) {
+  HttpRequest request;
+  request.url = context.base_url("hetzner", kDefaultBase) + "/hetzner/v1/userdata";
+  return fetch_user_data_body(context, std::move(request));
 }
 
 }  // namespace cairn::identity

@@ -2,6 +2,7 @@
 
 #include "common/json.hpp"
 #include "identity/sources/metadata.hpp"
+#include "identity/sources/user_data.hpp"
 
 namespace cairn::identity {
 namespace {
@@ -29,6 +30,14 @@ SourceResult OpenStackSource::probe(Context& context) {
   id.zone = string_field(*json, "availability_zone");
   id.hostname = string_field(*json, "hostname");
   return SourceResult::answered(std::move(id), "OpenStack metadata service");
+}
+
+// https://docs.openstack.org/nova/latest/user/metadata.html: GET
+// /openstack/latest/user_data answers the user data as given, 404 when there is none.
+Result<std::optional<std::string>> openstack_user_data(Context& context) {
+  HttpRequest request;
+  request.url = context.base_url("openstack", kDefaultBase) + "/openstack/latest/user_data";
+  return fetch_user_data_body(context, std::move(request));
 }
 
 }  // namespace cairn::identity

@@ -23,6 +23,26 @@ std::string random_token() {
   return out + "==";
 }
 
+// RFC 4648 base64, as Azure IMDS encodes userData.
+std::string base64(std::string_view in) {
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  std::size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    const unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8) |
+                       static_cast<unsigned char>(in[i + 2]);
+    for (int s : {18, 12, 6, 0}) out.push_back(kAlphabet[(v >> s) & 63]);
+  }
+  if (i + 1 == in.size()) {
+    const unsigned v = static_cast<unsigned char>(in[i]) << 16;
+    out += {kAlphabet[(v >> 18) & 63], kAlphabet[(v >> 12) & 63], '=', '='};
+  } else if (i + 2 == in.size()) {
+    const unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8);
+    out += {kAlphabet[(v >> 18) & 63], kAlphabet[(v >> 12) & 63], kAlphabet[(v >> 6) & 63], '='};
+  }
+  return out;
+}
+
 }  // namespace
 
 FakeInstance default_fake_instance(const std::string& cloud) {
@@ -41,6 +61,38 @@ FakeCloud::FakeCloud(std::string cloud, FakeInstance instance)
     : cloud_(std::move(cloud)),
       instance_(std::move(instance)),
       server_([this](const HttpServer::Request& r) { return handle(r); }) {}
+
+void FakeCloud::set_user_data(std::string text, std::string gcp_key) {
+  std::lock_guard lock(mutex_);
+  user_data_ = std::move(text);
+  gcp_user_data_key_ = std::move(gcp_key);
+  azure_raw_ = false;
+}
+
+void FakeCloud::set_raw_azure_user_data(std::string body) {
+  std::lock_guard lock(mutex_);
+  user_data_ = std::move(body);
+  azure_raw_ = true;
+}
+
+// The user-data answer once the cloud's own rules passed; `key` is GCP's attribute name.
+Response FakeCloud::user_data(const HttpServer::Request& request, const std::string& key) {
+  ++user_data_requests_;
+  if (request.method != "GET") return refuse(405, "");
+  std::lock_guard lock(mutex_);
+  if (cloud_ == "azure") {
+    // Azure answers an empty body when the VM has no userData.
+    return text(!user_data_ ? std::string() : azure_raw_ ? *user_data_ : base64(*user_data_));
+  }
+  if (cloud_ == "gcp") {
+    Response r = text("", 404);
+    if (user_data_ && key == gcp_user_data_key_) r = text(*user_data_);
+    r.headers.emplace_back("Metadata-Flavor", "Google");
+    return r;
+  }
+  if (!user_data_) return cloud_ == "hetzner" ? text("") : text("", 404);
+  return text(*user_data_);
+}
 
 Response FakeCloud::refuse(int status, std::string body) {
   ++refused_;
@@ -119,6 +171,7 @@ Response FakeCloud::aws(const HttpServer::Request& request) {
                  {"region", instance_.region},
                  {"version", "2017-09-30"}});
   }
+  if (request.path == "/latest/user-data") return user_data(request, "");
   if (request.path == "/latest/meta-data/instance-id") return text(instance_.instance_id);
   if (request.path == "/latest/meta-data/local-hostname") return text(instance_.hostname);
   return text("", 404);
@@ -130,6 +183,8 @@ Response FakeCloud::gcp(const HttpServer::Request& request) {
     return refuse(403, "Your client does not have permission to get URL from this server. "
                        "Missing Metadata-Flavor:Google header.");
   }
+  const std::string attributes = "/computeMetadata/v1/instance/attributes/";
+  if (request.path.starts_with(attributes)) return user_data(request, request.path.substr(attributes.size()));
   Response r = text("", 404);
   const std::string prefix = "/computeMetadata/v1/instance/";
   if (request.method == "GET" && request.path.starts_with(prefix)) {
@@ -153,6 +208,13 @@ Response FakeCloud::azure(const HttpServer::Request& request) {
     return refuse(400, R"({"error": "Bad request. api-version was not specified in the request."})");
   }
   if (version < "2017-04-02") return refuse(400, R"({"error": "Bad request. api-version is invalid."})");
+  if (request.path == "/metadata/instance/compute/userData") {
+    // userData needs api-version 2021-01-01 or later and format=text (Azure IMDS docs).
+    if (version < "2021-01-01" || request.query_param("format") != "text") {
+      return refuse(400, R"({"error": "Bad request. userData needs api-version 2021-01-01 and format=text"})");
+    }
+    return user_data(request, "");
+  }
   if (request.method != "GET" || request.path != "/metadata/instance") return text("", 404);
   return json({{"compute",
                 {{"vmId", instance_.uuid},
@@ -168,6 +230,7 @@ Response FakeCloud::azure(const HttpServer::Request& request) {
 
 // https://docs.digitalocean.com/reference/api/metadata-api/
 Response FakeCloud::digitalocean(const HttpServer::Request& request) {
+  if (request.path == "/metadata/v1/user-data") return user_data(request, "");
   if (request.method != "GET" || request.path != "/metadata/v1.json") return text("", 404);
   return json({{"droplet_id", std::stoull(instance_.instance_id)},
                {"hostname", instance_.hostname},
@@ -177,6 +240,7 @@ Response FakeCloud::digitalocean(const HttpServer::Request& request) {
 
 // https://docs.hetzner.cloud/#server-metadata
 Response FakeCloud::hetzner(const HttpServer::Request& request) {
+  if (request.path == "/hetzner/v1/userdata") return user_data(request, "");
   if (request.method != "GET" || request.path != "/hetzner/v1/metadata") return text("", 404);
   return text("availability-zone: " + instance_.zone + "\nhostname: " + instance_.hostname +
               "\ninstance-id: " + instance_.instance_id + "\nlocal-ipv4: ''\nnetwork-config:\n"
@@ -187,6 +251,7 @@ Response FakeCloud::hetzner(const HttpServer::Request& request) {
 
 // https://docs.openstack.org/nova/latest/user/metadata.html
 Response FakeCloud::openstack(const HttpServer::Request& request) {
+  if (request.path == "/openstack/latest/user_data") return user_data(request, "");
   if (request.method != "GET" || request.path != "/openstack/latest/meta_data.json") return text("", 404);
   return json({{"uuid", instance_.uuid},
                {"hostname", instance_.hostname},

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "tests/support/http_server.hpp"
@@ -53,6 +54,16 @@ class FakeCloud {
   void expire_next_tokens(int n) { expire_next_.store(n); }
   [[nodiscard]] std::size_t tokens_issued() const { return tokens_issued_.load(); }
 
+  // User-data (h-userdata), served where the cloud serves it, under the cloud's rules:
+  // AWS /latest/user-data (IMDSv2 token), GCP instance/attributes/<gcp_key> (Metadata-Flavor),
+  // Azure compute/userData base64-encoded (Metadata: true, api-version >= 2021-01-01),
+  // DigitalOcean /metadata/v1/user-data, Hetzner /hetzner/v1/userdata, OpenStack
+  // /openstack/latest/user_data. Unset: the cloud's "none" (404, or empty for Hetzner/Azure).
+  void set_user_data(std::string text, std::string gcp_key = "user-data");
+  // Azure only: the userData answer exactly as given (not encoded), e.g. garbage.
+  void set_raw_azure_user_data(std::string body);
+  [[nodiscard]] std::size_t user_data_requests() const { return user_data_requests_.load(); }
+
  private:
   HttpServer::Response handle(const HttpServer::Request& request);
   HttpServer::Response aws(const HttpServer::Request& request);
@@ -62,6 +73,7 @@ class FakeCloud {
   HttpServer::Response hetzner(const HttpServer::Request& request);
   HttpServer::Response openstack(const HttpServer::Request& request);
   HttpServer::Response refuse(int status, std::string body);
+  HttpServer::Response user_data(const HttpServer::Request& request, const std::string& key);
 
   std::string cloud_;
   FakeInstance instance_;
@@ -69,7 +81,11 @@ class FakeCloud {
   std::atomic<int> expire_next_{0};
   std::atomic<std::size_t> tokens_issued_{0};
   std::atomic<std::size_t> refused_{0};
+  std::atomic<std::size_t> user_data_requests_{0};
   std::mutex mutex_;
+  std::optional<std::string> user_data_;  // guarded by mutex_
+  std::string gcp_user_data_key_ = "user-data";
+  bool azure_raw_ = false;
   std::map<std::string, std::chrono::steady_clock::time_point> tokens_;  // token -> expiry
   HttpServer server_;  // last: its threads call handle() and must stop before the rest dies
 };

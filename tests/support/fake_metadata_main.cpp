@@ -1,6 +1,7 @@
 // cairn-fake-metadata: one cloud's fake metadata server (tests/support/fake_clouds) as a
 // process on 127.0.0.1, for ./tools/demo and manual runs. Runs until SIGTERM or SIGINT.
-//   cairn-fake-metadata [--cloud aws] [--port-file FILE]
+//   cairn-fake-metadata [--cloud aws] [--port-file FILE] [--user-data FILE]
+// --user-data serves FILE as the instance's user-data where the cloud serves it (h-userdata).
 #include <pthread.h>
 
 #include <csignal>
@@ -23,16 +24,19 @@ constexpr std::string_view kClouds[] = {"aws", "gcp", "azure", "digitalocean", "
 int usage(const std::string& why) {
   std::cerr << "cairn-fake-metadata: " << why << "\n"
             << "usage: cairn-fake-metadata [--cloud aws|gcp|azure|digitalocean|hetzner|openstack]"
-               " [--port-file FILE]\n";
+               " [--port-file FILE] [--user-data FILE]\n";
   return kExUsage;
 }
 
 int run(int argc, char** argv) {
   std::string cloud = "aws";
   std::string port_file;
+  std::string user_data_file;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
-    if ((arg == "--cloud" || arg == "--port-file") && i + 1 < argc) {
+    if (arg == "--user-data" && i + 1 < argc) {
+      user_data_file = argv[++i];
+    } else if ((arg == "--cloud" || arg == "--port-file") && i + 1 < argc) {
       (arg == "--cloud" ? cloud : port_file) = argv[++i];
     } else if (arg == "--help" || arg == "-h") {
       usage("serves one cloud's fake metadata API on 127.0.0.1 (ephemeral port) until SIGTERM");
@@ -54,6 +58,14 @@ int run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   cairn::test::FakeCloud fake(cloud);
+  if (!user_data_file.empty()) {
+    auto text = cairn::read_file(user_data_file, 1 << 20);
+    if (!text) {
+      std::cerr << "cairn-fake-metadata: --user-data " << user_data_file << ": " << text.error().message << "\n";
+      return kExIo;
+    }
+    fake.set_user_data(std::move(*text));
+  }
   const std::string url = fake.base_url();  // http://127.0.0.1:PORT
   if (!port_file.empty()) {
     auto written = cairn::write_file_atomic(port_file, url.substr(url.rfind(':') + 1) + "\n");

@@ -93,6 +93,8 @@ Result<std::filesystem::path> build_initramfs(const std::filesystem::path& out, 
 
 std::vector<std::string> qemu_argv(const std::string& qemu, const VmSpec& spec) {
   std::string netdev = "user,id=n0,restrict=on";
+  if (!spec.tftp_root.empty()) netdev += ",tftp=" + spec.tftp_root.string();
+  if (!spec.bootfile.empty()) netdev += ",bootfile=" + spec.bootfile;
   // cmd: spawns the relay once per guest connection; the chardev form (tcp:HOST:PORT)
   // connects once when QEMU starts and serves a single guest connection.
   for (const auto& f : spec.forwards) {
@@ -106,13 +108,20 @@ std::vector<std::string> qemu_argv(const std::string& qemu, const VmSpec& spec) 
                                    "-smp", "1",
                                    "-nodefaults", "-nographic", "-no-reboot",
                                    "-monitor", "none",
-                                   "-serial", "file:" + spec.serial_log.string(),
-                                   "-kernel", spec.kernel.string(),
-                                   "-initrd", spec.initrd.string(),
-                                   "-append", "console=ttyS0 panic=-1 " + spec.append,
-                                   "-netdev", netdev,
-                                   "-device", "virtio-net-pci,netdev=n0",
-                                   "-device", "virtio-rng-pci"};
+                                   "-serial", "file:" + spec.serial_log.string()};
+  if (!spec.kernel.empty()) {
+    argv.insert(argv.end(), {"-kernel", spec.kernel.string(), "-initrd", spec.initrd.string(), "-append",
+                             "console=ttyS0 panic=-1 " + spec.append});
+  }
+  if (!spec.firmware.empty()) argv.insert(argv.end(), {"-bios", spec.firmware.string()});
+  if (!spec.boot_order.empty()) argv.insert(argv.end(), {"-boot", spec.boot_order});
+  if (!spec.cdrom.empty()) argv.insert(argv.end(), {"-cdrom", spec.cdrom.string()});
+  if (!spec.boot_disk.empty()) {
+    argv.insert(argv.end(), {"-drive", "file=" + spec.boot_disk.string() + ",format=" + spec.boot_disk_format +
+                                           ",if=none,id=boot0,snapshot=on",
+                             "-device", "virtio-blk-pci,drive=boot0,bootindex=0"});
+  }
+  argv.insert(argv.end(), {"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"});
   if (!spec.disk.empty()) {
     argv.insert(argv.end(), {"-drive", "file=" + spec.disk.string() + ",format=raw,if=none,id=d0,cache=writeback",
                              "-device", "virtio-blk-pci,drive=d0"});
@@ -147,6 +156,23 @@ void Vm::stop() {
 }
 
 std::string swtpm_path() { return find_in_path("swtpm"); }
+
+std::string program_path(const std::string& program) {
+  if (auto p = find_in_path(program); !p.empty()) return p;
+  for (const char* dir : {"/usr/sbin", "/sbin"}) {  // mkfs.fat, sfdisk: not on a user's PATH
+    const auto p = std::filesystem::path(dir) / program;
+    if (::access(p.c_str(), X_OK) == 0) return p.string();
+  }
+  return {};
+}
+
+std::filesystem::path first_existing(const std::vector<std::filesystem::path>& candidates) {
+  for (const auto& c : candidates) {
+    std::error_code ec;
+    if (std::filesystem::exists(c, ec)) return c;
+  }
+  return {};
+}
 
 Result<Swtpm> Swtpm::start(const std::filesystem::path& state_dir, const std::filesystem::path& socket,
                            const std::filesystem::path& log) {

@@ -53,6 +53,15 @@ struct VmSpec {
   std::string accel = "tcg";
   std::filesystem::path disk{};        // a raw disk image, attached as virtio-blk (disk mode)
   std::filesystem::path tpm_socket{};  // swtpm's control socket: a TPM 2.0 on CRB (-tpmdev emulator)
+  // Boot through the firmware instead of -kernel/-initrd (image/build's artifacts, test 3);
+  // used when `kernel` is empty.
+  std::string boot_order{};            // -boot: "n" network (iPXE), "d" CD-ROM, "c" disk
+  std::filesystem::path cdrom{};       // -cdrom: an ISO (image/build iso)
+  std::filesystem::path boot_disk{};   // a disk image to boot (virtio-blk, bootindex 0, snapshot=on)
+  std::string boot_disk_format = "qcow2";
+  std::filesystem::path tftp_root{};   // user networking's TFTP server: tftp=DIR
+  std::string bootfile{};              // and the DHCP boot file it names: bootfile=FILE
+  std::filesystem::path firmware{};    // -bios FILE (OVMF for EFI); empty: SeaBIOS
 };
 
 std::vector<std::string> qemu_argv(const std::string& qemu, const VmSpec& spec);
@@ -96,6 +105,11 @@ class Swtpm {
 };
 // Path of swtpm on PATH, or "" (the disk-mode tests skip without it).
 std::string swtpm_path();
+
+// Path of PROGRAM on PATH, or "".
+std::string program_path(const std::string& program);
+// The first of `candidates` that exists, or "".
+std::filesystem::path first_existing(const std::vector<std::filesystem::path>& candidates);
 
 // The integer value of `key=` in the first serial line holding `event=NAME` (and `also` when
 // given), or -1.

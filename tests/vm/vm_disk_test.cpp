@@ -42,6 +42,7 @@
 #include "tests/support/temp_dir.hpp"
 #include "tests/vm/qemu.hpp"
 #include "tests/vm/vm_control.hpp"
+#include "tests/vm/vm_support.hpp"
 
 namespace cairn::test {
 namespace {
@@ -55,21 +56,14 @@ using vm::VmControl;
 
 namespace fs = std::filesystem;
 
-// A boot's fw-cfg entries: the machine's `base` ones plus this boot's `more`.
-std::vector<vm::FwCfg> with_fw_cfg(std::vector<vm::FwCfg> base, std::initializer_list<vm::FwCfg> more) {
-  base.insert(base.end(), more);
-  return base;
-}
+using vm::agent_exited;
+using vm::cairn_module;
+using vm::env_or_empty;
+using vm::has;
+using vm::with_fw_cfg;
+using vm::write_text;
 
-// The guest's address of the registry (guestfwd to docker-registry on 127.0.0.1).
-constexpr const char* kRegistryGuestIp = "10.0.2.101";
-constexpr int kRegistryGuestPort = 5000;
 constexpr std::uint64_t kDiskBytes = 2ull << 30;  // sparse; the persist rule wants >= 1 GiB
-
-std::string env_or_empty(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr ? v : "";
-}
 
 // The text between two marker lines the hook printed on the console ("" when absent).
 std::string between(const std::string& log, const std::string& begin, const std::string& end) {
@@ -147,16 +141,6 @@ std::string file_sha256(const fs::path& path) {
   return out;
 }
 
-RunResult cairn_module(const fs::path& dir, std::vector<std::string> args) {
-  args.insert(args.begin(), env_or_empty("CAIRN_MODULE"));
-  return run_capture(args, dir, 120s);
-}
-
-void write_text(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary) << text;
-}
-
 // One boot of the machine: a swtpm on `tpm_state` for this boot, QEMU with the disk file.
 struct Boot {
   std::optional<vm::Swtpm> tpm;
@@ -212,11 +196,6 @@ std::string find_recovery_key(const std::string& log) {
   return std::regex_search(log, match, key) ? match.str() : "";
 }
 
-bool has(const std::string& log, const std::string& text) { return log.find(text) != std::string::npos; }
-
-// /init says so when the agent ended (the shell follows): no use waiting for more.
-bool agent_exited(const vm::Vm& vm) { return has(vm.serial(), "event=init.agent_exit"); }
-
 std::string why_skip(const vm::Host& host) {
   if (!host.missing.empty()) return host.missing;
   if (vm::swtpm_path().empty()) return "no swtpm (apt-get install swtpm): disk mode needs a TPM";
@@ -231,7 +210,7 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
   RegistryProcess registry;
   if (!registry.error().empty()) CAIRN_SKIP(registry.error());
 
-  auto initrd = vm::build_initramfs(m.dir.path() / "initrd.cpio.zst", m.dir.path());
+  auto initrd = vm::build_initramfs(m.dir.path() / "initrd.cpio.lz4", m.dir.path());
   REQUIRE_MESSAGE(initrd.has_value(), (initrd ? "" : initrd.error().message));
   m.initrd = *initrd;
   m.accel = vm::choose_accel(m.host, m.initrd, m.dir.path());
@@ -244,31 +223,12 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
   const fs::path work = m.dir.path() / "module";
   write_text(work / "tree/usr/share/hello/greeting", "hello from a verified module\n");
   REQUIRE(cairn_module(work, {"keygen", (work / "fleet").string()}).exit_code == 0);
-  const auto pack = cairn_module(work, {"pack", (work / "tree").string(), "--name", "hello", "--version", "1.0",
-                                        "--priority", "20", "--out", (work / "out/hello").string()});
-  REQUIRE_MESSAGE(pack.exit_code == 0, pack.err);
-  const auto sign = cairn_module(work, {"sign", "--key", (work / "fleet.key").string(),
-                                        (work / "out/hello.manifest.json").string()});
-  REQUIRE_MESSAGE(sign.exit_code == 0, sign.err);
-  const auto push = cairn_module(work, {"push", registry.host() + "/cairn/hello:1.0", "--plain-http", "--image",
-                                        (work / "out/hello.erofs").string(), "--manifest",
-                                        (work / "out/hello.manifest.json").string(), "--signature",
-                                        (work / "out/hello.sig").string()});
-  REQUIRE_MESSAGE(push.exit_code == 0, std::string(push.out + push.err));
-  const auto manifest = parse_json(slurp(work / "out/hello.manifest.json"), "manifest").value_or(Json(nullptr));
-  REQUIRE(manifest.is_object());
+  const Json manifest = vm::publish_module(work, registry.host(), work / "tree", "hello", "1.0", work / "fleet.key");
   const std::string manifest_fsverity = manifest.value("fsverity", "");
   REQUIRE(manifest_fsverity.size() == 64);
 
   const fs::path agent_json = m.dir.path() / "agent.json";
-  Json modules_section = Json::object();
-  modules_section["registry"] = "127.0.0.1:" + std::to_string(kRegistryGuestPort) + "/cairn";
-  modules_section["plain_http"] = true;
-  modules_section["trust"] = Json::object();
-  modules_section["trust"]["hello"] = Json::array({"keys/fleet.pub"});
-  Json agent_config = Json::object();
-  agent_config["modules"] = modules_section;
-  write_text(agent_json, dump_json(agent_config, -1));
+  vm::write_modules_agent_config(agent_json, "hello", "keys/fleet.pub");
   const std::vector<vm::FwCfg> etc = {{.name = "opt/org.cairn/etc/agent.json", .file = agent_json},
                                       {.name = "opt/org.cairn/etc/keys/fleet.pub", .file = work / "fleet.pub"}};
 
@@ -283,19 +243,13 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
   const vm::GuestForward control_fwd{.guest_ip = kControlGuestIp, .guest_port = kControlGuestPort,
                                      .host_port = control.port()};
 
-  const int registry_port = std::stoi(registry.host().substr(registry.host().rfind(':') + 1));
-
   std::string recovery_key;
 
   // ---- boot 1: first boot of a blank disk ----------------------------------------------------
   const fs::path hook1 = m.dir.path() / "hook1.sh";
   write_text(hook1,
-             "[ \"$1\" = 0 ] || exit 0\n"
-             "nc -ll -p " + std::to_string(kRegistryGuestPort) + " -e nc " + kRegistryGuestIp + " " +
-                 std::to_string(kRegistryGuestPort) + " &\n"
-             "relay=$!\n"
-             "for i in 1 2 3 4 5 6 7 8 9 10; do netstat -ltn | grep -q ':" + std::to_string(kRegistryGuestPort) +
-                 " ' && break; sleep 0.1; done\n"
+             "[ \"$1\" = 0 ] || exit 0\n" +
+             vm::registry_relay_script() +
              "cairn-agent attach hello@1.0 && echo 'cairn-hook: attach ok'\n"
              "echo 'cairn-hook: modules begin'; cairn-agent modules --json; echo 'cairn-hook: modules end'\n"
              // A file with fs-verity on is read-only for everyone, root included (EPERM on open for write).
@@ -309,7 +263,7 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
     Boot boot;
     m.start(boot, "boot1", tpm_state,
             with_fw_cfg(etc, {{.name = "opt/org.cairn/config", .file = fw_config}, {.name = "opt/org.cairn/hook", .file = hook1}}),
-            {control_fwd, {.guest_ip = kRegistryGuestIp, .guest_port = kRegistryGuestPort, .host_port = registry_port}},
+            {control_fwd, vm::registry_forward(registry.host())},
             append);
     const bool ready = wait_for(
         [&] { return node_state(control, m.uuid) == "Ready" || !boot.vm->running() || agent_exited(*boot.vm); }, 300s,
@@ -496,7 +450,7 @@ TEST_CASE("escrow in a VM: no TPM, the volume key from control, LUKS2 formatted 
   Machine m;
   m.host = vm::probe_host();
   if (!m.host.missing.empty()) CAIRN_SKIP(m.host.missing);
-  auto initrd = vm::build_initramfs(m.dir.path() / "initrd.cpio.zst", m.dir.path());
+  auto initrd = vm::build_initramfs(m.dir.path() / "initrd.cpio.lz4", m.dir.path());
   REQUIRE_MESSAGE(initrd.has_value(), (initrd ? "" : initrd.error().message));
   m.initrd = *initrd;
   m.accel = vm::choose_accel(m.host, m.initrd, m.dir.path());

@@ -28,5 +28,6 @@ void add_push(CLI::App& app, int& exit_code);     // push.cpp (push and pull)
 void add_inspect(CLI::App& app, int& exit_code);  // inspect.cpp
 void add_verify(CLI::App& app, int& exit_code);   // verify.cpp
 void add_digest(CLI::App& app, int& exit_code);   // digest.cpp
+void add_policy(CLI::App& app, int& exit_code);   // policy.cpp (h-modpolicy)
 
 }  // namespace cairn::module_tool

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   cairn::module_tool::add_inspect(app, exit_code);
   cairn::module_tool::add_verify(app, exit_code);
   cairn::module_tool::add_digest(app, exit_code);
+  cairn::module_tool::add_policy(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

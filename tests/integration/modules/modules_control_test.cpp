@@ -6,6 +6,7 @@
 // refuses it, the old union stays, and the refusal is an event in `cairn-control events`.
 // Root + loop devices (the union is mounted for real); skips with the reason elsewhere.
 #include <doctest/doctest.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <csignal>
@@ -29,23 +30,6 @@ namespace {
 
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
-
-std::string env_or_empty(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr ? v : "";
-}
-
-std::optional<std::string> binaries_missing() {
-  for (const char* name : {"CAIRN_AGENT", "CAIRN_CONTROL", "CAIRN_MODULE"}) {
-    if (env_or_empty(name).empty()) return std::string(name) + " is not set (run through meson test)";
-  }
-  return std::nullopt;
-}
-
-std::string trimmed(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
 
 Json json_of(const RunResult& r, std::string_view what) {
   return parse_json(r.out, what).value_or(Json(nullptr));
@@ -81,7 +65,9 @@ std::string publish(const fs::path& dir, const std::string& reg, const std::stri
 // registry and the trust policy it pins) under it.
 class Node {
  public:
-  Node(const ControlServer& server, const std::string& reg, const fs::path& trusted_pub) : server_(server), id_(random_uuid().str()) {
+  // policy_pub: a policy key the node pins (modules.policy_keys), or none (h-modpolicy).
+  Node(const ControlServer& server, const std::string& reg, const fs::path& trusted_pub, const fs::path& policy_pub = {})
+      : server_(server), id_(random_uuid().str()) {
     fs::create_directories(root() / "proc");
     std::ofstream(root() / "proc/cmdline") << "console=ttyS0 cairn.id=" << id_ << "\n";
     // The mounter reads <root>/proc/self/mountinfo and attaches <root>/dev/loopN: the real ones.
@@ -89,7 +75,11 @@ class Node {
     fs::create_directory_symlink("/dev", root() / "dev");
     // The pinned key ships beside the config (a relative path is relative to it).
     REQUIRE(write_file_atomic(root() / "etc/cairn/fleet.pub", slurp(trusted_pub)));
-    const Json cfg = {{"modules", {{"registry", reg + "/cairn"}, {"plain_http", true}, {"trust", {{"web", {"fleet.pub"}}}}}}};
+    Json cfg = {{"modules", {{"registry", reg + "/cairn"}, {"plain_http", true}, {"trust", {{"web", {"fleet.pub"}}}}}}};
+    if (!policy_pub.empty()) {
+      REQUIRE(write_file_atomic(root() / "etc/cairn/policy.pub", slurp(policy_pub)));
+      cfg["modules"]["policy_keys"] = Json::array({"policy.pub"});
+    }
     REQUIRE(write_file_atomic(root() / "etc/cairn/agent.json", dump_json(cfg, 2)));
   }
   ~Node() {
@@ -104,6 +94,7 @@ class Node {
   [[nodiscard]] fs::path root() const { return dir_.path() / "root"; }
   [[nodiscard]] fs::path union_dir() const { return root() / "run/cairn/union"; }
   [[nodiscard]] fs::path desired_file() const { return root() / "persist/cairn/modules/desired.json"; }
+  [[nodiscard]] fs::path policy_file() const { return root() / "persist/cairn/modules/policy.json"; }
 
   RunResult run(std::vector<std::string> args) const {
     std::vector<std::string> v = {env_or_empty("CAIRN_AGENT"), "--root", root().string(), "--control", server_.url(),
@@ -267,6 +258,151 @@ TEST_CASE("a module goes from cairn-module push through cairn-control to the age
   CHECK(wait_for([&] { return desired_names_digest(node, oci_v1); }, 30s, 100ms));
   CHECK(node.run({"update"}).exit_code == 0);
   CHECK(read_text(node.union_dir() / "srv/web/index.html") == "v1");
+}
+
+// Events of one kind that control holds for the node.
+std::vector<Json> node_events(const ControlServer& server, const std::string& node_id, const std::string& kind) {
+  auto r = server.cli({"events", "--node", node_id, "--json"});
+  std::vector<Json> out;
+  for (const auto& e : json_of(r, "events").value("events", Json::array())) {
+    if (e.value("kind", "") == kind) out.push_back(e);
+  }
+  return out;
+}
+
+// Adds the pushed web:VERSION to the catalog, trusted with `trust_pub`, and returns its OCI digest.
+std::string catalog_add(const ControlServer& server, const std::string& reg, const std::string& version, const fs::path& trust_pub,
+                        bool required = false) {
+  std::vector<std::string> args{"module", "add", reg + "/cairn/web:" + version, "--plain-http", "--trust-key", trust_pub.string(), "--json"};
+  if (required) args.push_back("--required");
+  auto added = server.cli(args);
+  REQUIRE_MESSAGE(added.exit_code == 0, std::string(added.out + added.err));
+  const auto reference = json_of(added, "module add")["reference"].get<std::string>();
+  return reference.substr(reference.find('@') + 1);
+}
+
+TEST_CASE("a required module the node refuses fails the whole update: the old union stays, module.update_failed names it") {
+  if (auto why = mount_tests_unavailable()) CAIRN_SKIP(*why);
+  if (auto why = binaries_missing()) CAIRN_SKIP(*why);
+  RegistryProcess reg;
+  if (!reg.error().empty()) CAIRN_SKIP(reg.error());
+  ControlServer server({"--heartbeat-interval", "1s"});
+  TempDir work;
+  REQUIRE(cm(work.path(), {"keygen", (work.path() / "fleet").string()}).exit_code == 0);
+  REQUIRE(cm(work.path(), {"keygen", (work.path() / "rogue").string()}).exit_code == 0);
+  const auto fleet_pub = work.path() / "fleet.pub";
+  publish(work.path(), reg.host(), "1.0", "v1", work.path() / "fleet.key");
+  publish(work.path(), reg.host(), "2.0", "v2", work.path() / "rogue.key");
+  const auto oci_v1 = catalog_add(server, reg.host(), "1.0", fleet_pub, true);
+  // 2.0 enters the catalog with the rogue key, required; the node pins only the fleet key.
+  const auto oci_v2 = catalog_add(server, reg.host(), "2.0", work.path() / "rogue.pub", true);
+  const auto listed = json_of(server.cli({"module", "list", "--json"}), "module list");
+  REQUIRE(listed["modules"].size() == 2);
+  for (const auto& m : listed["modules"]) CHECK(m["required"] == true);
+
+  const auto token = trimmed(server.cli({"token", "create"}).out);
+  Node node(server, reg.host(), fleet_pub);
+  REQUIRE(node.run({"enroll", "--token", token}).exit_code == 0);
+  REQUIRE(server.cli({"module", "assign", "web@1.0", "--node", node.id()}).exit_code == 0);
+  node.start_service();
+  REQUIRE_MESSAGE(wait_for([&] { return desired_names_digest(node, oci_v1); }, 30s, 100ms), node.log());
+  // The heartbeat reply carried the flag: the stored desired set says so.
+  CHECK(slurp(node.desired_file()).find("\"required\": true") != std::string::npos);
+  REQUIRE(node.run({"update"}).exit_code == 0);
+  CHECK(read_text(node.union_dir() / "srv/web/index.html") == "v1");
+  // The union's mount: each overlayfs mount has its own device number (a symlink to a
+  // generation dir on kernels without MOVE_MOUNT_BENEATH resolves to it).
+  const auto union_dev = [&] {
+    struct stat st {};
+    return ::stat(node.union_dir().c_str(), &st) == 0 ? st.st_dev : dev_t{0};
+  };
+  const auto dev_before = union_dev();
+  REQUIRE(dev_before != 0);
+  const auto loops_before = loops_under(node.root());
+
+  REQUIRE(server.cli({"module", "assign", "web@2.0", "--node", node.id()}).exit_code == 0);
+  REQUIRE_MESSAGE(wait_for([&] { return desired_names_digest(node, oci_v2); }, 30s, 100ms), node.log());
+  auto refused = node.run({"update", "--json"});
+  INFO(refused.out << refused.err);
+  CHECK(refused.exit_code == 77);
+  const auto report = json_of(refused, "update");
+  CHECK(report["error"]["message"].get<std::string>().find("required module web could not be fetched or verified") != std::string::npos);
+  // The old union exactly as it was: the same generation, the same loop device, the same file.
+  CHECK(union_dev() == dev_before);
+  CHECK(loops_under(node.root()) == loops_before);
+  CHECK(read_text(node.union_dir() / "srv/web/index.html") == "v1");
+  CHECK_MESSAGE(wait_for([&] { return node_events(server, node.id(), "module.update_failed").size() == 1; }, 30s, 200ms), node.log());
+  const auto failed = node_events(server, node.id(), "module.update_failed");
+  REQUIRE(failed.size() == 1);
+  CHECK(failed[0].value("message", "").find("required module web") != std::string::npos);
+  CHECK(node_events(server, node.id(), "module.refused").empty());
+}
+
+TEST_CASE("a key only the policy distributed by control names is trusted, until a newer policy removes it") {
+  if (auto why = mount_tests_unavailable()) CAIRN_SKIP(*why);
+  if (auto why = binaries_missing()) CAIRN_SKIP(*why);
+  RegistryProcess reg;
+  if (!reg.error().empty()) CAIRN_SKIP(reg.error());
+  ControlServer server({"--heartbeat-interval", "1s"});
+  TempDir work;
+  for (const char* k : {"fleet", "team", "policy"}) REQUIRE(cm(work.path(), {"keygen", (work.path() / k).string()}).exit_code == 0);
+  // The node trusts the fleet key itself and pins the policy key; the team key is in neither.
+  const auto team_pub = work.path() / "team.pub";
+  publish(work.path(), reg.host(), "1.0", "v1", work.path() / "team.key");
+  const auto oci_v1 = catalog_add(server, reg.host(), "1.0", team_pub);
+  const auto sign_policy = [&](int version, const Json& trust) {
+    const auto file = work.path() / ("policy-" + std::to_string(version) + ".json");
+    write_text(file, dump_json({{"version", version}, {"trust", trust}}));
+    auto r = cm(work.path(), {"policy", "sign", file.string(), "--key", (work.path() / "policy.key").string()});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    return work.path() / ("policy-" + std::to_string(version) + ".signed.json");
+  };
+  const auto policy_v1 = sign_policy(1, {{"web*", {"team.pub"}}});
+  const auto policy_v2 = sign_policy(2, {{"db", {"team.pub"}}});
+  auto set = server.cli({"module", "policy", "set", policy_v1.string()});
+  REQUIRE_MESSAGE(set.exit_code == 0, set.err);
+  CHECK(set.out.find("version 1") != std::string::npos);
+  auto shown = server.cli({"module", "policy", "show", "--json"});
+  CHECK(json_of(shown, "policy show")["version"] == 1);
+
+  const auto token = trimmed(server.cli({"token", "create"}).out);
+  Node node(server, reg.host(), work.path() / "fleet.pub", work.path() / "policy.pub");
+  REQUIRE(node.run({"enroll", "--token", token}).exit_code == 0);
+  REQUIRE(server.cli({"module", "assign", "web@1.0", "--node", node.id()}).exit_code == 0);
+  node.start_service();
+  const auto accepted = [&](int version) {
+    return slurp(node.policy_file()).find("\"accepted_version\": " + std::to_string(version)) != std::string::npos;
+  };
+  REQUIRE_MESSAGE(wait_for([&] { return accepted(1) && desired_names_digest(node, oci_v1); }, 30s, 100ms), node.log());
+  auto updated = node.run({"update", "--json"});
+  INFO(updated.out << updated.err);
+  REQUIRE(updated.exit_code == 0);
+  CHECK(read_text(node.union_dir() / "srv/web/index.html") == "v1");
+  CHECK(json_of(updated, "update")["details"]["attached"][0]["key_id"] ==
+        json_of(cm(work.path(), {"policy", "verify", policy_v1.string(), "--key", (work.path() / "policy.pub").string(), "--json"}),
+                "policy verify")["details"]["trust"]["web*"][0]);
+
+  // Control refuses to go back to an older policy; the node would refuse it too.
+  REQUIRE(server.cli({"module", "policy", "set", policy_v2.string()}).exit_code == 0);
+  auto back = server.cli({"module", "policy", "set", policy_v1.string()});
+  CHECK(back.exit_code != 0);
+  CHECK(back.err.find("does not follow the stored version 2") != std::string::npos);
+  REQUIRE_MESSAGE(wait_for([&] { return accepted(2); }, 30s, 100ms), node.log());
+
+  // Version 2.0, signed by the team key the policy no longer names for web: refused.
+  publish(work.path(), reg.host(), "2.0", "v2", work.path() / "team.key");
+  const auto oci_v2 = catalog_add(server, reg.host(), "2.0", team_pub);
+  REQUIRE(server.cli({"module", "assign", "web@2.0", "--node", node.id()}).exit_code == 0);
+  REQUIRE_MESSAGE(wait_for([&] { return desired_names_digest(node, oci_v2); }, 30s, 100ms), node.log());
+  auto refused = node.run({"update", "--json"});
+  INFO(refused.out << refused.err);
+  CHECK(refused.exit_code == 77);
+  const auto report = json_of(refused, "update");
+  REQUIRE(report["details"]["failed"].size() == 1);
+  CHECK(report["details"]["failed"][0]["reason"].get<std::string>().find("which the trust policy does not allow for module web") !=
+        std::string::npos);
+  CHECK(read_text(node.union_dir() / "srv/web/index.html") == "v1");
+  CHECK_MESSAGE(wait_for([&] { return node_events(server, node.id(), "module.policy_accepted").size() == 2; }, 30s, 200ms), node.log());
 }
 
 TEST_CASE("cairn-control module commands refuse bad input, naming it") {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -23,6 +24,24 @@
 namespace cairn::test {
 
 namespace mod = cairn::agent::modules;
+
+// The binaries meson hands the end-to-end tests (modules_control_test, modules_apply_test).
+inline std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? v : "";
+}
+
+inline std::optional<std::string> binaries_missing() {
+  for (const char* name : {"CAIRN_AGENT", "CAIRN_CONTROL", "CAIRN_MODULE"}) {
+    if (env_or_empty(name).empty()) return std::string(name) + " is not set (run through meson test)";
+  }
+  return std::nullopt;
+}
+
+inline std::string trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
 
 inline std::filesystem::path mkfs_erofs_path() {
   for (const char* dir : {"/usr/bin", "/usr/sbin", "/bin", "/sbin"}) {

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "agent/boot/bootstrap.hpp"
+#include "agent/boot/sealed_base.hpp"
 #include "agent/boot/stages.hpp"
 #include "tests/support/manual_clock.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -157,6 +158,121 @@ TEST_CASE("a stage gives up after its attempts, and a stop signal ends the wait"
   REQUIRE_FALSE(s.has_value());
   CHECK(calls == 1);
   CHECK(s.error().message.find("stopped by a signal") != std::string::npos);
+}
+
+
+// ---- sealed base (h-base) ----------------------------------------------------------------------
+
+const std::string kDigest = "sha256:" + std::string(64, 'a');
+
+TEST_CASE("cairn.base= on the kernel command line pins the base module; fw-cfg's \"base\" only when the command line is silent") {
+  const auto b = parse_kernel_cmdline("console=ttyS0 cairn.base=base@" + kDigest + " quiet");
+  REQUIRE(b.has_value());
+  REQUIRE(b->base.has_value());
+  CHECK(b->base->value == "base@" + kDigest);
+  CHECK(b->base->source == kCmdlineSource);
+  const auto ref = parse_base_ref(b->base->value, b->base->source);
+  REQUIRE(ref.has_value());
+  CHECK(ref->name == "base");
+  CHECK(ref->digest == kDigest);
+
+  const std::string other = "sha256:" + std::string(64, 'b');
+  auto fw = parse_fw_cfg_config(R"({"base": "debian@)" + other + R"("})");
+  REQUIRE(fw.has_value());
+  CHECK(fw->base->source == kFwCfgSource);
+  CHECK(merge(*b, *fw).base->value == "base@" + kDigest);  // the command line wins
+  CHECK(merge(Bootstrap{}, *fw).base->value == "debian@" + other);
+}
+
+TEST_CASE("a base that is not NAME@sha256:<64 hex> stops the boot with the value and what to give") {
+  for (const std::string& bad : std::vector<std::string>{"base", "base@latest", "base@sha256:abcd", "@sha256:" + std::string(64, 'a'),
+                                "Base@sha256:" + std::string(64, 'a'), "base@sha256:" + std::string(64, 'A'),
+                                "base@sha512:" + std::string(64, 'a'), "../x@sha256:" + std::string(64, 'a')}) {
+    auto r = parse_kernel_cmdline("cairn.base=" + bad);
+    REQUIRE_MESSAGE(!r.has_value(), bad);
+    CHECK(r.error().code == Errc::config);
+    CHECK_MESSAGE(r.error().message.find("kernel command line") != std::string::npos, r.error().message);
+    CHECK_MESSAGE(!r.error().hint.empty(), bad);
+  }
+  auto fw = parse_fw_cfg_config(R"({"base": "base:1.0"})");
+  REQUIRE_FALSE(fw.has_value());
+  CHECK(fw.error().message.find(std::string(kFwCfgSource)) != std::string::npos);
+}
+
+TEST_CASE("read_bootstrap reads the base from <root>/proc/cmdline and the fw-cfg entry under the same root") {
+  test::TempDir tmp;
+  std::filesystem::create_directories(tmp.path() / "proc");
+  std::ofstream(tmp.path() / "proc/cmdline") << "console=ttyS0 quiet\n";
+  const auto fw = tmp.path() / kFwCfgConfigPath;
+  std::filesystem::create_directories(fw.parent_path());
+  std::ofstream(fw) << R"({"base": "base@)" << kDigest << R"("})";
+  auto b = read_bootstrap(Root(tmp.path()));
+  REQUIRE(b.has_value());
+  REQUIRE(b->base.has_value());
+  CHECK(b->base->value == "base@" + kDigest);
+  CHECK(b->base->source == kFwCfgSource);
+}
+
+TEST_CASE("the sealed set puts the pinned base first and drops control's module of the same name") {
+  const BaseRef base{"base", kDigest};
+  std::vector<protocol::ModuleRef> desired(2);
+  desired[0].name = "base";
+  desired[0].digest = "sha256:" + std::string(64, 'c');  // control (or whoever runs it) names another base
+  desired[1].name = "hello";
+  desired[1].digest = "sha256:" + std::string(64, 'd');
+  std::vector<std::string> dropped;
+  const auto set = sealed_set(base, desired, dropped);
+  REQUIRE(set.size() == 2);
+  CHECK(set[0].name == "base");
+  CHECK(set[0].digest == kDigest);
+  CHECK(set[1].name == "hello");
+  REQUIRE(dropped.size() == 1);
+  CHECK(dropped[0] == "base@sha256:" + std::string(64, 'c'));
+}
+
+TEST_CASE("only the pinned base may become /: refused when it failed, is missing, or came from another digest") {
+  const BaseRef base{"base", kDigest};
+  modules::AttachedModule good;
+  good.name = "base";
+  good.source = "127.0.0.1:5000/cairn/base@" + kDigest;
+  modules::AttachedModule hello;
+  hello.name = "hello";
+  hello.source = "127.0.0.1:5000/cairn/hello@sha256:" + std::string(64, 'd');
+
+  CHECK(check_sealed_base(base, {good, hello}, {}).has_value());
+
+  // The registry served other bytes (or a bad signature): update() left the base out.
+  auto failed = check_sealed_base(base, {hello}, {{"base", "manifest digest mismatch"}});
+  REQUIRE_FALSE(failed.has_value());
+  CHECK(failed.error().code == Errc::refused);
+  CHECK(failed.error().message.find("base@" + kDigest) != std::string::npos);
+  CHECK(failed.error().message.find("manifest digest mismatch") != std::string::npos);
+
+  auto missing = check_sealed_base(base, {hello}, {});
+  REQUIRE_FALSE(missing.has_value());
+  CHECK(missing.error().code == Errc::refused);
+  CHECK(missing.error().message.find("not in the union") != std::string::npos);
+
+  // A base of an earlier boot (disk mode) kept because the pinned one did not verify.
+  modules::AttachedModule stale = good;
+  stale.source = "127.0.0.1:5000/cairn/base@sha256:" + std::string(64, 'e');
+  auto other = check_sealed_base(base, {stale}, {});
+  REQUIRE_FALSE(other.has_value());
+  CHECK(other.error().code == Errc::refused);
+  CHECK(other.error().message.find(stale.source) != std::string::npos);
+  CHECK(!other.error().hint.empty());
+}
+
+TEST_CASE("the handoff file tells /init to switch_root into <root>/sysroot") {
+  test::TempDir tmp;
+  AgentConfig config;
+  config.root = Root(tmp.path());
+  REQUIRE(write_handoff(config).has_value());
+  std::ifstream in(tmp.path() / kHandoffFile);
+  std::string word, path;
+  in >> word >> path;
+  CHECK(word == "switch-root");
+  CHECK(path == "/sysroot");
 }
 
 }  // namespace

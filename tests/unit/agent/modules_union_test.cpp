@@ -5,79 +5,13 @@
 #include <map>
 
 #include "agent/modules/union.hpp"
+#include "tests/unit/agent/modules_fake_mounter.hpp"
 #include "tests/support/temp_dir.hpp"
 
 using namespace cairn;
 using namespace cairn::agent::modules;
 
 namespace {
-
-class FakeMounter final : public Mounter {
- public:
-  std::map<std::filesystem::path, std::vector<std::string>> table;  // target -> stack of what
-  std::vector<std::filesystem::path> last_lowers;
-  std::string fail_on;  // "image:<name>", "overlay", "move"
-  bool beneath_supported = true;  // false: a kernel before 6.5 (h-modctl)
-  bool can_move_beneath() override { return beneath_supported; }
-
-  Status mount_image(const std::filesystem::path& image, const std::filesystem::path& target) override {
-    if (fail_on == "image:" + image.filename().string()) return fail(Errc::data, "fake: bad image " + image.string());
-    table[target].push_back("erofs " + image.filename().string());
-    return {};
-  }
-  Status mount_tmpfs(const std::filesystem::path& target) override {
-    table[target].push_back("tmpfs");
-    return {};
-  }
-  Status mount_overlay(const std::vector<std::filesystem::path>& lowers, const std::filesystem::path&,
-                       const std::filesystem::path&, const std::filesystem::path& target) override {
-    if (fail_on == "overlay") return fail(Errc::io, "fake: overlay refused");
-    last_lowers = lowers;
-    std::string what = "overlay";
-    for (const auto& l : lowers) what += " " + l.filename().string();
-    table[target].push_back(what);
-    return {};
-  }
-  Status make_private_mount(const std::filesystem::path& dir) override {
-    if (!mounted(dir)) table[dir].push_back("bind");
-    return {};
-  }
-  Status move_mount(const std::filesystem::path& from, const std::filesystem::path& to, bool beneath) override {
-    if (fail_on == "move") return fail(Errc::io, "fake: move refused");
-    if (!mounted(from)) return fail(Errc::internal, "fake: nothing at " + from.string());
-    if (beneath != mounted(to)) return fail(Errc::internal, "fake: beneath must be used exactly when " + to.string() + " is mounted");
-    auto what = table[from].back();
-    table[from].pop_back();
-    auto& stack = table[to];
-    stack.insert(beneath ? stack.end() - 1 : stack.end(), what);
-    return {};
-  }
-  Status unmount(const std::filesystem::path& target, bool) override {
-    if (!mounted(target)) return fail(Errc::io, "fake: not mounted " + target.string());
-    table[target].pop_back();
-    return {};
-  }
-  Result<bool> is_mount_point(const std::filesystem::path& target) override { return mounted(target); }
-
-  bool mounted(const std::filesystem::path& t) const {
-    auto it = table.find(t);
-    return it != table.end() && !it->second.empty();
-  }
-  std::size_t count(std::string_view prefix) const {
-    std::size_t n = 0;
-    for (const auto& [t, stack] : table) {
-      for (const auto& s : stack) n += s.starts_with(prefix) ? 1 : 0;
-    }
-    return n;
-  }
-  // The table without the targets whose stack is empty.
-  [[nodiscard]] std::map<std::filesystem::path, std::vector<std::string>> live() const {
-    auto out = table;
-    std::erase_if(out, [](const auto& kv) { return kv.second.empty(); });
-    return out;
-  }
-  std::string top(const std::filesystem::path& t) const { return mounted(t) ? table.at(t).back() : ""; }
-};
 
 Layer layer(std::string name, std::int64_t priority, std::vector<std::string> depends = {}) {
   Layer l;
@@ -257,13 +191,15 @@ TEST_CASE("without MOVE_MOUNT_BENEATH each union has its generation dir and the 
   const auto gen2 = h.paths.run_dir / "gen-2";
   CHECK(std::filesystem::read_symlink(h.paths.mount_point) == std::filesystem::path("run/gen-2"));
   CHECK(h.fake.top(gen2).starts_with("overlay b-"));
-  CHECK_FALSE(h.fake.mounted(gen1));  // the old generation was unmounted after the swap
-  CHECK_FALSE(std::filesystem::exists(gen1));
-  CHECK(h.fake.count("overlay") == 1);
+  // The old generation stays mounted until the next change (a reader that resolved the link
+  // just before the swap still finds it whole).
+  CHECK(h.fake.mounted(gen1));
+  CHECK(h.fake.count("overlay") == 2);
   auto state = h.manager.load_state();
   REQUIRE(state);
   CHECK(state->merged == gen2);
   CHECK(state->live_path() == gen2);
+  CHECK(state->previous == gen1);
 
   // A failure before the swap keeps the link on the old generation.
   h.fake.fail_on = "overlay";
@@ -277,6 +213,46 @@ TEST_CASE("without MOVE_MOUNT_BENEATH each union has its generation dir and the 
   CHECK(h.fake.count("overlay") == 0);
   REQUIRE(h.manager.teardown());
   CHECK(h.fake.count("") == 0);
+}
+
+TEST_CASE("without MOVE_MOUNT_BENEATH the replaced generation and its own layers go with the next change, and at teardown") {
+  Host h;
+  h.fake.beneath_supported = false;
+  const auto gen = [&](int n) { return h.paths.run_dir / ("gen-" + std::to_string(n)); };
+  REQUIRE(h.manager.apply({layer("a", 1), layer("b", 9)}, pass_all()));
+  REQUIRE(h.manager.apply({layer("a", 1)}, pass_all()));  // b leaves: gen-1 keeps b's layer
+  CHECK(h.fake.mounted(gen(1)));
+  CHECK(h.fake.count("erofs b") == 1);
+  auto state = h.manager.load_state();
+  REQUIRE(state);
+  REQUIRE(state->previous_layers.size() == 1);
+  CHECK(state->previous_layers[0].filename().string().starts_with("b-"));
+
+  // A set that takes b back reuses the layer the kept generation holds: still one mount of it.
+  REQUIRE(h.manager.apply({layer("a", 1), layer("b", 9)}, pass_all()));
+  CHECK(h.fake.count("erofs b") == 1);
+  CHECK_FALSE(h.fake.mounted(gen(1)));  // retired, two changes later
+  CHECK_FALSE(std::filesystem::exists(gen(1)));
+  CHECK(h.fake.mounted(gen(2)));
+  CHECK(h.fake.count("overlay") == 2);
+
+  REQUIRE(h.manager.apply({layer("a", 1)}, pass_all()));
+  REQUIRE(h.manager.apply({layer("a", 1)}, pass_all()));  // gen-5 retires gen-3 ({a, b}), b with it
+  CHECK(h.fake.count("erofs b") == 0);
+  CHECK(h.fake.count("erofs a") == 1);
+  CHECK(h.fake.count("overlay") == 2);
+
+  // A generation a crashed change left mounted is swept by the next change.
+  std::filesystem::create_directories(gen(42));
+  REQUIRE(h.fake.mount_tmpfs(gen(42)));
+  REQUIRE(h.manager.apply({layer("a", 1), layer("c", 3)}, pass_all()));
+  CHECK_FALSE(h.fake.mounted(gen(42)));
+  CHECK_FALSE(std::filesystem::exists(gen(42)));
+
+  REQUIRE(h.manager.teardown());
+  CHECK(h.fake.count("") == 0);  // the current generation, the kept one, their layers, the upper
+  CHECK_FALSE(std::filesystem::exists(gen(5)));
+  CHECK_FALSE(std::filesystem::exists(gen(6)));
 }
 
 TEST_CASE("without MOVE_MOUNT_BENEATH a union mounted on the mount point itself is not switched: the old one stays") {
@@ -303,5 +279,20 @@ TEST_CASE("a union at / is never a symlink: without MOVE_MOUNT_BENEATH no genera
   REQUIRE_MESSAGE(first, (first ? "" : first.error().message));
   CHECK(first->state.merged.empty());
   CHECK(fake.top("/").starts_with("overlay"));
+  CHECK_FALSE(std::filesystem::exists(tmp.path() / "run/gen-1"));
+}
+
+TEST_CASE("a direct union (the boot's /sysroot) is mounted at its mount point, never through a symlink (h-base)") {
+  test::TempDir tmp;
+  FakeMounter fake;
+  fake.beneath_supported = false;  // Linux 6.1: elsewhere this union would be gen-N + a symlink
+  UnionPaths paths{.mount_point = tmp.path() / "sysroot", .run_dir = tmp.path() / "run",
+                   .persist_upper = tmp.path() / "persist", .upper_mode = UpperMode::tmpfs, .direct = true};
+  UnionManager manager(fake, paths);
+  auto first = manager.apply({layer("base", 0), layer("a", 10)}, pass_all());
+  REQUIRE_MESSAGE(first, (first ? "" : first.error().message));
+  CHECK(first->state.merged.empty());
+  CHECK(fake.top(paths.mount_point).starts_with("overlay a-"));
+  CHECK_FALSE(std::filesystem::is_symlink(paths.mount_point));
   CHECK_FALSE(std::filesystem::exists(tmp.path() / "run/gen-1"));
 }

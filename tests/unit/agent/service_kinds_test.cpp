@@ -266,6 +266,28 @@ TEST_CASE("service names with odd characters and malformed install args are refu
   }
 }
 
+TEST_CASE("a root service is refused unless the node's own configuration allows it") {
+  const auto tar = good_tar();
+  for (const Json& extra : {Json{{"dynamic_user", false}}, Json{{"dynamic_user", false}, {"user", "root"}}}) {
+    CAPTURE(dump_json(extra));
+    Node node;
+    auto r = node.install(tar, extra);
+    CHECK(r.reason == FailureReason::invalid_args);
+    CHECK(r.error.find("would run as root") != std::string::npos);
+    CHECK(r.error.find("allow_root_services") != std::string::npos);  // the way to allow it
+    CHECK(node.calls().empty());
+    CHECK_FALSE(std::filesystem::exists(node.unit_file()));
+
+    Node allowing;
+    allowing.settings.allow_root_services = true;
+    CHECK(allowing.install(tar, extra).outcome == "succeeded");
+    CHECK(std::filesystem::exists(allowing.unit_file()));
+  }
+  Node named;  // a named user other than root needs no permission
+  CHECK(named.install(tar, {{"dynamic_user", false}, {"user", "web"}}).outcome == "succeeded");
+  CHECK(read_file(named.unit_file(), 1 << 16).value_or("").find("User=web\n") != std::string::npos);
+}
+
 TEST_CASE("a unit that fails to start is reported exit_nonzero with where to look") {
   Node node;
   node.systemd->state_after_start = "failed";

@@ -429,6 +429,45 @@ TEST_CASE("postgres: tasks of one serial key run one at a time in submission ord
   CHECK(more->front().id == "b1");
 }
 
+TEST_CASE("postgres: a completion retried while another replica commits the same one is answered as a repeat") {
+  // Replica B took the node's completion and committed it, but died before answering; the
+  // node sends it again to replica A while B's transaction still holds the task's row. A's
+  // statement starts before that commit and waits for the row: it must answer "repeat", not
+  // "stale fence" (the node would drop a result that is in fact stored).
+  FRESH_DATABASE(server, url);
+  auto store = open(url);
+  REQUIRE(store->submit_task(task("r")));
+  auto leased = store->lease_tasks(lease_query("n1", 100));
+  REQUIRE(leased);
+  REQUIRE(leased->size() == 1);
+  const auto& t = leased->front();
+  const std::string fence = std::to_string(t.fence);
+  std::thread replica_b([&] {
+    (void)server->psql(url, "BEGIN;"
+                            "SELECT 1 FROM tasks WHERE id = 'r' FOR UPDATE;"
+                            "UPDATE tasks SET state = 'succeeded', finished_at_ms = 150, lease_expires_ms = NULL WHERE id = 'r';"
+                            "UPDATE task_attempts SET outcome = 'succeeded', finished_at_ms = 150 WHERE task_id = 'r' AND fence = " +
+                                fence + ";"
+                            "SELECT pg_sleep(1.5);"
+                            "COMMIT;");
+  });
+  // A's statement starts while B sleeps inside its transaction.
+  bool holding = false;
+  for (int i = 0; i < 200 && !holding; ++i) {
+    auto active = server->psql(url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)%' AND "
+                                    "state = 'active' AND pid <> pg_backend_pid()");
+    holding = active && *active == "1\n";
+    if (!holding) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(holding);
+  auto again = store->complete_task(completion(t, "n1", "succeeded", 200));
+  replica_b.join();
+  REQUIRE(again);
+  CHECK(again->check == control::FenceCheck::ok);
+  CHECK(again->repeat);
+  CHECK(again->state == protocol::TaskState::succeeded);
+}
+
 TEST_CASE("postgres: two stores on one database (replicas) lease 2,000 tasks concurrently, each exactly once") {
   FRESH_DATABASE(server, url);
   auto replica_a = open(url);
