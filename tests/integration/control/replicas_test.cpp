@@ -391,7 +391,8 @@ TEST_CASE("a module policy set through one replica is served by another with its
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - set_at);
   };
 
-  CHECK(served_version(b.url()) == 0);
+  // B answers the node once its cache learnt it from the database; neither has a policy.
+  CHECK(wait_for([&] { return served_version(b.url()) == 0; }, 5s, 50ms));
   CHECK(served_version(a.url()) == 0);
   // One refresh period (1 s) plus a heartbeat's round trip at most.
   const auto a_to_b = propagation(a, b.url(), 1);

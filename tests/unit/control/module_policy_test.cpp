@@ -205,6 +205,7 @@ TEST_CASE_TEMPLATE("a replica serves a policy set through another from its cache
   CHECK(b.current().is_null());
   clock.advance(std::chrono::milliseconds(1));
   CHECK(served_version(b.current()) == 1);
+  CHECK(served_version(a.current()) == 1);  // a's period is over too: read again now
 
   // b's own set refuses to go back even though a's cache is older
   REQUIRE(b.set(signer.document(2)));
