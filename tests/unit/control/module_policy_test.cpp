@@ -145,7 +145,7 @@ TEST_CASE_TEMPLATE("concurrent puts of versions N and N+1 through two connection
       CHECK((*found)->policy_text == record(n + 1).policy_text);
     }
   }
-  MESSAGE(B::kName << ": the lower version came second and was refused in " << lower_refused << " of " << kRounds
+  MESSAGE(std::string(B::kName) << ": the lower version came second and was refused in " << lower_refused << " of " << kRounds
                    << " rounds");
 }
 
