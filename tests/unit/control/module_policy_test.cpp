@@ -14,6 +14,7 @@
 #include "control/service/module_policy.hpp"
 #include "tests/support/manual_clock.hpp"
 #include "tests/support/skip.hpp"
+#include "tests/unit/control/control_fixture.hpp"
 #include "tests/unit/control/store_backends.hpp"
 
 using namespace cairn;
@@ -256,4 +257,36 @@ TEST_CASE_TEMPLATE("a state dir's module-policy.json is imported through the ver
   REQUIRE_FALSE(damaged);
   CHECK(damaged.error().message.find(file.string()) != std::string::npos);
   CHECK(policy.admin_show().value()["version"] == 6);
+}
+
+TEST_CASE("the service imports its state dir's module-policy.json at start and serves it in heartbeat replies") {
+  test::ControlFixture f;
+  const PolicySigner signer;
+  const auto file = f.state.dir / "module-policy.json";
+  const auto peer = f.enrolled(test::make_node());
+  auto beat = f.beat(peer);
+  REQUIRE(beat);
+  CHECK(beat->module_policy.is_null());
+
+  // A file an older release wrote: imported at the next start.
+  REQUIRE(write_file_atomic(file, module::serialize_signed_policy(signer.sign(4))));
+  f.reopen();
+  auto shown = f.service->admin_show_module_policy();
+  REQUIRE(shown);
+  CHECK((*shown)["version"] == 4);
+  beat = f.beat(peer);
+  REQUIRE(beat);
+  CHECK(served_version(beat->module_policy) == 4);
+
+  // Set through the API, then an older file at a later start: the store's version stays.
+  REQUIRE(f.service->admin_set_module_policy({{"policy", signer.document(5)}}));
+  REQUIRE(write_file_atomic(file, module::serialize_signed_policy(signer.sign(3))));
+  f.reopen();
+  beat = f.beat(peer);
+  REQUIRE(beat);
+  CHECK(served_version(beat->module_policy) == 5);
+  // A damaged file does not stop the service.
+  REQUIRE(write_file_atomic(file, "{not json"));
+  f.reopen();
+  CHECK(f.service->admin_show_module_policy().value()["version"] == 5);
 }
