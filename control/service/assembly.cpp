@@ -94,7 +94,13 @@ class ServiceImpl final : public ControlService {
     if (!total) return fail(total.error());
     enrollment_.set_total(*total);
     if (is_postgres_url(config_.database)) auth_.start_refresh(*store_, config_.auth_refresh_period);
-    module_policy_ = std::make_unique<ModulePolicyFile>(state.dir / "module-policy.json");  // modules (h-modpolicy)
+    // modules (h-modpolicy): the policy lives in the store (h-policystore); a state dir's
+    // module-policy.json from before is imported once. A file that cannot be imported does not
+    // stop the service: nodes keep the policy they hold until a valid one is set.
+    module_policy_ = std::make_unique<ModulePolicy>(*store_, clock_);
+    if (auto ok = module_policy_->import_file(state.dir / "module-policy.json"); !ok) {
+      log::error("modules.policy_import_failed", {{"error", ok.error().message}, {"hint", ok.error().hint}});
+    }
     heartbeats_.set_module_policy(module_policy_.get());
     heartbeats_.start();
     liveness_.start();
@@ -210,7 +216,7 @@ class ServiceImpl final : public ControlService {
   Enrollment enrollment_;
   Rotation rotation_;
   TaskQueue tasks_;
-  std::unique_ptr<ModulePolicyFile> module_policy_;  // modules (h-modpolicy); before heartbeats_, which reads it
+  std::unique_ptr<ModulePolicy> module_policy_;  // modules (h-modpolicy); before heartbeats_, which reads it
   HeartbeatWriter heartbeats_;
   LivenessSweep liveness_;
   AdminViews admin_;

@@ -85,7 +85,9 @@ void HeartbeatWriter::commit(std::vector<Pending>& batch) {
   reply.server_time = format_rfc3339(clock_.now());
   reply.next_interval_s = config_.heartbeat_interval.count();
   const auto catalog = load_catalog(store_);  // modules (issue 14): the desired sets, read once per batch
-  if (module_policy_ != nullptr) reply.module_policy = module_policy_->current();  // modules (h-modpolicy)
+  // modules (h-modpolicy): cached, read from the store at most once a second (h-policystore:
+  // ModulePolicy::kRefreshPeriod), not per heartbeat
+  if (module_policy_ != nullptr) reply.module_policy = module_policy_->current();
   for (std::size_t i = 0; i < batch.size(); ++i) {
     ApiResult<protocol::HeartbeatResponse> answer = reply;
     // modules (issue 14): selectors match the node's stored labels, not its heartbeat's (h-modctl)

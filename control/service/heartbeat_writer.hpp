@@ -44,7 +44,7 @@ class HeartbeatWriter {
               ControlService::HeartbeatDone done);
 
   // modules (h-modpolicy): the signed trust policy every reply carries; set before start().
-  void set_module_policy(ModulePolicyFile* policy) { module_policy_ = policy; }
+  void set_module_policy(ModulePolicy* policy) { module_policy_ = policy; }
 
  private:
   struct Pending {
@@ -60,7 +60,7 @@ class HeartbeatWriter {
   AuthCache& auth_;
   EventLog& events_;
   TaskQueue& tasks_;  // the reply's work_waiting and cancel_tasks
-  ModulePolicyFile* module_policy_ = nullptr;  // modules (h-modpolicy)
+  ModulePolicy* module_policy_ = nullptr;  // modules (h-modpolicy)
 
   std::mutex mutex_;
   std::condition_variable cv_;

@@ -1,10 +1,12 @@
 #include "control/service/module_policy.hpp"
 
-#include <sys/stat.h>
+#include <limits>
+#include <string>
 
 #include "common/fs.hpp"
 #include "common/log.hpp"
 #include "common/module/policy.hpp"
+#include "common/time.hpp"
 
 namespace cairn::control {
 namespace {
@@ -13,75 +15,99 @@ Json show(const Json& policy, std::uint64_t version) { return {{"policy", policy
 
 }  // namespace
 
-Status ModulePolicyFile::reload_locked() {
-  struct stat st {};
-  if (::stat(path_.c_str(), &st) != 0) {
-    cached_ = nullptr;
-    version_ = 0;
-    mtime_ = {};
-    loaded_ = true;
-    return {};
+Result<ModulePolicy::Loaded> ModulePolicy::load() {
+  auto stored = store_.find_module_policy();
+  if (!stored) return fail(stored.error().with_context("read the module policy"));
+  if (!*stored) return Loaded{};
+  auto doc = parse_json((*stored)->document, "the stored module policy");
+  if (!doc) return fail(doc.error());
+  if (auto shape = module::signed_policy_from_json(*doc); !shape) {
+    return fail(shape.error().with_context("the stored module policy"));
   }
-  if (loaded_ && st.st_mtim.tv_sec == mtime_.tv_sec && st.st_mtim.tv_nsec == mtime_.tv_nsec) return {};
-  mtime_ = st.st_mtim;
-  loaded_ = true;
-  cached_ = nullptr;
-  version_ = 0;
-  auto text = read_file(path_, module::kMaxSignedPolicyBytes);
-  if (!text) return fail(text.error());
-  auto signed_policy = module::parse_signed_policy(*text);
-  if (!signed_policy) return fail(signed_policy.error().with_context(path_.string()));
-  auto policy = module::parse_policy(signed_policy->policy_text);
-  if (!policy) return fail(policy.error().with_context(path_.string()));
-  cached_ = module::signed_policy_json(*signed_policy);
-  version_ = policy->version;
-  return {};
+  return Loaded{std::move(*doc), static_cast<std::uint64_t>((*stored)->version)};
 }
 
-Json ModulePolicyFile::current() {
+Json ModulePolicy::current() {
   std::lock_guard lock(mutex_);
-  if (auto ok = reload_locked(); !ok) {
-    log::error("modules.policy_unreadable", {{"path", path_.string()}, {"error", ok.error().message}});
-    return nullptr;
+  const auto now = clock_.monotonic();
+  if (loaded_at_ && now - *loaded_at_ < refresh_period_) return cached_.document;
+  // Read again after a failure only one period later too: a database that is down costs one
+  // failed read (and one log line) per period, not one per heartbeat batch.
+  loaded_at_ = now;
+  auto loaded = load();
+  if (!loaded) {
+    log::error("modules.policy_unreadable", {{"error", loaded.error().message}});
+    return cached_.document;
   }
-  return cached_;
+  cached_ = std::move(*loaded);
+  return cached_.document;
 }
 
-Result<Json> ModulePolicyFile::set(const Json& signed_json) {
+Result<Json> ModulePolicy::set(const Json& signed_json) {
   auto signed_policy = module::signed_policy_from_json(signed_json);
   if (!signed_policy) return fail(signed_policy.error());
   auto policy = module::parse_policy(signed_policy->policy_text);
   if (!policy) return fail(policy.error());
-  std::lock_guard lock(mutex_);
-  if (auto ok = reload_locked(); !ok) {
-    log::warn("modules.policy_replaced_unreadable", {{"path", path_.string()}, {"error", ok.error().message}});
-  }
-  if (!cached_.is_null()) {
-    const auto before = module::signed_policy_from_json(cached_);
-    const bool same = before && before->policy_text == signed_policy->policy_text;
-    if (policy->version < version_ || (policy->version == version_ && !same)) {
-      return fail(Errc::refused,
-                  "module policy version " + std::to_string(policy->version) + " does not follow the stored version " +
-                      std::to_string(version_),
-                  "raise \"version\" above " + std::to_string(version_) + " and sign the policy again; nodes refuse older versions anyway");
-    }
+  constexpr auto kMaxVersion = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+  if (policy->version > kMaxVersion) {
+    return fail(Errc::data,
+                "module policy version " + std::to_string(policy->version) + " is above " +
+                    std::to_string(kMaxVersion) + ", the highest the store keeps",
+                "give the policy a smaller \"version\" and sign it again");
   }
   const Json doc = module::signed_policy_json(*signed_policy);
-  if (auto ok = write_file_atomic(path_, dump_json(doc, 2) + "\n"); !ok) return fail(ok.error());
-  loaded_ = false;  // the next read takes the file's new mtime
-  cached_ = doc;
-  version_ = policy->version;
+  const ModulePolicyRecord record{static_cast<std::int64_t>(policy->version), signed_policy->policy_text,
+                                  dump_json(doc), to_unix_ms(clock_.now())};
+  auto put = store_.put_module_policy(record);
+  if (!put) return fail(put.error().with_context("store the module policy"));
+  if (!put->stored) {
+    const auto stored = std::to_string(put->stored_version);
+    return fail(Errc::refused,
+                "module policy version " + std::to_string(policy->version) + " does not follow the stored version " +
+                    stored,
+                "raise \"version\" above " + stored + " and sign the policy again; nodes refuse older versions anyway");
+  }
+  {
+    // This replica serves it from the next heartbeat on; the others within their refresh period.
+    std::lock_guard lock(mutex_);
+    if (policy->version >= cached_.version) cached_ = Loaded{doc, policy->version};
+    loaded_at_ = clock_.monotonic();
+  }
   log::info("modules.policy_set", {{"version", policy->version}, {"signed_by", signed_policy->signature.key_id}});
-  return show(doc, version_);
+  return show(doc, policy->version);
 }
 
-ApiResult<Json> ModulePolicyFile::admin_show() {
-  auto doc = current();
-  std::lock_guard lock(mutex_);
-  return show(doc, doc.is_null() ? 0 : version_);
+Status ModulePolicy::import_file(const std::filesystem::path& file) {
+  auto text = read_file_if_exists(file, module::kMaxSignedPolicyBytes);
+  if (!text) return fail(text.error());
+  if (!*text) return {};
+  auto signed_policy = module::parse_signed_policy(**text);
+  if (!signed_policy) return fail(signed_policy.error().with_context(file.string()));
+  auto stored = store_.find_module_policy();
+  if (!stored) return fail(stored.error().with_context("import " + file.string()));
+  if (*stored && (*stored)->policy_text == signed_policy->policy_text) return {};  // imported before
+  auto r = set(module::signed_policy_json(*signed_policy));
+  if (!r && r.error().code == Errc::refused) {
+    // The store holds a newer policy (set through a replica, or imported from another state
+    // dir): it stays.
+    log::info("modules.policy_file_superseded", {{"path", file.string()}, {"reason", r.error().message}});
+    return {};
+  }
+  if (!r) return fail(r.error().with_context("import " + file.string()));
+  log::info("modules.policy_imported",
+            {{"path", file.string()},
+             {"version", (*r)["version"].get<std::uint64_t>()},
+             {"note", "the policy now lives in the store, shared by every replica; this file is no longer read"}});
+  return {};
 }
 
-ApiResult<Json> ModulePolicyFile::admin_set(const Json& body) {
+ApiResult<Json> ModulePolicy::admin_show() {
+  auto loaded = load();
+  if (!loaded) return refuse(500, "store_error", loaded.error().message, loaded.error().hint);
+  return show(loaded->document, loaded->version);
+}
+
+ApiResult<Json> ModulePolicy::admin_set(const Json& body) {
   if (!body.is_object() || !body.contains("policy")) {
     return refuse(400, "bad_request", "module policy body: expected {\"policy\": <signed policy document>}",
                   "sign the policy with cairn-module policy sign and pass the file it wrote");

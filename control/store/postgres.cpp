@@ -255,6 +255,17 @@ CREATE INDEX tasks_by_node ON tasks(node_id, seq) WHERE node_id IS NOT NULL;
 CREATE INDEX tasks_by_holder ON tasks(leased_by, seq) WHERE leased_by IS NOT NULL;
 INSERT INTO counters (name, value) VALUES ('auth_generation', 0);
 )sql"},
+    // modules (h-policystore): the signed module trust policy, in the store so that every
+    // replica serves the same one (it was <state>/module-policy.json). One row at most.
+    {5, R"sql(
+CREATE TABLE module_policy (
+  id          INTEGER PRIMARY KEY CHECK (id = 1),
+  version     BIGINT NOT NULL,
+  policy_text TEXT NOT NULL,
+  document    TEXT NOT NULL,
+  set_at_ms   BIGINT NOT NULL
+);
+)sql"},
 };
 
 // Any number: the key of the advisory lock that serialises migrations across replicas.

@@ -1,4 +1,4 @@
-// PostgreSQL: the module catalog and its assignments.
+// PostgreSQL: the module catalog, its assignments and the signed module trust policy.
 #include "control/store/postgres_internal.hpp"
 
 namespace cairn::control::postgres_internal {
@@ -54,6 +54,39 @@ Result<bool> PostgresStore::delete_assignment(std::string_view id) {
   auto rows = run("DELETE FROM assignments WHERE id = $1::text", Params().add(id));
   if (!rows) return fail(rows.error());
   return rows->affected() > 0;
+}
+
+// One conditional statement: the row is written when there is none, or the stored version is
+// lower, or equal with the same signed text. INSERT ... ON CONFLICT DO UPDATE locks the row
+// and evaluates the WHERE on its newest committed version, even one committed after this
+// statement's snapshot, and two first inserts meet on the primary key: replicas putting at
+// once are serialised on the row, and a lower version never wins
+// (https://www.postgresql.org/docs/15/sql-insert.html#SQL-ON-CONFLICT).
+Result<ModulePolicyPut> PostgresStore::put_module_policy(const ModulePolicyRecord& p) {
+  auto rows = run_retrying(
+      "INSERT INTO module_policy (id, version, policy_text, document, set_at_ms) "
+      "VALUES (1, $1::bigint, $2::text, $3::text, $4::bigint) "
+      "ON CONFLICT (id) DO UPDATE SET version = excluded.version, policy_text = excluded.policy_text, "
+      "document = excluded.document, set_at_ms = excluded.set_at_ms "
+      "WHERE module_policy.version < excluded.version OR "
+      "(module_policy.version = excluded.version AND module_policy.policy_text = excluded.policy_text) "
+      "RETURNING version",
+      Params().add(p.version).add(p.policy_text).add(p.document).add(p.set_at_ms));
+  if (!rows) return fail(rows.error());
+  if (!rows->empty()) return ModulePolicyPut{true, rows->int64(0, 0)};
+  // Refused: the version that refused it, for the message (the decision above is final; a put
+  // committed since may show a newer one).
+  auto stored = run("SELECT version FROM module_policy WHERE id = 1", Params());
+  if (!stored) return fail(stored.error());
+  return ModulePolicyPut{false, stored->empty() ? 0 : stored->int64(0, 0)};
+}
+
+Result<std::optional<ModulePolicyRecord>> PostgresStore::find_module_policy() {
+  auto rows = run("SELECT version, policy_text, document, set_at_ms FROM module_policy WHERE id = 1", Params());
+  if (!rows) return fail(rows.error());
+  if (rows->empty()) return std::optional<ModulePolicyRecord>();
+  return std::optional<ModulePolicyRecord>(
+      ModulePolicyRecord{rows->int64(0, 0), rows->text(0, 1), rows->text(0, 2), rows->int64(0, 3)});
 }
 
 }  // namespace cairn::control::postgres_internal

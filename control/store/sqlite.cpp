@@ -233,6 +233,17 @@ CREATE INDEX tasks_serial_open ON tasks(serial_key, seq)
   WHERE serial_key IS NOT NULL AND state IN ('queued', 'leased', 'running');
 INSERT INTO counters (name, value) VALUES ('auth_generation', 0);
 )sql"},
+    // modules (h-policystore): the signed module trust policy, in the store so that every
+    // replica serves the same one (it was <state>/module-policy.json). One row at most.
+    {6, R"sql(
+CREATE TABLE module_policy (
+  id          INTEGER PRIMARY KEY CHECK (id = 1),
+  version     INTEGER NOT NULL,
+  policy_text TEXT NOT NULL,
+  document    TEXT NOT NULL,
+  set_at_ms   INTEGER NOT NULL
+);
+)sql"},
 };
 
 }  // namespace

@@ -206,6 +206,8 @@ class SqliteStore final : public Store {
   Status insert_assignment(const AssignmentRecord& a) override;
   Result<std::vector<AssignmentRecord>> list_assignments() override;
   Result<bool> delete_assignment(std::string_view id) override;
+  Result<ModulePolicyPut> put_module_policy(const ModulePolicyRecord& policy) override;
+  Result<std::optional<ModulePolicyRecord>> find_module_policy() override;
 
   // ---- escrowed volume keys (issue 15) ----
   Result<std::string> put_escrow_key_if_absent(std::string_view node_id, std::string_view key) override;

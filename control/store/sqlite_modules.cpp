@@ -1,4 +1,4 @@
-// SQLite: the module catalog and its assignments.
+// SQLite: the module catalog, its assignments and the signed module trust policy.
 #include "control/store/sqlite_internal.hpp"
 
 namespace cairn::control::sqlite_internal {
@@ -67,6 +67,50 @@ Result<bool> SqliteStore::delete_assignment(std::string_view id) {
   q->bind(1, id);
   if (auto ok = q->run(); !ok) return fail(ok.error());
   return sqlite3_changes(db_.get()) > 0;
+}
+
+// The version rule is the upsert's WHERE: the row is written when there is none, or the stored
+// version is lower, or equal with the same signed text. The transaction (BEGIN IMMEDIATE: the
+// database's write lock, which another process waits for) keeps the version a refusal names
+// the one that refused.
+Result<ModulePolicyPut> SqliteStore::put_module_policy(const ModulePolicyRecord& p) {
+  std::lock_guard lock(mutex_);
+  auto tx = begin();
+  if (!tx) return fail(tx.error());
+  ModulePolicyPut put;
+  {
+    auto q = query(
+        "INSERT INTO module_policy (id, version, policy_text, document, set_at_ms) VALUES (1, ?1, ?2, ?3, ?4) "
+        "ON CONFLICT (id) DO UPDATE SET version = excluded.version, policy_text = excluded.policy_text, "
+        "document = excluded.document, set_at_ms = excluded.set_at_ms "
+        "WHERE module_policy.version < excluded.version OR "
+        "(module_policy.version = excluded.version AND module_policy.policy_text = excluded.policy_text)");
+    if (!q) return fail(q.error());
+    q->bind(1, p.version).bind(2, std::string_view(p.policy_text)).bind(3, std::string_view(p.document));
+    q->bind(4, p.set_at_ms);
+    if (auto ok = q->run(); !ok) return fail(ok.error());
+    put.stored = sqlite3_changes(db_.get()) > 0;
+    put.stored_version = p.version;
+  }
+  if (!put.stored) {
+    auto q = query("SELECT version FROM module_policy WHERE id = 1");
+    if (!q) return fail(q.error());
+    auto row = q->step();
+    if (!row) return fail(row.error());
+    if (*row) put.stored_version = q->int64(0);
+  }
+  if (auto ok = tx->commit(); !ok) return fail(ok.error());
+  return put;
+}
+
+Result<std::optional<ModulePolicyRecord>> SqliteStore::find_module_policy() {
+  std::lock_guard lock(mutex_);
+  auto q = query("SELECT version, policy_text, document, set_at_ms FROM module_policy WHERE id = 1");
+  if (!q) return fail(q.error());
+  auto row = q->step();
+  if (!row) return fail(row.error());
+  if (!*row) return std::optional<ModulePolicyRecord>();
+  return std::optional<ModulePolicyRecord>(ModulePolicyRecord{q->int64(0), q->text(1), q->text(2), q->int64(3)});
 }
 
 }  // namespace cairn::control::sqlite_internal

@@ -288,6 +288,12 @@ class Store {
   virtual Result<std::vector<AssignmentRecord>> list_assignments() = 0;
   virtual Result<bool> delete_assignment(std::string_view id) = 0;  // false: no such id
 
+  // modules (h-policystore): the signed module trust policy. The version rule (never lower;
+  // equal only with identical policy_text) is decided by the store in one conditional
+  // statement, so concurrent puts from several replicas can never let a lower version win.
+  virtual Result<ModulePolicyPut> put_module_policy(const ModulePolicyRecord& policy) = 0;
+  virtual Result<std::optional<ModulePolicyRecord>> find_module_policy() = 0;  // none set: nullopt
+
   // escrowed volume keys (issue 15): opaque (already encrypted by the service). Stores `key`
   // for the node unless one is stored; returns the stored one either way.
   virtual Result<std::string> put_escrow_key_if_absent(std::string_view node_id, std::string_view key) = 0;

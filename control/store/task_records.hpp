@@ -161,4 +161,23 @@ struct AssignmentRecord {
   std::int64_t created_at_ms = 0;
 };
 
+// modules (h-policystore): the signed module trust policy, one per cluster (every replica serves
+// the same). `document` is the signed document as served (JSON text); `policy_text` is the
+// signed text inside it, which "identical content" compares (a re-signature of the same text
+// by another policy key is the same policy).
+struct ModulePolicyRecord {
+  std::int64_t version = 0;  // >= 1
+  std::string policy_text;
+  std::string document;
+  std::int64_t set_at_ms = 0;
+};
+
+// What put_module_policy did. refused: the stored policy has a higher version, or the same
+// version with other policy_text; stored_version is then the one that refused it (else the
+// version just stored).
+struct ModulePolicyPut {
+  bool stored = false;
+  std::int64_t stored_version = 0;
+};
+
 }  // namespace cairn::control

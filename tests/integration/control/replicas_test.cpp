@@ -1,7 +1,8 @@
 // Two real `cairn-control serve` replicas on one real PostgreSQL (issue 13): they share the
 // state dir's CA and everything else through the database, so a node enrolled through one
 // heartbeats through the other, a revocation through one is refused by the other within a
-// second, and a replica killed with -9 loses nothing.
+// second, and a replica killed with -9 loses nothing. A replica with a state dir of its own (as
+// on another host) serves the module trust policy set through another (h-policystore).
 #include <doctest/doctest.h>
 #include <signal.h>
 
@@ -14,6 +15,9 @@
 #include <thread>
 #include <vector>
 
+#include "common/crypto.hpp"
+#include "common/fs.hpp"
+#include "common/module/policy.hpp"
 #include "common/protocol/tasks.hpp"
 
 #include "tests/integration/control/server_helpers.hpp"
@@ -25,11 +29,13 @@ using namespace cairn::test;
 
 namespace {
 
-// A second serve on the state dir of `first` (same CA and admin credential) and the same
-// database, on its own port (kept across a restart).
+// A second serve on the state dir of `first` (same CA and admin credential), or on `state` (a
+// copy of it, as another host would hold), and the same database, on its own port (kept across
+// a restart).
 class Replica {
  public:
-  Replica(const ControlServer& first, std::string database) : first_(first), database_(std::move(database)) {
+  Replica(const ControlServer& first, std::string database, std::filesystem::path state = {})
+      : first_(first), database_(std::move(database)), state_(state.empty() ? first.state() : std::move(state)) {
     start();
   }
   Replica(const Replica&) = delete;
@@ -39,7 +45,7 @@ class Replica {
   void start() {
     const auto port_file = first_.scratch() / "replica.port";
     std::filesystem::remove(port_file);
-    auto p = Process::spawn({control_binary(), "serve", "--state", first_.state().string(), "--listen",
+    auto p = Process::spawn({control_binary(), "serve", "--state", state_.string(), "--listen",
                              "127.0.0.1:" + std::to_string(port_), "--port-file", port_file.string(), "--threads",
                              "2", "--database", database_},
                             {}, log_path());
@@ -63,13 +69,14 @@ class Replica {
   RunResult cli(std::vector<std::string> args) const {
     std::vector<std::string> argv = {control_binary()};
     argv.insert(argv.end(), args.begin(), args.end());
-    argv.insert(argv.end(), {"--state", first_.state().string(), "--server", url()});
+    argv.insert(argv.end(), {"--state", state_.string(), "--server", url()});
     return run_capture(argv, first_.scratch());
   }
 
  private:
   const ControlServer& first_;
   std::string database_;
+  std::filesystem::path state_;
   std::optional<Process> process_;
   int port_ = 0;
 };
@@ -328,4 +335,82 @@ TEST_CASE("50 nodes complete 10,000 tasks through two replicas exactly once, acr
   REQUIRE(once);
   CHECK(trim_output(*once) == std::to_string(kTasks));
   MESSAGE("stale completions refused: " << refused.load());
+}
+
+// h-policystore: the module trust policy lives in the database, so a replica on another host
+// (its own state dir: a copy of the first one's CA, admin credential and escrow key, no policy
+// file) serves a policy set through another in its heartbeat replies, within its cache's
+// refresh period (1 s); and the version rule holds across replicas.
+TEST_CASE("a module policy set through one replica is served by another with its own state dir within a second") {
+  if (control_binary().empty()) CAIRN_SKIP("CAIRN_CONTROL not set (run through meson test)");
+  REQUIRE_POSTGRES(pg);
+  auto database = fresh_postgres_database(*pg);
+  REQUIRE_MESSAGE(database, (database ? "" : database.error().message));
+
+  ControlServer a({"--database", *database});
+  const auto b_state = a.scratch() / "state-b";
+  std::filesystem::copy(a.state(), b_state, std::filesystem::copy_options::recursive);
+  Replica b(a, *database, b_state);
+  const auto node = enroll_node(a);
+  const auto tls = as_node(a, node);
+
+  // Signed policies, as `cairn-module policy sign` writes them.
+  auto policy_key = generate_key(KeyType::ed25519).value();
+  auto module_key = generate_key(KeyType::ed25519).value();
+  auto policy_file = [&](std::uint64_t version) {
+    module::ModulePolicy p;
+    p.version = version;
+    const auto id = module::key_id(module_key.get()).value();
+    p.key_pems[id] = public_key_pem(module_key.get()).value();
+    p.rules.push_back({"web-*", {id}});
+    const auto file = a.scratch() / ("policy-" + std::to_string(version) + ".signed.json");
+    auto signed_policy = module::sign_policy(policy_key.get(), module::policy_text(p));
+    REQUIRE(signed_policy);
+    REQUIRE(write_file_atomic(file, module::serialize_signed_policy(*signed_policy)));
+    return file.string();
+  };
+  // The policy version a heartbeat reply of `replica` carries (0: none; -1: no answer).
+  auto served_version = [&](const std::string& replica_url) -> std::int64_t {
+    auto r = send(tls, "POST", replica_url + "/v1/heartbeat", heartbeat_body(), {{"Content-Type", "application/json"}});
+    if (!r || r->status != 200) return -1;
+    auto reply = protocol::decode_heartbeat_response(r->body);
+    if (!reply) return -1;
+    if (reply->module_policy.is_null()) return 0;
+    auto signed_policy = module::signed_policy_from_json(reply->module_policy);
+    auto policy = signed_policy ? module::parse_policy(signed_policy->policy_text) : Result<module::ModulePolicy>(fail(signed_policy.error()));
+    return policy ? static_cast<std::int64_t>(policy->version) : -1;
+  };
+  // Set through `from`, then how long until `to` serves it.
+  auto propagation = [&](auto& from, const std::string& to_url, std::uint64_t version) {
+    const auto set = from.cli({"module", "policy", "set", policy_file(version)});
+    REQUIRE_MESSAGE(set.exit_code == 0, set.err << set.out);
+    const auto set_at = std::chrono::steady_clock::now();
+    std::int64_t seen = -1;
+    const bool served = wait_for([&] { return (seen = served_version(to_url)) == static_cast<std::int64_t>(version); }, 5s, 10ms);
+    CHECK_MESSAGE(served, "still served version " << seen);
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - set_at);
+  };
+
+  // B answers the node once its cache learnt it from the database; neither has a policy.
+  CHECK(wait_for([&] { return served_version(b.url()) == 0; }, 5s, 50ms));
+  CHECK(served_version(a.url()) == 0);
+  // One refresh period (1 s) plus a heartbeat's round trip at most.
+  const auto a_to_b = propagation(a, b.url(), 1);
+  CHECK_MESSAGE(a_to_b < 1500ms, "B served the policy set through A only after " << a_to_b.count() << " ms");
+  MESSAGE("A -> B: " << a_to_b.count() << " ms");
+  const auto shown = b.cli({"module", "policy", "show", "--json"});
+  REQUIRE_MESSAGE(shown.exit_code == 0, shown.err);
+  auto shown_json = parse_json(shown.out, "policy show");
+  REQUIRE(shown_json);
+  CHECK((*shown_json)["version"] == 1);
+
+  const auto b_to_a = propagation(b, a.url(), 2);
+  CHECK_MESSAGE(b_to_a < 1500ms, "A served the policy set through B only after " << b_to_a.count() << " ms");
+  // A refuses to go back to version 1: the rule is the store's, not a replica's memory.
+  const auto back = a.cli({"module", "policy", "set", policy_file(1)});
+  CHECK(back.exit_code != 0);
+  CHECK_MESSAGE((back.err + back.out).find("does not follow the stored version 2") != std::string::npos, back.err << back.out);
+  CHECK(served_version(b.url()) == 2);
+  CHECK_FALSE(std::filesystem::exists(a.state() / "module-policy.json"));  // nothing in the state dirs
+  CHECK_FALSE(std::filesystem::exists(b_state / "module-policy.json"));
 }

@@ -21,6 +21,7 @@ struct OpenedStore {
   std::unique_ptr<control::Store> store;  // null: skipped, see skip_reason
   std::string skip_reason;
   std::shared_ptr<void> keep;  // whatever must outlive the store (a temp dir, a database)
+  std::string location;        // the database file or URL: Backend::open_again opens it once more
 };
 
 struct SqliteBackend {
@@ -28,8 +29,14 @@ struct SqliteBackend {
   static OpenedStore open() {
     auto dir = std::make_shared<TempDir>();
     auto store = control::open_sqlite_store(dir->path() / "control.db");
-    if (!store) return {nullptr, "sqlite: " + store.error().message, dir};
-    return {std::move(*store), "", dir};
+    if (!store) return {nullptr, "sqlite: " + store.error().message, dir, ""};
+    return {std::move(*store), "", dir, (dir->path() / "control.db").string()};
+  }
+  // A second store on the same database (another process on the state dir, in effect).
+  static std::unique_ptr<control::Store> open_again(const OpenedStore& first) {
+    auto store = control::open_sqlite_store(first.location);
+    REQUIRE_MESSAGE(store, (store ? "" : store.error().message));
+    return std::move(*store);
   }
 };
 
@@ -42,14 +49,20 @@ struct PostgresBackend {
     std::string why;
     PostgresServer* server = shared_postgres(why);
     if (server == nullptr) {
-      if (PostgresServer::unavailable_reason()) return {nullptr, why, nullptr};
+      if (PostgresServer::unavailable_reason()) return {nullptr, why, nullptr, ""};
       FAIL("PostgreSQL is installed but did not start: " << why);
     }
     auto url = fresh_postgres_database(*server);
     REQUIRE_MESSAGE(url, (url ? "" : url.error().message));
     auto store = control::open_postgres_store(*url);
     REQUIRE_MESSAGE(store, (store ? "" : store.error().message));
-    return {std::move(*store), "", nullptr};
+    return {std::move(*store), "", nullptr, *url};
+  }
+  // A second store on the same database (another replica, in effect).
+  static std::unique_ptr<control::Store> open_again(const OpenedStore& first) {
+    auto store = control::open_postgres_store(first.location);
+    REQUIRE_MESSAGE(store, (store ? "" : store.error().message));
+    return std::move(*store);
   }
 };
 

@@ -128,10 +128,10 @@ TEST_CASE("postgres: replicas opening a new database at once apply each migratio
   for (auto& t : threads) t.join();
   CHECK_MESSAGE(opened == 4, (errors.empty() ? "" : errors.front()));
   auto store = open(url);
-  CHECK(store->schema_version() == 4);
+  CHECK(store->schema_version() == 5);
   auto versions = server->psql(url, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version");
   REQUIRE(versions);
-  CHECK(*versions == "1,2,3,4\n");  // 3: the module manifest, 4: the task indexes
+  CHECK(*versions == "1,2,3,4,5\n");  // 3: the module manifest, 4: the task indexes, 5: the module policy
 }
 
 TEST_CASE("postgres: a database from a newer cairn-control is refused; errors name the URL without its password") {

@@ -33,7 +33,7 @@ TEST_CASE("opening a database twice applies each migration once and records the 
   {
     auto store = control::open_sqlite_store(db);
     REQUIRE_MESSAGE(store, (store ? "" : store.error().message));
-    CHECK((*store)->schema_version() == 5);
+    CHECK((*store)->schema_version() == 6);
     control::TokenRecord t;
     t.id = "t1";
     t.hash = std::string(64, 'a');
@@ -43,14 +43,14 @@ TEST_CASE("opening a database twice applies each migration once and records the 
   {
     auto store = control::open_sqlite_store(db);
     REQUIRE(store);
-    CHECK((*store)->schema_version() == 5);
+    CHECK((*store)->schema_version() == 6);
     auto tokens = (*store)->list_tokens();
     REQUIRE(tokens);
     CHECK(tokens->size() == 1);  // data kept, nothing re-created
   }
   // Each version once (4 is the module manifest's, h-modctl; 5 the task indexes, h-taskbatch).
   CHECK(sql_value(db, "SELECT COUNT(*) = COUNT(DISTINCT version) FROM schema_version") == "1");
-  CHECK(sql_value(db, "SELECT MAX(version) FROM schema_version") == "5");
+  CHECK(sql_value(db, "SELECT MAX(version) FROM schema_version") == "6");
   CHECK(sql_value(db, "PRAGMA journal_mode") == "wal");
 }
 
