@@ -1,6 +1,8 @@
-// HttpClient: the one seam for outbound HTTP(S) — cloud metadata, the control service,
-// later the OCI registry. The only backend is libcurl (common/http/curl.cpp); tests cross
-// it with real servers on 127.0.0.1.
+// HttpClient: the one seam for outbound HTTP(S): cloud metadata, the control service, the
+// OCI registry. Two backends: libcurl (common/http/curl.cpp, dlopen()ed on first use) for
+// downloads and metadata, and a lean one on Boost.Beast + OpenSSL (common/http/lean.cpp) for
+// the control connection, which a long-running agent holds without libcurl's twenty
+// libraries in memory. Tests cross both with real servers on 127.0.0.1.
 #pragma once
 
 #include <chrono>
@@ -64,6 +66,14 @@ class HttpClient {
 };
 
 // A client that keeps its connection alive between calls. Not thread-safe: one per thread.
+// libcurl: every feature of HttpRequest. libcurl is loaded on the first call (Errc::unavailable
+// naming libcurl.so.4 when it is not installed).
 std::unique_ptr<HttpClient> make_http_client(TlsOptions tls = {});
+
+// The same on Boost.Beast and OpenSSL alone: HTTP/1.1, no body_sink or stall_timeout
+// (Errc::internal: downloads take make_http_client). A changed client certificate file
+// (rotation) is read again at the next call. A kept-alive connection the server closed while
+// idle is replaced once, as libcurl does.
+std::unique_ptr<HttpClient> make_lean_http_client(TlsOptions tls = {});
 
 }  // namespace cairn

@@ -49,6 +49,6 @@ using HttpClientFactory = std::function<std::unique_ptr<HttpClient>(TlsOptions)>
 // random01 draws the jitter of backoff and rotation, uniform in [0, 1].
 Status run_service(const AgentConfig& config, const ServiceOptions& options, const Clock& clock,
                    const std::function<double()>& random01, StopSignal& stop,
-                   const HttpClientFactory& make_http = HttpClientFactory(make_http_client));
+                   const HttpClientFactory& make_http = HttpClientFactory(make_lean_http_client));
 
 }  // namespace cairn::agent

@@ -14,7 +14,7 @@ Errc errc_for_http_status(long status) {
 }
 
 ControlClient::ControlClient(std::string base_url, TlsOptions tls, std::chrono::milliseconds timeout)
-    : ControlClient(std::move(base_url), make_http_client(std::move(tls)), timeout) {}
+    : ControlClient(std::move(base_url), make_lean_http_client(std::move(tls)), timeout) {}
 
 ControlClient::ControlClient(std::string base_url, std::unique_ptr<HttpClient> http, std::chrono::milliseconds timeout)
     : base_url_(std::move(base_url)), timeout_(timeout), http_(std::move(http)) {

@@ -1,6 +1,7 @@
-// ControlClient: the agent's side of the /v1 protocol over HttpClient (libcurl), with the
-// control service verified against the pinned CA and, once enrolled, mutual TLS. One client
-// keeps one connection alive across heartbeats.
+// ControlClient: the agent's side of the /v1 protocol over HttpClient (the lean backend,
+// Beast + OpenSSL, unless given another), with the control service verified against the
+// pinned CA and, once enrolled, mutual TLS. One client keeps one connection alive across
+// heartbeats.
 #pragma once
 
 #include <chrono>

@@ -1,36 +1,73 @@
-// libcurl backend of HttpClient. The only file that includes curl.
+// libcurl backend of HttpClient. The only file that includes curl. libcurl is dlopen()ed on
+// the first request (common/dynamic_library.hpp), not linked: Debian's libcurl brings some
+// twenty libraries (gnutls, krb5, ldap, ssh2, rtmp, ...), which the agent's service loop,
+// talking to control through lean.cpp, then never maps unless it downloads a module.
 #include <curl/curl.h>
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
 
 #include <algorithm>
 #include <cctype>
-#include <mutex>
 
-#include "common/crypto.hpp"
+#include "common/dynamic_library.hpp"
 #include "common/http.hpp"
-#include "common/ssl.hpp"
+#include "common/http/tls_pin.hpp"
 
 namespace cairn {
 namespace {
 
-struct CurlDeleter {
-  void operator()(CURL* c) const noexcept { curl_easy_cleanup(c); }
-};
-using CurlPtr = std::unique_ptr<CURL, CurlDeleter>;
-struct SlistDeleter {
-  void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
-};
-using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
+constexpr const char* kLibCurl = "libcurl.so.4";
 
-void global_init_once() {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+// The libcurl functions this file calls, resolved once. (Through these pointers
+// curl_easy_setopt and curl_easy_getinfo are plain variadic calls, without the type-checking
+// macros of curl/typecheck-gcc.h: every option below passes the type curl.easy_setopt(3) names.)
+struct CurlApi {
+  decltype(&::curl_global_init) global_init = nullptr;
+  decltype(&::curl_easy_init) easy_init = nullptr;
+  decltype(&::curl_easy_cleanup) easy_cleanup = nullptr;
+  decltype(&::curl_easy_reset) easy_reset = nullptr;
+  decltype(&::curl_easy_setopt) easy_setopt = nullptr;
+  decltype(&::curl_easy_perform) easy_perform = nullptr;
+  decltype(&::curl_easy_getinfo) easy_getinfo = nullptr;
+  decltype(&::curl_easy_strerror) easy_strerror = nullptr;
+  decltype(&::curl_slist_append) slist_append = nullptr;
+  decltype(&::curl_slist_free_all) slist_free_all = nullptr;
+};
+
+Result<CurlApi> load_curl() {
+  auto lib = DynamicLibrary::open(kLibCurl, "HTTP downloads (module registry) and cloud metadata",
+                                  "install libcurl4 on the node");
+  if (!lib) return fail(lib.error());
+  CurlApi api;
+  MissingSymbols missing;
+  lib->bind(api.global_init, "curl_global_init", missing);
+  lib->bind(api.easy_init, "curl_easy_init", missing);
+  lib->bind(api.easy_cleanup, "curl_easy_cleanup", missing);
+  lib->bind(api.easy_reset, "curl_easy_reset", missing);
+  lib->bind(api.easy_setopt, "curl_easy_setopt", missing);
+  lib->bind(api.easy_perform, "curl_easy_perform", missing);
+  lib->bind(api.easy_getinfo, "curl_easy_getinfo", missing);
+  lib->bind(api.easy_strerror, "curl_easy_strerror", missing);
+  lib->bind(api.slist_append, "curl_slist_append", missing);
+  lib->bind(api.slist_free_all, "curl_slist_free_all", missing);
+  if (auto ok = missing.check(kLibCurl, "install libcurl4 7.88 or later"); !ok) return fail(ok.error());
+  api.global_init(CURL_GLOBAL_DEFAULT);
+  return api;
 }
+
+// Loaded and initialised once per process (curl_global_init is not thread-safe: the static's
+// initialisation is).
+Result<const CurlApi*> curl_api() {
+  static const Result<CurlApi> loaded = load_curl();
+  if (!loaded) return fail(loaded.error());
+  return &*loaded;
+}
+
+using CurlPtr = std::unique_ptr<CURL, decltype(&::curl_easy_cleanup)>;
+using SlistPtr = std::unique_ptr<curl_slist, decltype(&::curl_slist_free_all)>;
 
 constexpr std::size_t kMaxStreamErrorBody = 64 * 1024;
 
 struct Sink {
+  const CurlApi* api;
   HttpResponse* response;
   std::size_t max_bytes;
   bool overflow = false;
@@ -45,7 +82,7 @@ std::size_t on_body(char* data, std::size_t size, std::size_t nmemb, void* user)
   const std::size_t n = size * nmemb;
   if (sink->stream != nullptr && *sink->stream) {
     long status = 0;
-    curl_easy_getinfo(sink->handle, CURLINFO_RESPONSE_CODE, &status);
+    sink->api->easy_getinfo(sink->handle, CURLINFO_RESPONSE_CODE, &status);
     if (status >= 200 && status < 300) {
       if (sink->streamed + n > sink->max_bytes) {
         sink->overflow = true;
@@ -91,33 +128,8 @@ std::size_t on_header(char* data, std::size_t size, std::size_t nmemb, void* use
   return n;
 }
 
-// OpenSSL's verification of the server chain, with the one CA whose DER hashes to the
-// pinned fingerprint as the only trust anchor. It must be in the chain the server sent.
-int verify_against_pinned_ca(X509_STORE_CTX* ctx, void* arg) {
-  const auto* fingerprint = static_cast<const std::string*>(arg);
-  STACK_OF(X509)* sent = X509_STORE_CTX_get0_untrusted(ctx);
-  X509* leaf = X509_STORE_CTX_get0_cert(ctx);
-  X509* anchor = nullptr;
-  for (int i = 0; sent != nullptr && i < sk_X509_num(sent); ++i) {
-    X509* c = sk_X509_value(sent, i);
-    if (equal_constant_time(cert_info(c).fingerprint_sha256, *fingerprint)) anchor = c;
-  }
-  if (anchor == nullptr) {
-    X509_STORE_CTX_set_error(ctx, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
-    return 0;
-  }
-  X509StorePtr store(X509_STORE_new());
-  X509_STORE_add_cert(store.get(), anchor);
-  X509StoreCtxPtr pinned(X509_STORE_CTX_new());
-  X509_STORE_CTX_init(pinned.get(), store.get(), leaf, sent);
-  X509_STORE_CTX_set_default(pinned.get(), "ssl_server");
-  const int ok = X509_verify_cert(pinned.get());
-  X509_STORE_CTX_set_error(ctx, ok == 1 ? X509_V_OK : X509_STORE_CTX_get_error(pinned.get()));
-  return ok == 1 ? 1 : 0;
-}
-
 CURLcode install_ca_pin(CURL*, void* ssl_ctx, void* arg) {
-  SSL_CTX_set_cert_verify_callback(static_cast<SSL_CTX*>(ssl_ctx), verify_against_pinned_ca, arg);
+  http_detail::pin_ca_fingerprint(static_cast<SSL_CTX*>(ssl_ctx), static_cast<const std::string*>(arg));
   return CURLE_OK;
 }
 
@@ -138,84 +150,85 @@ Errc classify(CURLcode code) {
 
 class CurlClient final : public HttpClient {
  public:
-  explicit CurlClient(TlsOptions tls) : tls_(std::move(tls)) {
-    global_init_once();
-    handle_.reset(curl_easy_init());
-  }
+  explicit CurlClient(TlsOptions tls) : tls_(std::move(tls)) {}
 
   Result<HttpResponse> send(const HttpRequest& req) override {
+    auto loaded = curl_api();
+    if (!loaded) return fail(loaded.error().with_context(req.method + " " + req.url));
+    const CurlApi& curl = **loaded;
+    if (!handle_) handle_ = CurlPtr(curl.easy_init(), curl.easy_cleanup);
     if (!handle_) return fail(Errc::internal, "curl_easy_init failed");
     CURL* c = handle_.get();
-    curl_easy_reset(c);  // keeps the connection cache, drops the previous request's options
+    curl.easy_reset(c);  // keeps the connection cache, drops the previous request's options
 
     HttpResponse response;
-    Sink sink{&response, req.max_response_bytes};
+    Sink sink{&curl, &response, req.max_response_bytes};
     sink.handle = c;
     sink.stream = &req.body_sink;
     char errbuf[CURL_ERROR_SIZE] = {};
-    SlistPtr headers;
+    SlistPtr headers(nullptr, curl.slist_free_all);
     for (const auto& [k, v] : req.headers) {
-      headers.reset(curl_slist_append(headers.release(), (k + ": " + v).c_str()));
+      headers.reset(curl.slist_append(headers.release(), (k + ": " + v).c_str()));
     }
     // An empty "Expect:" stops curl from waiting for 100-continue on larger bodies.
-    headers.reset(curl_slist_append(headers.release(), "Expect:"));
+    headers.reset(curl.slist_append(headers.release(), "Expect:"));
 
-    curl_easy_setopt(c, CURLOPT_URL, req.url.c_str());
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, req.method.c_str());
-    if (req.method == "HEAD") curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    curl.easy_setopt(c, CURLOPT_URL, req.url.c_str());
+    curl.easy_setopt(c, CURLOPT_CUSTOMREQUEST, req.method.c_str());
+    if (req.method == "HEAD") curl.easy_setopt(c, CURLOPT_NOBODY, 1L);
     if (!req.body.empty() || req.method == "POST" || req.method == "PUT") {
-      curl_easy_setopt(c, CURLOPT_POSTFIELDS, req.body.data());
-      curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
+      curl.easy_setopt(c, CURLOPT_POSTFIELDS, req.body.data());
+      curl.easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
     }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &sink);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(req.connect_timeout.count()));
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(req.total_timeout.count()));
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl.easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
+    curl.easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl.easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+    curl.easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl.easy_setopt(c, CURLOPT_HEADERDATA, &sink);
+    curl.easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl.easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(req.connect_timeout.count()));
+    curl.easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(req.total_timeout.count()));
+    curl.easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     if (req.stall_timeout.count() > 0) {
-      curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
-      curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, static_cast<long>(req.stall_timeout.count()));
+      curl.easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+      curl.easy_setopt(c, CURLOPT_LOW_SPEED_TIME, static_cast<long>(req.stall_timeout.count()));
     }
     // The connect timeout covers name resolution, but on a timeout libcurl joins its
     // resolver thread, which waits out getaddrinfo (10 s and more with a dead resolver).
     // QUICK_EXIT (7.87) lets the thread finish on its own, so the timeouts above bound
     // the call, DNS included.
 #if LIBCURL_VERSION_NUM >= 0x075700
-    curl_easy_setopt(c, CURLOPT_QUICK_EXIT, 1L);
+    curl.easy_setopt(c, CURLOPT_QUICK_EXIT, 1L);
 #endif
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, req.protocols.c_str());
+    curl.easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl.easy_setopt(c, CURLOPT_PROTOCOLS_STR, req.protocols.c_str());
     // A HEAD answer has no body: its Content-Length (an OCI blob's size) is not a download.
     if (req.method != "HEAD") {
-      curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(req.max_response_bytes));
+      curl.easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(req.max_response_bytes));
     }
     // Proxies from the environment must never see metadata or control traffic.
-    curl_easy_setopt(c, CURLOPT_PROXY, "");
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(c, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
+    curl.easy_setopt(c, CURLOPT_PROXY, "");
+    curl.easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl.easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl.easy_setopt(c, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
     if (!tls_.ca_file.empty() || !tls_.ca_fingerprint_sha256.empty()) {
       // Pinned: the bundle (or the fingerprint) alone. Debian's libcurl would otherwise also
       // trust its built-in CApath (/etc/ssl/certs), i.e. every public CA.
       // With a fingerprint the verify callback is the whole verification: no file at all
       // (a minimal system has no ca-certificates bundle for curl's default to point at).
-      curl_easy_setopt(c, CURLOPT_CAPATH, nullptr);
-      curl_easy_setopt(c, CURLOPT_CAINFO, tls_.ca_file.empty() ? nullptr : tls_.ca_file.c_str());
+      curl.easy_setopt(c, CURLOPT_CAPATH, nullptr);
+      curl.easy_setopt(c, CURLOPT_CAINFO, tls_.ca_file.empty() ? nullptr : tls_.ca_file.c_str());
     }
     if (!tls_.ca_fingerprint_sha256.empty()) {
-      curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, install_ca_pin);
-      curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, &tls_.ca_fingerprint_sha256);
+      curl.easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, install_ca_pin);
+      curl.easy_setopt(c, CURLOPT_SSL_CTX_DATA, &tls_.ca_fingerprint_sha256);
     }
     if (!tls_.client_cert_file.empty()) {
-      curl_easy_setopt(c, CURLOPT_SSLCERT, tls_.client_cert_file.c_str());
-      curl_easy_setopt(c, CURLOPT_SSLKEY, tls_.client_key_file.c_str());
+      curl.easy_setopt(c, CURLOPT_SSLCERT, tls_.client_cert_file.c_str());
+      curl.easy_setopt(c, CURLOPT_SSLKEY, tls_.client_key_file.c_str());
     }
 
-    const CURLcode rc = curl_easy_perform(c);
+    const CURLcode rc = curl.easy_perform(c);
     if (sink.stream_refused) {
       return fail(Errc::io, req.method + " " + req.url + ": the body could not be stored",
                   "check the destination's free space and permissions");
@@ -227,18 +240,18 @@ class CurlClient final : public HttpClient {
                   "the server sent more than Cairn accepts; check the URL");
     }
     if (rc != CURLE_OK) {
-      std::string detail = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+      std::string detail = errbuf[0] ? errbuf : curl.easy_strerror(rc);
       return fail(classify(rc), req.method + " " + req.url + ": " + detail,
                   rc == CURLE_OPERATION_TIMEDOUT ? "the server is slow or unreachable; retry later"
                                                  : "check that the service is up and the URL is right");
     }
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &response.status);
+    curl.easy_getinfo(c, CURLINFO_RESPONSE_CODE, &response.status);
     return response;
   }
 
  private:
   TlsOptions tls_;
-  CurlPtr handle_;
+  CurlPtr handle_{nullptr, nullptr};
 };
 
 }  // namespace

@@ -30,7 +30,7 @@ Result<Json> admin_call(const AdminOptions& o, std::string_view method, std::str
     return fail(Errc::usage, "no admin credential: neither --state nor --admin-cert/--admin-key/--ca given",
                 "pass --state DIR (the dir of 'cairn-control init') or all three files");
   }
-  auto client = make_http_client(tls);
+  auto client = make_lean_http_client(tls);
   HttpRequest request;
   request.method = std::string(method);
   std::string base = o.server;
