@@ -18,7 +18,7 @@ using namespace std::chrono_literals;
 TEST_CASE("the kernel command line gives the control URL, CA fingerprint, token and persist mode") {
   const auto b = parse_kernel_cmdline(
       "BOOT_IMAGE=/vmlinuz console=ttyS0 cairn.control=https://10.0.2.100:8443 cairn.ca=0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789ABCDEF "
-      "cairn.token=tok.secret cairn.persist=disk cairn.id=0f0e cairn.debug=verbose quiet\n");
+      "cairn.token=tok.secret cairn.persist=disk cairn.id=0f0e cairn.debug=verbose cairn.retry=10 cairn.rounds=3 quiet\n");
   REQUIRE(b.has_value());
   REQUIRE(b->control_url.has_value());
   CHECK(b->control_url->value == "https://10.0.2.100:8443");
