@@ -39,6 +39,21 @@ std::vector<protocol::ModuleRef> sealed_set(const BaseRef& base, const std::vect
 Status check_sealed_base(const BaseRef& base, const std::vector<modules::AttachedModule>& attached,
                          const std::vector<modules::Exclusion>& failed);
 
+// The event control gets when its desired set names the sealed base's module with another
+// digest (kind module.base_override_refused, warning; its id is stable per desired digest, so
+// control shows it once however many boots report it): the message names both refs.
+protocol::Event base_override_event(const BaseRef& base, const protocol::ModuleRef& desired, const std::string& now_rfc3339);
+
+// The attach of a sealed boot over any way of fetching (the stage gives the registry's, tests
+// a fake): the sealed set, a module.base_override_refused event recorded
+// (<persist>/cairn/modules/events.pending) and logged for each module of the base's name
+// control desired, update(), then check_sealed_base (a registry that did not answer for the
+// base keeps its retryable code). What this mounted stays mounted on a refusal: the caller
+// tears it down.
+Result<modules::UpdateOutcome> attach_sealed(modules::ModulesEnv& env, modules::Mounter& mounter,
+                                             const modules::FetchFn& fetch, const BaseRef& base,
+                                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339);
+
 // The modules stage with a sealed base: asks control once for the desired set (one
 // heartbeat, as the service's turn does; the last stored set when control does not answer),
 // attaches base + desired set through modules::update at <root>/sysroot, checks the base.
