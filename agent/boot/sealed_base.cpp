@@ -59,6 +59,11 @@ std::vector<protocol::ModuleRef> sealed_set(const BaseRef& base, const std::vect
   protocol::ModuleRef ref;
   ref.name = base.name;
   ref.digest = base.digest;
+  // Required: when the pinned base does not fetch or verify, update() refuses the whole change
+  // before anything is mounted, instead of keeping an attached base of another digest (an
+  // earlier boot's, on a disk node) in the union that check_sealed_base would refuse only once
+  // it was mounted at /sysroot.
+  ref.required = true;
   out.push_back(std::move(ref));
   for (const auto& d : desired) {
     if (d.name == base.name) {
@@ -115,14 +120,14 @@ Result<modules::UpdateOutcome> attach_sealed(modules::ModulesEnv& env, modules::
       log::warn("modules.event_not_recorded", {{"kind", "module.base_override_refused"}, {"error", ok.error().message}});
     }
   }
+  // The order that keeps another base from ever being mounted: update() fetches the base by
+  // its pinned digest (the registry's manifest must hash to it) and verifies it (signature,
+  // image digest) before it mounts anything; the base is required in the set, so a base that
+  // fails there fails the change with nothing mounted; and the attached base it reuses without
+  // fetching is only one whose source is that same digest. check_sealed_base after the mount
+  // only catches the pinned base being left out of the union.
   auto updated = modules::update(env, mounter, fetch, set, now_rfc3339);
   if (!updated) return fail(updated.error().with_context("sealed base " + base.str()));
-  const bool base_failed = std::any_of(updated->failed.begin(), updated->failed.end(),
-                                       [&](const modules::Exclusion& e) { return e.name == base.name; });
-  if (base_failed && updated->first_error && retryable(*updated->first_error)) {
-    // The registry did not answer (or the download broke off): worth another attempt.
-    return fail(updated->first_error->with_context("sealed base " + base.str()));
-  }
   if (auto ok = check_sealed_base(base, updated->change.attached, updated->failed); !ok) return fail(ok.error());
   return updated;
 }
@@ -166,8 +171,8 @@ Result<StageOutcome> sealed_modules_stage(const AgentConfig& config, const BaseR
   const auto now = format_rfc3339(clock.now());
   auto updated = attach_sealed(*env, *mounter, modules::registry_fetch(*env, registry, now), base, desired, now);
   if (!updated) {
-    // A refusal: nothing stays at /sysroot. A registry that did not answer keeps its
-    // retryable code, so the stage runner tries again.
+    // A refusal after the mount (the union left the base out): nothing stays at /sysroot. A
+    // registry that did not answer keeps its retryable code, so the stage runner tries again.
     if (auto ok = manager.teardown(); !ok) {
       log::error("boot.sysroot_teardown_failed", {{"error", ok.error().message}});
     }

@@ -28,8 +28,10 @@ inline constexpr std::string_view kSysroot = "sysroot";
 // What `boot` tells /init after a sealed modules stage: "switch-root <sysroot>\n".
 inline constexpr std::string_view kHandoffFile = "run/cairn/boot-handoff";
 
-// The set to attach: the sealed base first, then the desired set from control without any
-// module of the base's name (control cannot replace the pinned base); those go to `dropped`.
+// The set to attach: the sealed base first (required, so update() refuses the whole change,
+// nothing mounted, when it does not fetch or verify), then the desired set from control
+// without any module of the base's name (control cannot replace the pinned base); those go to
+// `dropped`.
 std::vector<protocol::ModuleRef> sealed_set(const BaseRef& base, const std::vector<protocol::ModuleRef>& desired,
                                             std::vector<std::string>& dropped);
 
@@ -45,11 +47,12 @@ Status check_sealed_base(const BaseRef& base, const std::vector<modules::Attache
 protocol::Event base_override_event(const BaseRef& base, const protocol::ModuleRef& desired, const std::string& now_rfc3339);
 
 // The attach of a sealed boot over any way of fetching (the stage gives the registry's, tests
-// a fake): the sealed set, a module.base_override_refused event recorded
-// (<persist>/cairn/modules/events.pending) and logged for each module of the base's name
-// control desired, update(), then check_sealed_base (a registry that did not answer for the
-// base keeps its retryable code). What this mounted stays mounted on a refusal: the caller
-// tears it down.
+// a fake): the sealed set (the base required in it), a module.base_override_refused event
+// recorded (<persist>/cairn/modules/events.pending) and logged for each module of the base's
+// name control desired, update(), then check_sealed_base. A base that is not the pinned digest
+// is never mounted: the pinned one is fetched by digest and verified before any mount, and
+// when it fails the change fails with nothing mounted (a registry that did not answer keeps
+// its retryable code). What this mounted stays mounted on a refusal: the caller tears it down.
 Result<modules::UpdateOutcome> attach_sealed(modules::ModulesEnv& env, modules::Mounter& mounter,
                                              const modules::FetchFn& fetch, const BaseRef& base,
                                              const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339);

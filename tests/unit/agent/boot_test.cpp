@@ -225,6 +225,7 @@ TEST_CASE("the sealed set puts the pinned base first and drops control's module 
   REQUIRE(set.size() == 2);
   CHECK(set[0].name == "base");
   CHECK(set[0].digest == kDigest);
+  CHECK(set[0].required);  // a base that fails fails the change before anything is mounted
   CHECK(set[1].name == "hello");
   REQUIRE(dropped.size() == 1);
   CHECK(dropped[0] == "base@sha256:" + std::string(64, 'c'));

@@ -199,7 +199,42 @@ TEST_CASE("a bad module that is not required is left out; the rest is mounted an
   CHECK(events.find("module.update_failed") == std::string::npos);
 }
 
-// ---- sealed base (h-boothard): control naming the base ------------------------------------------
+// ---- sealed base (h-boothard): the order of the checks, and control naming the base ----------
+
+TEST_CASE("a sealed boot never mounts a base of another digest: a pinned base that does not verify fails before any mount") {
+  Host h;
+  // An earlier boot of this disk node attached base 1; this boot pins base 2, which the
+  // registry does not have (or whose signature is foreign).
+  auto base1 = h.module("base", "1");
+  REQUIRE(update(h.env, h.fake, fetch_from({base1}), {want("base", "1")}, kNow));
+  const auto before = snapshot(h);
+  const auto overlays = h.fake.count("overlay");
+  const boot::BaseRef pinned{"base", oci_digest("base", "2")};
+  auto r = boot::attach_sealed(h.env, h.fake, fetch_from({base1}), pinned, {}, kNow);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == Errc::refused);
+  CHECK_MESSAGE(r.error().message.find("sealed base " + pinned.str()) != std::string::npos, r.error().message);
+  CHECK_MESSAGE(r.error().message.find("required module base could not be fetched or verified") != std::string::npos,
+                r.error().message);
+  CHECK(h.fake.count("overlay") == overlays);  // base 1 was not mounted again, not even briefly
+  CHECK(snapshot(h) == before);
+
+  // The registry did not answer for the pinned base: retryable, and nothing mounted either.
+  const auto registry_down = [](const protocol::ModuleRef&) -> Result<AttachedModule> {
+    return fail(Errc::unavailable, "registry 127.0.0.1:5000: connection refused");
+  };
+  auto down = boot::attach_sealed(h.env, h.fake, registry_down, pinned, {}, kNow);
+  REQUIRE_FALSE(down);
+  CHECK(down.error().code == Errc::unavailable);
+  CHECK(h.fake.count("overlay") == overlays);
+
+  // The pinned base that verifies is mounted.
+  auto base2 = h.module("base", "2");
+  auto ok = boot::attach_sealed(h.env, h.fake, fetch_from({base2}), pinned, {}, kNow);
+  REQUIRE_MESSAGE(ok, (ok ? "" : ok.error().message));
+  REQUIRE(ok->change.attached.size() == 1);
+  CHECK(ok->change.attached[0].source.ends_with("@" + pinned.digest));
+}
 
 TEST_CASE("control's desired set naming the sealed base is refused with a module.base_override_refused event naming both refs") {
   Host h;
