@@ -209,12 +209,12 @@ Result<Bootstrap> parse_kernel_cmdline(std::string_view cmdline) {
       field = "base";
     } else if (key == "disk") {
       field = "disk";
-    } else if (key == "debug" || key == "id") {
-      continue;  // cairn.debug= is read by /init, cairn.id= by the identity cascade
+    } else if (key == "debug" || key == "retry" || key == "rounds" || key == "id") {
+      continue;  // cairn.debug=, retry= and rounds= are read by /init, cairn.id= by the identity cascade
     } else {
       return fail(Errc::config, "kernel command line: unknown option cairn." + std::string(key),
                   "known: cairn.control=, cairn.ca=, cairn.token=, cairn.persist=, cairn.base=, cairn.disk=, cairn.id=, "
-                  "cairn.debug=");
+                  "cairn.debug=, cairn.retry=, cairn.rounds=");
     }
     if (auto ok = set_field(b, field, value, kCmdlineSource); !ok) return fail(ok.error());
   }

@@ -59,6 +59,11 @@ std::vector<protocol::ModuleRef> sealed_set(const BaseRef& base, const std::vect
   protocol::ModuleRef ref;
   ref.name = base.name;
   ref.digest = base.digest;
+  // Required: when the pinned base does not fetch or verify, update() refuses the whole change
+  // before anything is mounted, instead of keeping an attached base of another digest (an
+  // earlier boot's, on a disk node) in the union that check_sealed_base would refuse only once
+  // it was mounted at /sysroot.
+  ref.required = true;
   out.push_back(std::move(ref));
   for (const auto& d : desired) {
     if (d.name == base.name) {
@@ -89,6 +94,42 @@ Status check_sealed_base(const BaseRef& base, const std::vector<modules::Attache
     return fail(Errc::refused, "sealed base " + base.str() + ": the union holds " + it->name + " from " + it->source, hint);
   }
   return {};
+}
+
+protocol::Event base_override_event(const BaseRef& base, const protocol::ModuleRef& desired, const std::string& now_rfc3339) {
+  std::string digest_word = desired.digest;  // event ids stay one word: "sha256-<hex>"
+  std::replace(digest_word.begin(), digest_word.end(), ':', '-');
+  return {"module.base_override_refused." + digest_word, "warning", "module.base_override_refused",
+          "control's desired set names module " + desired.name + "@" + desired.digest + "; the sealed base " + base.str() +
+              " (pinned in the boot artifact) stays /: sealed=" + base.str() + " desired=" + desired.name + "@" +
+              desired.digest + "; pin the new base in the boot artifact (cairn.base=) to change it",
+          now_rfc3339};
+}
+
+Result<modules::UpdateOutcome> attach_sealed(modules::ModulesEnv& env, modules::Mounter& mounter,
+                                             const modules::FetchFn& fetch, const BaseRef& base,
+                                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339) {
+  std::vector<std::string> dropped;
+  const auto set = sealed_set(base, desired, dropped);
+  for (const auto& d : desired) {
+    if (d.name != base.name || d.digest == base.digest) continue;
+    log::warn("boot.base_override_refused", {{"sealed", base.str()}, {"desired", d.name + "@" + d.digest},
+                                             {"note", "control's desired set names the base module; the sealed digest wins"}});
+    // For control, delivered by the service (after switch_root, systemd's) with the module events.
+    if (auto ok = modules::record_event(env.store, base_override_event(base, d, now_rfc3339)); !ok) {
+      log::warn("modules.event_not_recorded", {{"kind", "module.base_override_refused"}, {"error", ok.error().message}});
+    }
+  }
+  // The order that keeps another base from ever being mounted: update() fetches the base by
+  // its pinned digest (the registry's manifest must hash to it) and verifies it (signature,
+  // image digest) before it mounts anything; the base is required in the set, so a base that
+  // fails there fails the change with nothing mounted; and the attached base it reuses without
+  // fetching is only one whose source is that same digest. check_sealed_base after the mount
+  // only catches the pinned base being left out of the union.
+  auto updated = modules::update(env, mounter, fetch, set, now_rfc3339);
+  if (!updated) return fail(updated.error().with_context("sealed base " + base.str()));
+  if (auto ok = check_sealed_base(base, updated->change.attached, updated->failed); !ok) return fail(ok.error());
+  return updated;
 }
 
 Result<StageOutcome> sealed_modules_stage(const AgentConfig& config, const BaseRef& base, const Clock& clock) {
@@ -125,30 +166,20 @@ Result<StageOutcome> sealed_modules_stage(const AgentConfig& config, const BaseR
     log::warn("boot.desired_unavailable", {{"error", asked.error().message},
                                            {"using", stored && *stored ? "the last stored desired set" : "the base alone"}});
   }
-  std::vector<std::string> dropped;
-  const auto set = sealed_set(base, desired, dropped);
-  for (const auto& d : dropped) {
-    log::warn("boot.base_override_refused", {{"sealed", base.str()}, {"desired", d},
-                                             {"note", "control's desired set names the base module; the sealed digest wins"}});
-  }
-
   auto http = oci::make_registry_http(env->registry->options);
   oci::Registry registry(*http, env->registry->host, env->registry->options);
-  const auto refuse = [&](const Error& error) -> Result<StageOutcome> {
+  const auto now = format_rfc3339(clock.now());
+  auto updated = attach_sealed(*env, *mounter, modules::registry_fetch(*env, registry, now), base, desired, now);
+  if (!updated) {
+    // A refusal after the mount (the union left the base out): nothing stays at /sysroot. A
+    // registry that did not answer keeps its retryable code, so the stage runner tries again.
     if (auto ok = manager.teardown(); !ok) {
       log::error("boot.sysroot_teardown_failed", {{"error", ok.error().message}});
     }
-    return fail(error);
-  };
-  auto updated = modules::update(*env, *mounter, registry, set, format_rfc3339(clock.now()));
-  if (!updated) return refuse(updated.error().with_context("sealed base " + base.str()));
-  const bool base_failed = std::any_of(updated->failed.begin(), updated->failed.end(),
-                                       [&](const modules::Exclusion& e) { return e.name == base.name; });
-  if (base_failed && updated->first_error && retryable(*updated->first_error)) {
-    // The registry did not answer (or the download broke off): worth another attempt.
-    return refuse(updated->first_error->with_context("sealed base " + base.str()));
+    return fail(updated.error());
   }
-  if (auto ok = check_sealed_base(base, updated->change.attached, updated->failed); !ok) return refuse(ok.error());
+  std::vector<std::string> dropped;
+  const auto set = sealed_set(base, desired, dropped);
   std::string note = "union of " + modules_list(set) + " at " + env->paths.mount_point.string() + " (base " + base.str() + ")";
   for (const auto& f : updated->failed) note += "; left out " + f.name + ": " + f.reason;
   return StageOutcome{.note = note};

@@ -28,8 +28,10 @@ inline constexpr std::string_view kSysroot = "sysroot";
 // What `boot` tells /init after a sealed modules stage: "switch-root <sysroot>\n".
 inline constexpr std::string_view kHandoffFile = "run/cairn/boot-handoff";
 
-// The set to attach: the sealed base first, then the desired set from control without any
-// module of the base's name (control cannot replace the pinned base); those go to `dropped`.
+// The set to attach: the sealed base first (required, so update() refuses the whole change,
+// nothing mounted, when it does not fetch or verify), then the desired set from control
+// without any module of the base's name (control cannot replace the pinned base); those go to
+// `dropped`.
 std::vector<protocol::ModuleRef> sealed_set(const BaseRef& base, const std::vector<protocol::ModuleRef>& desired,
                                             std::vector<std::string>& dropped);
 
@@ -38,6 +40,22 @@ std::vector<protocol::ModuleRef> sealed_set(const BaseRef& base, const std::vect
 // `failed` are the desired modules update() left out with their reasons.
 Status check_sealed_base(const BaseRef& base, const std::vector<modules::AttachedModule>& attached,
                          const std::vector<modules::Exclusion>& failed);
+
+// The event control gets when its desired set names the sealed base's module with another
+// digest (kind module.base_override_refused, warning; its id is stable per desired digest, so
+// control shows it once however many boots report it): the message names both refs.
+protocol::Event base_override_event(const BaseRef& base, const protocol::ModuleRef& desired, const std::string& now_rfc3339);
+
+// The attach of a sealed boot over any way of fetching (the stage gives the registry's, tests
+// a fake): the sealed set (the base required in it), a module.base_override_refused event
+// recorded (<persist>/cairn/modules/events.pending) and logged for each module of the base's
+// name control desired, update(), then check_sealed_base. A base that is not the pinned digest
+// is never mounted: the pinned one is fetched by digest and verified before any mount, and
+// when it fails the change fails with nothing mounted (a registry that did not answer keeps
+// its retryable code). What this mounted stays mounted on a refusal: the caller tears it down.
+Result<modules::UpdateOutcome> attach_sealed(modules::ModulesEnv& env, modules::Mounter& mounter,
+                                             const modules::FetchFn& fetch, const BaseRef& base,
+                                             const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339);
 
 // The modules stage with a sealed base: asks control once for the desired set (one
 // heartbeat, as the service's turn does; the last stored set when control does not answer),

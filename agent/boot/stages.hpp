@@ -19,6 +19,10 @@
 
 namespace cairn::agent::boot {
 
+// What `cairn-agent boot` leaves for /init when it fails: "<stage> <error code name>\n"
+// (e.g. "persist refused"), so the console line of /init's retry names the stage.
+inline constexpr std::string_view kBootFailedFile = "run/cairn/boot-failed";
+
 struct RetryPolicy {
   int max_attempts = 1;  // 0: no limit (the console keeps saying what it waits for)
   std::chrono::milliseconds first_delay{500};

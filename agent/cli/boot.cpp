@@ -117,6 +117,159 @@ Result<boot::StageOutcome> modules_stage(const AgentConfig& config) {
   return boot::StageOutcome{.note = std::to_string(change->attached.size()) + " module(s) re-verified and mounted"};
 }
 
+// The stages and the handoff (the command's body): what failed is in the outcome's stage and error.
+CommandOutcome run_boot(const GlobalOptions& global, const BootOptions& opts) {
+  CommandOutcome out{.stage = "config"};
+  StopSignal stop;
+  const Clock& clock = SystemClock::instance();
+  boot::StageRunner runner(clock, [&](Clock::MonoTime deadline) { return stop.wait_until(clock, deadline); });
+  const std::chrono::milliseconds retry_max{opts.retry_max_ms};
+
+  auto config = load_agent_config(global);
+  if (!config) return out.error = config.error(), out;
+  // With the cloud's user-data, its metadata server given time to come up (h-userdata).
+  auto bootstrap = boot::read_bootstrap(*config, 8, clock);
+  if (!bootstrap) return out.error = bootstrap.error(), out;
+  auto used = boot::apply(*config, *bootstrap);
+  out.details["bootstrap"] = bootstrap_json(used);
+  std::optional<boot::BaseRef> base;
+  if (used.base) {
+    auto ref = boot::parse_base_ref(used.base->value, used.base->source);
+    if (!ref) return out.error = ref.error(), out;
+    base = *ref;
+  }
+  const std::string handoff = !opts.handoff.empty() ? opts.handoff : base ? "switch-root" : "service";
+  if (handoff == "switch-root" && !base) {
+    out.error = Error{Errc::usage, "--handoff switch-root without a sealed base",
+                      "name the base on the kernel command line (cairn.base=NAME@sha256:...) or in fw-cfg "
+                      "opt/org.cairn/config \"base\"; nothing else may become /"};
+    return out;
+  }
+  log::info("boot.start", {{"uptime_ms", uptime_ms(config->root)},
+                           {"control", config->control_url.empty() ? std::string("(none)") : config->control_url},
+                           {"control_from", used.control_url ? used.control_url->source : std::string("-")},
+                           {"persist", used.persist->value},
+                           {"base", base ? base->str() : std::string("(none)")},
+                           {"token_from", used.token ? used.token->source : std::string("token file")}});
+
+  auto stage = [&](const std::string& name, const boot::RetryPolicy& policy,
+                   const std::function<Result<boot::StageOutcome>()>& body) {
+    out.stage = name;
+    return runner.run(name, policy, body);
+  };
+
+  // identity: fw-cfg and the cloud metadata servers can take a moment after the drivers load.
+  std::optional<protocol::NodeIdentity> identity;
+  if (auto ok = stage("identity", {.max_attempts = 10, .first_delay = std::chrono::milliseconds(200),
+                                    .max_delay = std::chrono::milliseconds(2000)},
+                      [&]() -> Result<boot::StageOutcome> {
+                        auto id = discover_node_identity(*config);
+                        if (!id) return fail(id.error());
+                        identity = *id;
+                        return boot::StageOutcome{.note = "node " + id->node_id + " from " + id->source};
+                      });
+      !ok) {
+    return out.error = ok.error(), out;
+  }
+  const bool mounted = persist::is_mount_point(config->root, config->persist_dir).value_or(false);
+  const auto order = boot::boot_order(used.persist->value, config->persist.key_source, mounted);
+  // escrow: enrollment writes into tmpfs (persist/staging.hpp); the persist stage moves it in.
+  const AgentConfig enroll_config = order == boot::BootOrder::escrow ? persist::staged_config(*config) : *config;
+  std::string node_id;
+  const std::map<std::string, std::function<Status()>> run_stage{
+      // persist: one attempt; a volume that does not unlock is never retried into a wipe (an
+      // unlock failure is a refusal, never retried). escrow: control may be late, as for enroll.
+      {"persist",
+       [&] {
+         const boot::RetryPolicy policy =
+             order == boot::BootOrder::escrow
+                 ? boot::RetryPolicy{.max_attempts = opts.enroll_attempts,
+                                     .first_delay = std::chrono::milliseconds(500), .max_delay = retry_max}
+                 : boot::RetryPolicy{.max_attempts = 1};
+         return stage("persist", policy, [&] {
+           return order == boot::BootOrder::escrow ? escrow_persist_stage(*config)
+                                                   : persist_stage(*config, used.persist->value);
+         });
+       }},
+      // enroll: the control service may be down or the network late; say so and retry.
+      {"enroll",
+       [&] {
+         return stage("enroll",
+                      {.max_attempts = opts.enroll_attempts, .first_delay = std::chrono::milliseconds(500),
+                       .max_delay = retry_max},
+                      [&]() -> Result<boot::StageOutcome> {
+                        if (order == boot::BootOrder::escrow) {
+                          if (auto ok = persist::prepare_staging(*config); !ok) return fail(ok.error());
+                        }
+                        EnrollOptions eo;
+                        if (bootstrap->token && used.token) eo.token = used.token->value;
+                        auto r = enroll(enroll_config, *identity, eo, clock);
+                        if (!r) {
+                          if (order == boot::BootOrder::escrow) {
+                            return fail(persist::escrow_enroll_error(r.error(), identity->node_id));
+                          }
+                          return fail(r.error());
+                        }
+                        node_id = r->node_id;
+                        // The token did its work: no copy stays in memory (h-userdata).
+                        boot::forget_token(*bootstrap);
+                        boot::forget_token(used);
+                        return boot::StageOutcome{
+                            .note = (r->already_enrolled ? "already enrolled: node " : "enrolled: node ") +
+                                    r->node_id +
+                                    (order == boot::BootOrder::escrow ? " (credentials in tmpfs until /persist is open)"
+                                                                      : "")};
+                      });
+       }},
+      {"modules",
+       [&] {
+         return stage("modules", {.max_attempts = 3, .first_delay = std::chrono::milliseconds(1000),
+                                  .max_delay = retry_max},
+                      [&] { return base ? boot::sealed_modules_stage(*config, *base, clock) : modules_stage(*config); });
+       }},
+  };
+  for (const auto& name : boot::stage_order(order)) {
+    if (name == "identity") continue;  // ran above: every other stage needs it
+    if (auto ok = run_stage.at(name)(); !ok) return out.error = ok.error(), out;
+  }
+
+  Json stages = Json::array();
+  for (const auto& r : runner.records()) {
+    stages.push_back({{"stage", r.name}, {"ok", r.ok}, {"skipped", r.skipped}, {"attempts", r.attempts},
+                      {"duration_ms", r.duration_ms}, {"note", r.note}});
+  }
+  out.details["stages"] = stages;
+  out.details["node_id"] = node_id;
+  out.stage = "handoff";
+  if (handoff == "switch-root") {
+    // /init moves /run, /persist, /dev, /proc, /sys into the union and switch_roots;
+    // systemd then starts cairn-agent.service with the same persist root and credentials.
+    if (auto ok = boot::write_handoff(*config); !ok) return out.error = ok.error(), out;
+    log::info("boot.handoff", {{"to", handoff}, {"sysroot", (config->root / boot::kSysroot).string()},
+                               {"base", base->str()}, {"node", node_id}, {"uptime_ms", uptime_ms(config->root)}});
+    out.details["sysroot"] = (config->root / boot::kSysroot).string();
+    out.human = "booted: node " + node_id + "; switch_root into " + (config->root / boot::kSysroot).string() +
+                " (base " + base->str() + ")\n";
+    return out;
+  }
+  log::info("boot.handoff", {{"to", handoff}, {"node", node_id}, {"uptime_ms", uptime_ms(config->root)}});
+  if (handoff == "none") {
+    out.human = "booted: node " + node_id + " (no handoff)\n";
+    return out;
+  }
+  std::mt19937_64 rng{std::random_device{}()};
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  const std::function<double()> random01 = [&] { return uniform(rng); };
+  ServiceOptions service;
+  auto ran = run_service(*config, service, clock, random01, stop);
+  if (!ran) {
+    log::error("service.failed", {{"error", ran.error().message}});
+    return out.error = ran.error(), out;
+  }
+  out.human = "service loop ended (stop signal)\n";
+  return out;
+}
+
 }  // namespace
 
 void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code) {
@@ -135,154 +288,16 @@ void add_boot(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       ->check(CLI::Range(std::int64_t{10}, std::int64_t{600000}));
   cmd->callback([&global, &exit_code, opts] {
     exit_code = run_command("boot", global.json, [&]() -> CommandOutcome {
-      CommandOutcome out{.stage = "config"};
-      StopSignal stop;
-      const Clock& clock = SystemClock::instance();
-      boot::StageRunner runner(clock, [&](Clock::MonoTime deadline) { return stop.wait_until(clock, deadline); });
-      const std::chrono::milliseconds retry_max{opts->retry_max_ms};
-
-      auto config = load_agent_config(global);
-      if (!config) return out.error = config.error(), out;
-      // With the cloud's user-data, its metadata server given time to come up (h-userdata).
-      auto bootstrap = boot::read_bootstrap(*config, 8, clock);
-      if (!bootstrap) return out.error = bootstrap.error(), out;
-      auto used = boot::apply(*config, *bootstrap);
-      out.details["bootstrap"] = bootstrap_json(used);
-      std::optional<boot::BaseRef> base;
-      if (used.base) {
-        auto ref = boot::parse_base_ref(used.base->value, used.base->source);
-        if (!ref) return out.error = ref.error(), out;
-        base = *ref;
+      auto out = run_boot(global, *opts);
+      // For /init's console line and its retry (initramfs/init): which stage failed.
+      if (out.error) {
+        const Root root(global.root.empty() ? "/" : global.root);
+        if (auto ok = write_file_atomic(root / boot::kBootFailedFile,
+                                        out.stage + " " + std::string(errc_name(out.error->code)) + "\n", 0644);
+            !ok) {
+          log::warn("boot.failure_not_recorded", {{"error", ok.error().message}});
+        }
       }
-      const std::string handoff = !opts->handoff.empty() ? opts->handoff : base ? "switch-root" : "service";
-      if (handoff == "switch-root" && !base) {
-        out.error = Error{Errc::usage, "--handoff switch-root without a sealed base",
-                          "name the base on the kernel command line (cairn.base=NAME@sha256:...) or in fw-cfg "
-                          "opt/org.cairn/config \"base\"; nothing else may become /"};
-        return out;
-      }
-      log::info("boot.start", {{"uptime_ms", uptime_ms(config->root)},
-                               {"control", config->control_url.empty() ? std::string("(none)") : config->control_url},
-                               {"control_from", used.control_url ? used.control_url->source : std::string("-")},
-                               {"persist", used.persist->value},
-                               {"base", base ? base->str() : std::string("(none)")},
-                               {"token_from", used.token ? used.token->source : std::string("token file")}});
-
-      auto stage = [&](const std::string& name, const boot::RetryPolicy& policy,
-                       const std::function<Result<boot::StageOutcome>()>& body) {
-        out.stage = name;
-        return runner.run(name, policy, body);
-      };
-
-      // identity: fw-cfg and the cloud metadata servers can take a moment after the drivers load.
-      std::optional<protocol::NodeIdentity> identity;
-      if (auto ok = stage("identity", {.max_attempts = 10, .first_delay = std::chrono::milliseconds(200),
-                                        .max_delay = std::chrono::milliseconds(2000)},
-                          [&]() -> Result<boot::StageOutcome> {
-                            auto id = discover_node_identity(*config);
-                            if (!id) return fail(id.error());
-                            identity = *id;
-                            return boot::StageOutcome{.note = "node " + id->node_id + " from " + id->source};
-                          });
-          !ok) {
-        return out.error = ok.error(), out;
-      }
-      const bool mounted = persist::is_mount_point(config->root, config->persist_dir).value_or(false);
-      const auto order = boot::boot_order(used.persist->value, config->persist.key_source, mounted);
-      // escrow: enrollment writes into tmpfs (persist/staging.hpp); the persist stage moves it in.
-      const AgentConfig enroll_config = order == boot::BootOrder::escrow ? persist::staged_config(*config) : *config;
-      std::string node_id;
-      const std::map<std::string, std::function<Status()>> run_stage{
-          // persist: one attempt; a volume that does not unlock is never retried into a wipe (an
-          // unlock failure is a refusal, never retried). escrow: control may be late, as for enroll.
-          {"persist",
-           [&] {
-             const boot::RetryPolicy policy =
-                 order == boot::BootOrder::escrow
-                     ? boot::RetryPolicy{.max_attempts = opts->enroll_attempts,
-                                         .first_delay = std::chrono::milliseconds(500), .max_delay = retry_max}
-                     : boot::RetryPolicy{.max_attempts = 1};
-             return stage("persist", policy, [&] {
-               return order == boot::BootOrder::escrow ? escrow_persist_stage(*config)
-                                                       : persist_stage(*config, used.persist->value);
-             });
-           }},
-          // enroll: the control service may be down or the network late; say so and retry.
-          {"enroll",
-           [&] {
-             return stage("enroll",
-                          {.max_attempts = opts->enroll_attempts, .first_delay = std::chrono::milliseconds(500),
-                           .max_delay = retry_max},
-                          [&]() -> Result<boot::StageOutcome> {
-                            if (order == boot::BootOrder::escrow) {
-                              if (auto ok = persist::prepare_staging(*config); !ok) return fail(ok.error());
-                            }
-                            EnrollOptions eo;
-                            if (bootstrap->token && used.token) eo.token = used.token->value;
-                            auto r = enroll(enroll_config, *identity, eo, clock);
-                            if (!r) {
-                              if (order == boot::BootOrder::escrow) {
-                                return fail(persist::escrow_enroll_error(r.error(), identity->node_id));
-                              }
-                              return fail(r.error());
-                            }
-                            node_id = r->node_id;
-                            // The token did its work: no copy stays in memory (h-userdata).
-                            boot::forget_token(*bootstrap);
-                            boot::forget_token(used);
-                            return boot::StageOutcome{
-                                .note = (r->already_enrolled ? "already enrolled: node " : "enrolled: node ") +
-                                        r->node_id +
-                                        (order == boot::BootOrder::escrow ? " (credentials in tmpfs until /persist is open)"
-                                                                          : "")};
-                          });
-           }},
-          {"modules",
-           [&] {
-             return stage("modules", {.max_attempts = 3, .first_delay = std::chrono::milliseconds(1000),
-                                      .max_delay = retry_max},
-                          [&] { return base ? boot::sealed_modules_stage(*config, *base, clock) : modules_stage(*config); });
-           }},
-      };
-      for (const auto& name : boot::stage_order(order)) {
-        if (name == "identity") continue;  // ran above: every other stage needs it
-        if (auto ok = run_stage.at(name)(); !ok) return out.error = ok.error(), out;
-      }
-
-      Json stages = Json::array();
-      for (const auto& r : runner.records()) {
-        stages.push_back({{"stage", r.name}, {"ok", r.ok}, {"skipped", r.skipped}, {"attempts", r.attempts},
-                          {"duration_ms", r.duration_ms}, {"note", r.note}});
-      }
-      out.details["stages"] = stages;
-      out.details["node_id"] = node_id;
-      out.stage = "handoff";
-      if (handoff == "switch-root") {
-        // /init moves /run, /persist, /dev, /proc, /sys into the union and switch_roots;
-        // systemd then starts cairn-agent.service with the same persist root and credentials.
-        if (auto ok = boot::write_handoff(*config); !ok) return out.error = ok.error(), out;
-        log::info("boot.handoff", {{"to", handoff}, {"sysroot", (config->root / boot::kSysroot).string()},
-                                   {"base", base->str()}, {"node", node_id}, {"uptime_ms", uptime_ms(config->root)}});
-        out.details["sysroot"] = (config->root / boot::kSysroot).string();
-        out.human = "booted: node " + node_id + "; switch_root into " + (config->root / boot::kSysroot).string() +
-                    " (base " + base->str() + ")\n";
-        return out;
-      }
-      log::info("boot.handoff", {{"to", handoff}, {"node", node_id}, {"uptime_ms", uptime_ms(config->root)}});
-      if (handoff == "none") {
-        out.human = "booted: node " + node_id + " (no handoff)\n";
-        return out;
-      }
-      std::mt19937_64 rng{std::random_device{}()};
-      std::uniform_real_distribution<double> uniform(0.0, 1.0);
-      const std::function<double()> random01 = [&] { return uniform(rng); };
-      ServiceOptions service;
-      auto ran = run_service(*config, service, clock, random01, stop);
-      if (!ran) {
-        log::error("service.failed", {{"error", ran.error().message}});
-        return out.error = ran.error(), out;
-      }
-      out.human = "service loop ended (stop signal)\n";
       return out;
     });
   });

@@ -297,13 +297,19 @@ Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, oci::Registry& r
   if (!env.registry) {
     return fail(Errc::config, "no module registry configured", "set \"registry\" in the \"modules\" section of the agent's config");
   }
-  const FetchFn fetch = [&](const protocol::ModuleRef& d) -> Result<AttachedModule> {
+  return update(env, mounter, registry_fetch(env, registry, now_rfc3339), desired, now_rfc3339, stop);
+}
+
+FetchFn registry_fetch(ModulesEnv& env, oci::Registry& registry, const std::string& now_rfc3339) {
+  return [&env, &registry, now_rfc3339](const protocol::ModuleRef& d) -> Result<AttachedModule> {
+    if (!env.registry) {
+      return fail(Errc::config, "no module registry configured", "set \"registry\" in the \"modules\" section of the agent's config");
+    }
     auto ref = oci::parse_reference(env.registry->host + "/" + (env.registry->prefix.empty() ? "" : env.registry->prefix + "/") +
                                     d.name + "@" + d.digest);
     if (!ref) return fail(ref.error());
     return fetch_and_verify_ref(env, registry, *ref, d.name, std::nullopt, now_rfc3339);
   };
-  return update(env, mounter, fetch, desired, now_rfc3339, stop);
 }
 
 std::optional<Error> fatal_failure(const std::vector<protocol::ModuleRef>& desired, const std::vector<AttachedModule>& next,

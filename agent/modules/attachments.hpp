@@ -88,6 +88,10 @@ using FetchFn = std::function<Result<AttachedModule>(const protocol::ModuleRef& 
 Result<UpdateOutcome> update(ModulesEnv& env, Mounter& mounter, const FetchFn& fetch,
                              const std::vector<protocol::ModuleRef>& desired, const std::string& now_rfc3339,
                              const std::function<bool()>& stop = {});
+// The fetch of the registry overload: each desired module by its OCI manifest digest from
+// env's registry (a manifest that does not hash to that digest is refused), then verified.
+// Keeps references to env and registry.
+FetchFn registry_fetch(ModulesEnv& env, oci::Registry& registry, const std::string& now_rfc3339);
 
 // h-apply: `update` with the configuration's own parts, shared by `cairn-agent update` and the
 // service's reconciler (agent/runtime/module_reconciler.hpp): modules_env(config), the

@@ -134,5 +134,72 @@ TEST_CASE("a VM whose control service does not answer says on the console what i
   vm->stop();
 }
 
+// Security review (h-boothard): a boot that fails gives no root shell on the console (where
+// the TPM would still unseal /persist). Here the persist stage fails at once (cairn.persist=disk
+// on a machine with no disk and no TPM): /init names the stage, counts down, runs the boot
+// again, and after cairn.rounds reboots (QEMU runs with -no-reboot, so it exits). With
+// cairn.debug=rescue the operator's shell comes instead, and no round follows while it runs.
+TEST_CASE("a failed boot gives no shell: the console names the stage, the boot runs again, then the node reboots") {
+  const auto host = vm::probe_host();
+  if (!host.missing.empty()) CAIRN_SKIP(host.missing);
+  TempDir dir;
+  const auto initrd = vm::build_initramfs(dir.path() / "initrd.cpio.zst", dir.path());
+  REQUIRE_MESSAGE(initrd.has_value(), (initrd ? "" : initrd.error().message));
+  const auto accel = vm::choose_accel(host, *initrd, dir.path());
+  const auto start = [&](const std::string& name, const std::string& append) {
+    vm::VmSpec spec{
+        .kernel = host.kernel,
+        .initrd = *initrd,
+        .append = "quiet cairn.control=https://" + std::string(kControlGuestIp) + ":" + std::to_string(kControlGuestPort) +
+                  " cairn.ca=" + std::string(64, 'a') + " cairn.persist=disk " + append,
+        .fw_cfg = {{.name = "opt/org.cairn/instance_uuid", .value = random_uuid().str()}},
+        .serial_log = dir.path() / (name + ".serial"),
+        .qemu_log = dir.path() / (name + ".qemu"),
+        .accel = accel,
+    };
+    auto vm = vm::Vm::start(host, spec);
+    REQUIRE_MESSAGE(vm.has_value(), (vm ? "" : vm.error().message));
+    return std::move(*vm);
+  };
+  const auto has = [](const std::string& log, const std::string& text) { return log.find(text) != std::string::npos; };
+
+  {
+    auto vm = start("retry", "cairn.retry=12 cairn.rounds=2");
+    const bool rebooted = vm.wait_serial("event=init.reboot rounds=2", 300s);
+    // reboot -f under -no-reboot: QEMU exits.
+    const bool exited = rebooted && wait_for([&] { return !vm.running(); }, 60s, 250ms);
+    const std::string log = vm.serial();
+    INFO("serial console:\n" << log);
+    REQUIRE(rebooted);
+    CHECK(exited);
+    CHECK(has(log, "event=boot.stage stage=persist ok=false"));
+    CHECK(has(log, "event=init.boot_failed round=1 of=2 code="));
+    CHECK(has(log, "stage=persist retry_in_s=12"));
+    CHECK(has(log, "the boot failed in stage persist"));
+    CHECK(has(log, "the boot runs again in 12 s (round 2 of 2; after 2 failed rounds the node reboots)"));
+    CHECK(has(log, "event=init.retry_wait round=2 of=2 in_s=2"));  // never silent for more than 10 s
+    CHECK(has(log, "event=init.retry round=2 of=2"));
+    CHECK(has(log, "rebooting now (reboot -f)"));
+    // The agent ran twice, and nothing ever offered a shell.
+    const auto first = log.find("event=boot.start");
+    REQUIRE(first != std::string::npos);
+    CHECK(log.find("event=boot.start", first + 1) != std::string::npos);
+    CHECK(!has(log, "shell follows"));
+    CHECK(!has(log, "rescue"));
+    vm.stop();
+  }
+  {
+    auto vm = start("rescue", "cairn.retry=2 cairn.debug=rescue");
+    const bool rescue = vm.wait_serial("event=init.rescue_shell round=1", 300s);
+    INFO("serial console:\n" << vm.serial());
+    REQUIRE(rescue);
+    // The shell waits for the operator: no countdown, no second round, no reboot.
+    CHECK_FALSE(vm.wait_serial("event=init.retry", 15s));
+    CHECK(vm.running());
+    CHECK(has(vm.serial(), "rescue shell (cairn.debug=rescue); leave it (exit) to run the boot again"));
+    vm.stop();
+  }
+}
+
 }  // namespace
 }  // namespace cairn::test

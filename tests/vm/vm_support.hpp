@@ -42,7 +42,8 @@ inline std::vector<FwCfg> with_fw_cfg(std::vector<FwCfg> base, std::initializer_
   return base;
 }
 
-// /init says so when the agent ended (the shell follows): no use waiting for more.
+// /init says so when the agent ended (then it counts down and runs the boot again): no use
+// waiting for more.
 inline bool agent_exited(const Vm& vm) { return has(vm.serial(), "event=init.agent_exit"); }
 
 // The guestfwd that takes the guest's relay to the registry on the host.

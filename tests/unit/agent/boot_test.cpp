@@ -18,7 +18,7 @@ using namespace std::chrono_literals;
 TEST_CASE("the kernel command line gives the control URL, CA fingerprint, token and persist mode") {
   const auto b = parse_kernel_cmdline(
       "BOOT_IMAGE=/vmlinuz console=ttyS0 cairn.control=https://10.0.2.100:8443 cairn.ca=0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789ABCDEF "
-      "cairn.token=tok.secret cairn.persist=disk cairn.id=0f0e cairn.debug=verbose quiet\n");
+      "cairn.token=tok.secret cairn.persist=disk cairn.id=0f0e cairn.debug=verbose cairn.retry=10 cairn.rounds=3 quiet\n");
   REQUIRE(b.has_value());
   REQUIRE(b->control_url.has_value());
   CHECK(b->control_url->value == "https://10.0.2.100:8443");
@@ -225,6 +225,7 @@ TEST_CASE("the sealed set puts the pinned base first and drops control's module 
   REQUIRE(set.size() == 2);
   CHECK(set[0].name == "base");
   CHECK(set[0].digest == kDigest);
+  CHECK(set[0].required);  // a base that fails fails the change before anything is mounted
   CHECK(set[1].name == "hello");
   REQUIRE(dropped.size() == 1);
   CHECK(dropped[0] == "base@sha256:" + std::string(64, 'c'));

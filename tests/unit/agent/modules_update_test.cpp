@@ -6,6 +6,9 @@
 // signed modules in a real store (the re-verification before mounting runs).
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
+#include "agent/boot/sealed_base.hpp"
 #include "agent/modules/attachments.hpp"
 #include "common/crypto.hpp"
 #include "common/fs.hpp"
@@ -194,6 +197,85 @@ TEST_CASE("a bad module that is not required is left out; the rest is mounted an
   CHECK(events.find("web 1 stays attached") != std::string::npos);
   CHECK(events.find("module.refused.extra.") != std::string::npos);
   CHECK(events.find("module.update_failed") == std::string::npos);
+}
+
+// ---- sealed base (h-boothard): the order of the checks, and control naming the base ----------
+
+TEST_CASE("a sealed boot never mounts a base of another digest: a pinned base that does not verify fails before any mount") {
+  Host h;
+  // An earlier boot of this disk node attached base 1; this boot pins base 2, which the
+  // registry does not have (or whose signature is foreign).
+  auto base1 = h.module("base", "1");
+  REQUIRE(update(h.env, h.fake, fetch_from({base1}), {want("base", "1")}, kNow));
+  const auto before = snapshot(h);
+  const auto overlays = h.fake.count("overlay");
+  const boot::BaseRef pinned{"base", oci_digest("base", "2")};
+  auto r = boot::attach_sealed(h.env, h.fake, fetch_from({base1}), pinned, {}, kNow);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == Errc::refused);
+  CHECK_MESSAGE(r.error().message.find("sealed base " + pinned.str()) != std::string::npos, r.error().message);
+  CHECK_MESSAGE(r.error().message.find("required module base could not be fetched or verified") != std::string::npos,
+                r.error().message);
+  CHECK(h.fake.count("overlay") == overlays);  // base 1 was not mounted again, not even briefly
+  CHECK(snapshot(h) == before);
+
+  // The registry did not answer for the pinned base: retryable, and nothing mounted either.
+  const auto registry_down = [](const protocol::ModuleRef&) -> Result<AttachedModule> {
+    return fail(Errc::unavailable, "registry 127.0.0.1:5000: connection refused");
+  };
+  auto down = boot::attach_sealed(h.env, h.fake, registry_down, pinned, {}, kNow);
+  REQUIRE_FALSE(down);
+  CHECK(down.error().code == Errc::unavailable);
+  CHECK(h.fake.count("overlay") == overlays);
+
+  // The pinned base that verifies is mounted.
+  auto base2 = h.module("base", "2");
+  auto ok = boot::attach_sealed(h.env, h.fake, fetch_from({base2}), pinned, {}, kNow);
+  REQUIRE_MESSAGE(ok, (ok ? "" : ok.error().message));
+  REQUIRE(ok->change.attached.size() == 1);
+  CHECK(ok->change.attached[0].source.ends_with("@" + pinned.digest));
+}
+
+TEST_CASE("control's desired set naming the sealed base is refused with a module.base_override_refused event naming both refs") {
+  Host h;
+  auto base1 = h.module("base", "1");
+  auto base2 = h.module("base", "2");
+  auto hello = h.module("hello", "1");
+  const boot::BaseRef pinned{"base", oci_digest("base", "1")};
+  auto r = boot::attach_sealed(h.env, h.fake, fetch_from({base1, base2, hello}), pinned,
+                               {want("base", "2"), want("hello", "1")}, kNow);
+  REQUIRE_MESSAGE(r, (r ? "" : r.error().message));
+  std::vector<std::string> names;
+  for (const auto& a : r->change.attached) names.push_back(a.name + "@" + a.version);
+  CHECK(names == std::vector<std::string>{"base@1", "hello@1"});  // the sealed digest wins
+
+  // Queued for the service as the module events are, and delivered by its drain.
+  AgentConfig config;
+  config.persist_dir = h.tmp.path() / "persist";
+  std::vector<protocol::Event> delivered;
+  auto drained = drain_events(config, [&](const protocol::Event& e) -> Status {
+    delivered.push_back(e);
+    return {};
+  });
+  REQUIRE(drained);
+  const auto it = std::find_if(delivered.begin(), delivered.end(),
+                               [](const protocol::Event& e) { return e.kind == "module.base_override_refused"; });
+  REQUIRE(it != delivered.end());
+  std::string digest2 = oci_digest("base", "2");
+  std::replace(digest2.begin(), digest2.end(), ':', '-');
+  CHECK(it->id == "module.base_override_refused." + digest2);
+  CHECK(it->id.size() <= 128);  // control's limit for an event id
+  CHECK(it->severity == "warning");
+  CHECK(it->time == kNow);
+  CHECK_MESSAGE(it->message.find("sealed=base@" + oci_digest("base", "1")) != std::string::npos, it->message);
+  CHECK_MESSAGE(it->message.find("desired=base@" + oci_digest("base", "2")) != std::string::npos, it->message);
+
+  // A desired set without the base (or naming the pinned digest itself) raises nothing.
+  Host quiet;
+  auto qbase = quiet.module("base", "1");
+  REQUIRE(boot::attach_sealed(quiet.env, quiet.fake, fetch_from({qbase}), pinned, {want("base", "1"), want("hello", "9")},
+                              kNow));
+  CHECK(quiet.events().find("module.base_override_refused") == std::string::npos);
 }
 
 TEST_CASE("fatal_failure names the first failed module that is required or depended on") {
