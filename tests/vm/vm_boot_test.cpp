@@ -84,11 +84,13 @@ TEST_CASE("a VM boots Debian's kernel and our initramfs, enrolls with its fw-cfg
   // Figures (issue 16's benchmark, measured here once): kernel uptime at each step.
   const auto init_start = vm::event_field(log, "init.start", "uptime_ms");
   const auto network = vm::event_field(log, "init.network", "uptime_ms");
+  const auto modules_in = vm::event_field(log, "init.modules", "uptime_ms");
   const auto boot_start = vm::event_field(log, "boot.start", "uptime_ms");
   const auto handoff = vm::event_field(log, "boot.handoff", "uptime_ms");
   const auto first_hb_ms = vm::event_field(log, "heartbeat.ok", "ms");
   std::cout << "vm-boot figures: accel=" << spec.accel << " initramfs_bytes=" << initrd_size
-            << " init_start_ms=" << init_start << " network_ms=" << network << " agent_start_ms=" << boot_start;
+            << " init_start_ms=" << init_start << " network_ms=" << network << " kmods_ms=" << modules_in
+            << " agent_start_ms=" << boot_start;
   for (const char* stage : {"identity", "persist", "enroll", "modules"}) {
     std::cout << " " << stage << "_ms=" << vm::event_field(log, "boot.stage", "duration_ms", std::string("stage=") + stage);
   }
