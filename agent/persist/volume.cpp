@@ -49,7 +49,10 @@ Error unlock_failed(const VolumeConfig& config, VolumeDeps& deps, const std::fil
   }
   const std::string message = "persist volume " + device.string() + (luks_uuid.empty() ? "" : " (LUKS " + luks_uuid + ")") +
                               " did not unlock: " + cause.message +
-                              (measured.empty() ? "" : "; measured PCRs (sha256): " + measured) +
+                              // The TPM's own refusal (PCRs changed) names the values already.
+                              (measured.empty() || cause.message.find("measured now: ") != std::string::npos
+                                   ? ""
+                                   : "; measured PCRs (sha256): " + measured) +
                               "; not reformatted, waiting for an operator";
   if (deps.critical) {
     protocol::Event event;

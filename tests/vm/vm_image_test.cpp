@@ -87,7 +87,7 @@ std::string missing_for(const vm::Host& host, const std::string& target) {
     if (vm::first_existing({"/usr/lib/grub/i386-pc/boot_hybrid.img"}).empty()) return "no GRUB BIOS modules (apt-get install grub-pc-bin)";
     if (vm::first_existing({"/usr/lib/grub/x86_64-efi"}).empty()) return "no GRUB EFI modules (apt-get install grub-efi-amd64-bin)";
   } else if (target == "disk") {
-    for (const char* p : {"grub-mkimage", "mkfs.fat", "mcopy", "sfdisk", "qemu-img"}) {
+    for (const char* p : {"grub-mkimage", "mkfs.fat", "mcopy", "mtype", "sfdisk", "qemu-img"}) {
       if (vm::program_path(p).empty()) {
         return std::string("no ") + p + " (apt-get install grub-common dosfstools mtools fdisk qemu-utils)";
       }
@@ -298,13 +298,13 @@ TEST_CASE("the disk image seals /persist to its measured boot: a reboot unlocks,
   const auto disk = dir.path() / "machine.raw";
   std::filesystem::copy_file(out / "cairn-disk.raw", disk);
   const auto esp = disk.string() + "@@" + std::to_string(1024 * 1024);  // mtools: the ESP at 1 MiB
-  const auto original_cfg = run_capture({"mtype", "-i", esp, "::/EFI/BOOT/grub.cfg"}, dir.path(), 30s);
+  const auto original_cfg = run_capture({vm::program_path("mtype"), "-i", esp, "::/EFI/BOOT/grub.cfg"}, dir.path(), 30s);
   REQUIRE_MESSAGE(original_cfg.exit_code == 0, original_cfg.err);
   REQUIRE(has(original_cfg.out, " cairn.pcrs=4+7+8+9"));
   const auto put_cfg = [&](const std::string& text) {
     const auto file = dir.path() / "grub.cfg";
     vm::write_text(file, text);
-    const auto r = run_capture({"mcopy", "-o", "-i", esp, file.string(), "::/EFI/BOOT/grub.cfg"}, dir.path(), 30s);
+    const auto r = run_capture({vm::program_path("mcopy"), "-o", "-i", esp, file.string(), "::/EFI/BOOT/grub.cfg"}, dir.path(), 30s);
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
   };
 
