@@ -1,6 +1,7 @@
 #include "agent/config.hpp"
 
 #include <algorithm>
+#include <charconv>
 
 #include "common/fs.hpp"
 #include "common/json.hpp"
@@ -120,7 +121,10 @@ Status apply_persist_section(const Json& j, const std::filesystem::path& path, P
         if (!v.is_number_integer() || v.get<int>() < 0 || v.get<int>() > 23) return bad("pcrs: " + dump_json(v) + " is not a PCR index 0-23", "e.g. [7]");
         pcrs.push_back(v.get<int>());
       }
+      std::sort(pcrs.begin(), pcrs.end());
+      pcrs.erase(std::unique(pcrs.begin(), pcrs.end()), pcrs.end());
       p.pcrs = std::move(pcrs);
+      p.pcrs_configured = true;
     } else {
       return bad(key + ": unknown setting", "known: disk, min_size_mib, pcrs, key_source, tcti, mapper_name");
     }
@@ -129,6 +133,27 @@ Status apply_persist_section(const Json& j, const std::filesystem::path& path, P
 }
 
 }  // namespace
+
+Result<std::vector<int>> parse_pcr_list(std::string_view text) {
+  const auto bad = [&] {
+    return fail(Errc::config, "PCR list '" + std::string(text.substr(0, 64)) + "' is not PCR indices 0-23 joined by '+'",
+                "e.g. 7 or 7+8+9 (systemd's spelling)");
+  };
+  std::vector<int> pcrs;
+  std::size_t pos = 0;
+  while (pos <= text.size()) {
+    const auto end = std::min(text.find_first_of("+,", pos), text.size());
+    const auto item = text.substr(pos, end - pos);
+    int n = 0;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), n);
+    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() || n < 0 || n > 23) return bad();
+    pcrs.push_back(n);
+    pos = end + 1;
+  }
+  std::sort(pcrs.begin(), pcrs.end());
+  pcrs.erase(std::unique(pcrs.begin(), pcrs.end()), pcrs.end());
+  return pcrs;
+}
 
 std::filesystem::path config_file_path(const Root& root, const std::filesystem::path& config_file,
                                        std::string_view value) {

@@ -57,7 +57,13 @@ struct PersistConfig {
   std::string mapper_name = "cairn-persist";
   // h-userdata: the config file named the disk rule (it then wins over cairn.disk= of the boot).
   bool disk_configured = false;
+  // The config file named the PCRs (it then wins over cairn.pcrs= of the boot artifact).
+  bool pcrs_configured = false;
 };
+
+// A PCR list as the kernel command line gives it (systemd's spelling "7+8+9", or "7,8,9"):
+// indices 0-23 of the sha256 bank, returned sorted and without repeats.
+Result<std::vector<int>> parse_pcr_list(std::string_view text);
 
 struct AgentConfig {
   Root root;

@@ -6,6 +6,7 @@
 #include <openssl/crypto.h>
 
 #include "agent/persist/disk.hpp"
+#include "agent/persist/tpm.hpp"
 #include "common/fs.hpp"
 #include "common/json.hpp"
 #include "common/log.hpp"
@@ -44,6 +45,11 @@ Status check_value(std::string_view key, std::string_view value, std::string_vie
       return fail(Errc::config, std::string(source) + ": " + rule.error().message, rule.error().hint);
     }
   }
+  if (key == "pcrs") {
+    if (auto pcrs = parse_pcr_list(value); !pcrs) {
+      return fail(Errc::config, std::string(source) + ": " + pcrs.error().message, pcrs.error().hint);
+    }
+  }
   if (key == "persist" && value != "tmpfs" && value != "disk") {
     return fail(Errc::config, std::string(source) + ": persist is '" + std::string(value) + "'",
                 "use tmpfs (diskless: nothing survives a reboot) or disk");
@@ -79,9 +85,11 @@ Status set_field(Bootstrap& b, std::string_view key, std::string value, std::str
     b.base = std::move(v);
   } else if (key == "disk") {
     b.disk = std::move(v);
+  } else if (key == "pcrs") {
+    b.pcrs = std::move(v);
   } else {
     return fail(Errc::config, std::string(source) + ": unknown key '" + std::string(key) + "'",
-                "known: control_url, ca_fingerprint, token, persist, base, disk, labels");
+                "known: control_url, ca_fingerprint, token, persist, base, disk, pcrs, labels");
   }
   return {};
 }
@@ -126,7 +134,7 @@ Status check_labels(const Json& value, std::string_view source, Labels& out) {
 // (fw-cfg; user-data arrives after /init chose the persist mode, and may not unseal the base).
 Result<Bootstrap> parse_config_object(std::string_view json, std::string_view source, bool disk_settings) {
   const std::string hint = "give a JSON object with control_url, ca_fingerprint, token, labels" +
-                           std::string(disk_settings ? ", persist, base" : "");
+                           std::string(disk_settings ? ", persist, base, disk, pcrs" : "");
   // parse_json names no byte of the document: a malformed one may hold the token.
   auto doc = parse_json(json, source);
   if (!doc) return fail(Errc::config, std::string(source) + ": not valid JSON", hint);
@@ -139,11 +147,12 @@ Result<Bootstrap> parse_config_object(std::string_view json, std::string_view so
       b.labels = std::move(labels);
       continue;
     }
-    if (!disk_settings && (key == "persist" || key == "base" || key == "disk")) {
+    if (!disk_settings && (key == "persist" || key == "base" || key == "disk" || key == "pcrs")) {
       return fail(Errc::config, std::string(source) + ": " + key + " cannot be set from user-data",
-                  key != "base" ? "the persist mode and disk are chosen by the boot artifact: set cairn.persist= and "
-                                  "cairn.disk= on the kernel command line (the disk image's boot entry sets them)"
-                                   : "the base module is sealed by the boot artifact (cairn.base= on its command line)");
+                  key != "base" ? "the persist mode, disk and PCRs are chosen by the boot artifact: set cairn.persist=, "
+                                  "cairn.disk= and cairn.pcrs= on the kernel command line (the disk image's boot entry "
+                                  "sets them)"
+                                : "the base module is sealed by the boot artifact (cairn.base= on its command line)");
     }
     if (!value.is_string()) {
       return fail(Errc::config, std::string(source) + ": " + key.substr(0, 64) + " is not a string", "quote the value");
@@ -209,11 +218,14 @@ Result<Bootstrap> parse_kernel_cmdline(std::string_view cmdline) {
       field = "base";
     } else if (key == "disk") {
       field = "disk";
+    } else if (key == "pcrs") {
+      field = "pcrs";
     } else if (key == "debug" || key == "retry" || key == "rounds" || key == "id") {
       continue;  // cairn.debug=, retry= and rounds= are read by /init, cairn.id= by the identity cascade
     } else {
       return fail(Errc::config, "kernel command line: unknown option cairn." + std::string(key),
-                  "known: cairn.control=, cairn.ca=, cairn.token=, cairn.persist=, cairn.base=, cairn.disk=, cairn.id=, "
+                  "known: cairn.control=, cairn.ca=, cairn.token=, cairn.persist=, cairn.base=, cairn.disk=, cairn.pcrs=, "
+                  "cairn.id=, "
                   "cairn.debug=, cairn.retry=, cairn.rounds=");
     }
     if (auto ok = set_field(b, field, value, kCmdlineSource); !ok) return fail(ok.error());
@@ -281,6 +293,7 @@ Bootstrap merge(Bootstrap high, const Bootstrap& low) {
   if (!high.persist) high.persist = low.persist;
   if (!high.base) high.base = low.base;
   if (!high.disk) high.disk = low.disk;
+  if (!high.pcrs) high.pcrs = low.pcrs;
   if (!high.labels) high.labels = low.labels;
   high.notes.insert(high.notes.end(), low.notes.begin(), low.notes.end());
   return high;
@@ -376,6 +389,13 @@ Bootstrap apply(AgentConfig& config, const Bootstrap& bootstrap) {
     config.persist.disk = bootstrap.disk->value;
   } else {
     used.disk = Value{config.persist.disk, "default"};
+  }
+  if (config.persist.pcrs_configured) {
+    used.pcrs = Value{persist::pcr_list(config.persist.pcrs), configured.source};
+  } else if (bootstrap.pcrs) {
+    config.persist.pcrs = *parse_pcr_list(bootstrap.pcrs->value);  // checked by set_field
+  } else {
+    used.pcrs = Value{persist::pcr_list(config.persist.pcrs), "default"};
   }
   if (bootstrap.labels) {
     // The config file's labels win key by key; the rest come from the bootstrap.

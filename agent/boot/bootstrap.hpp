@@ -2,15 +2,17 @@
 // control URL, the CA fingerprint, the bootstrap token, the persist mode, its labels). One
 // image serves every customer: the values come from the kernel command line
 //   cairn.control=https://HOST:PORT cairn.ca=<sha256 hex> cairn.token=<token> cairn.persist=tmpfs|disk
-//   cairn.base=NAME@sha256:<hex> cairn.disk=<persist disk rule, e.g. boot-disk-free>
+//   cairn.base=NAME@sha256:<hex> cairn.disk=<persist disk rule, e.g. boot-disk-free> cairn.pcrs=7+8+9
 // from QEMU's fw-cfg entry opt/org.cairn/config, a JSON object
 //   {"control_url": "...", "ca_fingerprint": "...", "token": "...", "persist": "tmpfs"|"disk",
-//    "base": "NAME@sha256:<hex>", "disk": "boot-disk-free", "labels": {"rack": "r1"}}
+//    "base": "NAME@sha256:<hex>", "disk": "boot-disk-free", "pcrs": "7+8+9", "labels": {"rack": "r1"}}
 // or from the cloud's user-data (AWS, GCP, Azure, DigitalOcean, Hetzner, OpenStack: the
 // metadata servers of the identity, identity/sources/user_data.hpp), holding the same JSON
 // object, either alone or after a first line `#cairn-config` (so it reads as a cloud-init
-// part type cloud-init leaves alone). User-data may not set `persist` nor `disk` (/init and
-// the boot artifact decide them before the network is up) nor `base` (the artifact seals it). Other user-data (a
+// part type cloud-init leaves alone). User-data may not set `persist`, `disk` nor `pcrs` (/init
+// and the boot artifact decide them before the network is up) nor `base` (the artifact seals it).
+// `pcrs` only chooses the PCRs a NEW /persist key is sealed to: an existing volume is unsealed
+// under the PCRs recorded in its own LUKS token, so editing cairn.pcrs= unseals nothing. Other user-data (a
 // #cloud-config, a script) is not Cairn's and is ignored, said so in the notes.
 // `base` seals the boot to one base OS module (its OCI manifest digest): the initramfs makes
 // that module's union `/` and refuses anything else (DESIGN.md, "Boot flow").
@@ -68,6 +70,7 @@ struct Bootstrap {
   std::optional<Value> base;     // sealed base module, NAME@sha256:<64 hex> (h-base)
   std::optional<Labels> labels;  // user-data (h-userdata): labels asked for at enrollment
   std::optional<Value> disk;     // persist disk rule (h-userdata): the disk image's boot entry says boot-disk-free
+  std::optional<Value> pcrs;     // PCRs a new /persist key is sealed to, "7+8+9": the disk image's entry sets them
   // What the user-data lookup did, one line per cloud asked (h-userdata); never holds a value.
   std::vector<std::string> notes;
 };

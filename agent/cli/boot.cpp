@@ -79,7 +79,8 @@ Result<boot::StageOutcome> persist_stage(const AgentConfig& config, const std::s
   // An unlock failure's event (run/cairn/persist-event.json) stays for the service to send.
   return boot::StageOutcome{.note = std::string(persist::action_name(result->action)) + " " +
                                     result->target.partition_host_path.string() + " on " +
-                                    r.config.mount_point.string()};
+                                    r.config.mount_point.string() +
+                                    (result->key_binding.empty() ? "" : " (key: " + result->key_binding + ")")};
 }
 
 // Escrow order (issue 15): the key is fetched with the credentials enrolled into tmpfs, then

@@ -45,6 +45,7 @@ void add_config(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       add("persist", from(used.persist, false));
       add("base", from(used.base, false));  // sealed base module (h-base)
       add("persist_disk", from(used.disk, false));  // h-userdata: persist disk rule
+      add("persist_pcrs", from(used.pcrs, false));
       if (used.labels) {  // user-data (h-userdata)
         std::string text;
         for (const auto& [k, v] : used.labels->values) text += (text.empty() ? "" : ",") + k + "=" + v;

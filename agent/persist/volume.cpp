@@ -49,7 +49,10 @@ Error unlock_failed(const VolumeConfig& config, VolumeDeps& deps, const std::fil
   }
   const std::string message = "persist volume " + device.string() + (luks_uuid.empty() ? "" : " (LUKS " + luks_uuid + ")") +
                               " did not unlock: " + cause.message +
-                              (measured.empty() ? "" : "; measured PCRs (sha256): " + measured) +
+                              // The TPM's own refusal (PCRs changed) names the values already.
+                              (measured.empty() || cause.message.find("measured now: ") != std::string::npos
+                                   ? ""
+                                   : "; measured PCRs (sha256): " + measured) +
                               "; not reformatted, waiting for an operator";
   if (deps.critical) {
     protocol::Event event;
@@ -107,8 +110,10 @@ Result<VolumeOutcome> format_and_mount(const VolumeConfig& config, VolumeDeps& d
     sealed = std::move(*s);
     out.steps.push_back("sealed a new key to the TPM (PCR " + pcr_list(config.policy.pcrs) + ", " +
                         config.policy.bank + ")");
+    out.key_binding = key_binding(config.key_source, config.policy);
   } else {
     out.steps.push_back("fetched the escrow key from the control service");
+    out.key_binding = key_binding(config.key_source, config.policy);
   }
   const Secret passphrase = passphrase_of(*key);
   auto keyslot = deps.crypt->format(device, passphrase, std::string(kPartitionLabel));
@@ -131,13 +136,14 @@ Result<VolumeOutcome> format_and_mount(const VolumeConfig& config, VolumeDeps& d
 // hand out the escrow key (down, or refusing this node's certificate) is not one.
 struct Opening {
   Secret passphrase;
-  PcrPolicy policy;  // the token's (for the measured values of a failure)
 };
+// `policy`: the PCRs the volume's token names (the config's until the token is read), so a
+// failure reports the values of the PCRs the key is really bound to.
 Result<Opening> opening_key(const VolumeConfig& config, VolumeDeps& deps, const LuksHeader& header,
-                            bool& unlock_failure) {
+                            bool& unlock_failure, PcrPolicy& policy) {
   unlock_failure = false;
   Opening o;
-  o.policy = config.policy;
+  policy = config.policy;
   if (config.key_source == KeySource::tpm) {
     auto token = find_token(header, kTpmTokenType);
     if (!token) {
@@ -153,7 +159,7 @@ Result<Opening> opening_key(const VolumeConfig& config, VolumeDeps& deps, const 
       unlock_failure = true;
       return fail(Errc::refused, decoded.error().message);
     }
-    o.policy = decoded->sealed.policy;
+    policy = decoded->sealed.policy;
     auto secret = deps.tpm->unseal(decoded->sealed);
     if (!secret) {
       const auto& e = secret.error();
@@ -232,21 +238,23 @@ Result<VolumeOutcome> open_existing(const VolumeConfig& config, VolumeDeps& deps
     return out;
   }
   bool unlock_failure = false;
-  auto opening = opening_key(config, deps, *header, unlock_failure);
+  PcrPolicy policy;
+  auto opening = opening_key(config, deps, *header, unlock_failure, policy);
   if (!opening) {
     if (!unlock_failure) return fail(opening.error());
-    return fail(unlock_failed(config, deps, target.partition_host_path, header->uuid, opening.error(), config.policy));
+    return fail(unlock_failed(config, deps, target.partition_host_path, header->uuid, opening.error(), policy));
   }
   // Check the key against the keyslots first (no device-mapper needed), so a wrong key is an
   // unlock failure even where activation is not possible.
   auto slot = deps.crypt->check_passphrase(device, opening->passphrase);
   if (!slot) {
     if (slot.error().code != Errc::refused) return fail(slot.error());
-    return fail(unlock_failed(config, deps, target.partition_host_path, header->uuid, slot.error(), opening->policy));
+    return fail(unlock_failed(config, deps, target.partition_host_path, header->uuid, slot.error(), policy));
   }
   out.keyslot = *slot;
   out.steps.push_back("unlocked keyslot " + std::to_string(*slot) + " with the " +
                       std::string(key_source_name(config.key_source)) + " key");
+  out.key_binding = key_binding(config.key_source, policy);
   out.action = VolumeOutcome::Action::opened;
   if (auto ok = activate_and_mount(config, deps, device, opening->passphrase, false, out); !ok) return fail(ok.error());
   return out;
@@ -273,6 +281,11 @@ Result<std::filesystem::path> existing_luks(const VolumeConfig& config, VolumeDe
 }  // namespace
 
 std::string_view key_source_name(KeySource source) { return source == KeySource::tpm ? "tpm" : "escrow"; }
+
+std::string key_binding(KeySource source, const PcrPolicy& policy) {
+  if (source != KeySource::tpm) return "escrow key";
+  return "TPM PCR " + pcr_list(policy.pcrs) + " " + policy.bank;
+}
 
 std::string_view action_name(VolumeOutcome::Action action) {
   switch (action) {
@@ -378,7 +391,8 @@ Result<RecoveryKey> add_recovery(const VolumeConfig& config, VolumeDeps& deps) {
                 "one recovery key per volume; keep the one you have");
   }
   bool unlock_failure = false;
-  auto opening = opening_key(config, deps, header, unlock_failure);
+  PcrPolicy policy;
+  auto opening = opening_key(config, deps, header, unlock_failure, policy);
   if (!opening) return fail(opening.error().with_context("opening the volume to add a recovery key"));
   auto key = make_recovery_key();
   if (!key) return fail(key.error());

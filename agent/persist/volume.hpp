@@ -85,8 +85,12 @@ struct VolumeOutcome {
   int keyslot = -1;
   std::vector<std::string> steps;  // what was done, for the human output
   Json details = Json::object();
+  // What the key is bound to, when this run unsealed or sealed it: "TPM PCR 4+7+8+9 sha256"
+  // (the volume token's PCRs) or "escrow key"; empty when no key was needed.
+  std::string key_binding;
 };
 std::string_view action_name(VolumeOutcome::Action action);
+std::string key_binding(KeySource source, const PcrPolicy& policy);
 
 // First boot or later boot, whichever the disk shows.
 Result<VolumeOutcome> open_volume(const VolumeConfig& config, VolumeDeps& deps);

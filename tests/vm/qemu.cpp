@@ -118,7 +118,7 @@ std::vector<std::string> qemu_argv(const std::string& qemu, const VmSpec& spec) 
   if (!spec.cdrom.empty()) argv.insert(argv.end(), {"-cdrom", spec.cdrom.string()});
   if (!spec.boot_disk.empty()) {
     argv.insert(argv.end(), {"-drive", "file=" + spec.boot_disk.string() + ",format=" + spec.boot_disk_format +
-                                           ",if=none,id=boot0,snapshot=on",
+                                           ",if=none,id=boot0,snapshot=" + (spec.boot_disk_snapshot ? "on" : "off"),
                              "-device", "virtio-blk-pci,drive=boot0,bootindex=0"});
   }
   argv.insert(argv.end(), {"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"});

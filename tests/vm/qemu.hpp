@@ -57,8 +57,9 @@ struct VmSpec {
   // used when `kernel` is empty.
   std::string boot_order{};            // -boot: "n" network (iPXE), "d" CD-ROM, "c" disk
   std::filesystem::path cdrom{};       // -cdrom: an ISO (image/build iso)
-  std::filesystem::path boot_disk{};   // a disk image to boot (virtio-blk, bootindex 0, snapshot=on)
+  std::filesystem::path boot_disk{};   // a disk image to boot (virtio-blk, bootindex 0)
   std::string boot_disk_format = "qcow2";
+  bool boot_disk_snapshot = true;      // snapshot=on: the boot's writes are thrown away
   std::filesystem::path tftp_root{};   // user networking's TFTP server: tftp=DIR
   std::string bootfile{};              // and the DHCP boot file it names: bootfile=FILE
   std::filesystem::path firmware{};    // -bios FILE (OVMF for EFI); empty: SeaBIOS

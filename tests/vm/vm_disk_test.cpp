@@ -25,8 +25,6 @@
 // desired module set from control (h-modctl's `cairn-control module assign`) is not on main.
 #include <doctest/doctest.h>
 
-#include <openssl/evp.h>
-
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -59,7 +57,9 @@ namespace fs = std::filesystem;
 using vm::agent_exited;
 using vm::cairn_module;
 using vm::env_or_empty;
+using vm::file_sha256;
 using vm::has;
+using vm::luks_uuid;
 using vm::with_fw_cfg;
 using vm::write_text;
 
@@ -90,55 +90,6 @@ Json first_attached(const Json& j) {
   if (!j.is_object() || !j.contains("details") || !j["details"].contains("attached")) return nullptr;
   const auto& a = j["details"]["attached"];
   return a.is_array() && !a.empty() ? a[0] : Json(nullptr);
-}
-
-// The UUID of the LUKS2 header on the first GPT partition of a raw disk file, read as the
-// header lays it out (LUKS2 on-disk format: magic "LUKS\xba\xbe" at 0, uuid[40] at 168), so
-// the host needs no device-mapper or loop device.
-std::string luks_uuid(const fs::path& disk) {
-  std::ifstream in(disk, std::ios::binary);
-  auto read_at = [&](std::uint64_t offset, std::size_t n) {
-    std::string b(n, '\0');
-    in.seekg(static_cast<std::streamoff>(offset));
-    in.read(b.data(), static_cast<std::streamsize>(n));
-    return in ? b : std::string();
-  };
-  auto le64 = [](const std::string& b, std::size_t at) {
-    std::uint64_t v = 0;
-    for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + static_cast<std::size_t>(i)]);
-    return v;
-  };
-  const auto gpt = read_at(512, 92);
-  if (gpt.size() != 92 || gpt.substr(0, 8) != "EFI PART") return "";
-  const auto entry = read_at(le64(gpt, 72) * 512, 128);  // partition entry array LBA
-  if (entry.size() != 128) return "";
-  const auto first_lba = le64(entry, 32);
-  const auto hdr = read_at(first_lba * 512, 208);
-  if (hdr.size() != 208 || hdr.substr(0, 6) != std::string("LUKS\xba\xbe", 6)) return "";
-  return std::string(hdr.c_str() + 168);
-}
-
-// sha256 of a whole file (the disk image), hex.
-std::string file_sha256(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    if (in.gcount() > 0) EVP_DigestUpdate(ctx, buf.data(), static_cast<std::size_t>(in.gcount()));
-  }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx, md, &len);
-  EVP_MD_CTX_free(ctx);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[md[i] >> 4];
-    out += hex[md[i] & 15];
-  }
-  return out;
 }
 
 // One boot of the machine: a swtpm on `tpm_state` for this boot, QEMU with the disk file.
@@ -279,7 +230,7 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
       CHECK_MESSAGE(log.find(std::string("event=boot.stage stage=") + stage + " ok=true") != std::string::npos, stage);
     }
     CHECK(log.find("event=init.persist mode=disk") != std::string::npos);
-    CHECK(log.find("note=\"formatted /dev/vda1 on /persist\"") != std::string::npos);
+    CHECK(log.find("note=\"formatted /dev/vda1 on /persist (key: TPM PCR 7 sha256)\"") != std::string::npos);
     CHECK(log.find("enrolled: node " + m.uuid) != std::string::npos);
     CHECK(!luks_uuid(m.disk).empty());
 
@@ -340,7 +291,7 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
     const std::string log = boot.vm->serial();
     INFO("boot 2 serial console:\n" << log << "\nqemu:\n" << slurp(boot.spec.qemu_log));
     REQUIRE(hb);
-    CHECK(log.find("note=\"opened /dev/vda1 on /persist\"") != std::string::npos);
+    CHECK(log.find("note=\"opened /dev/vda1 on /persist (key: TPM PCR 7 sha256)\"") != std::string::npos);
     CHECK(log.find("already enrolled: node " + m.uuid) != std::string::npos);
     CHECK(log.find("1 module(s) re-verified and mounted") != std::string::npos);
     const Json attached = first_attached(modules_json(log, "modules"));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <openssl/evp.h>
 
 #include "common/json.hpp"
 #include "tests/support/process.hpp"
@@ -35,6 +36,57 @@ inline void write_text(const std::filesystem::path& p, const std::string& text) 
 }
 
 inline bool has(const std::string& log, const std::string& text) { return log.find(text) != std::string::npos; }
+
+// The UUID of the LUKS2 header on GPT partition `index` (0: the first) of a raw disk file,
+// read as the header lays it out (LUKS2 on-disk format: magic "LUKS\xba\xbe" at 0, uuid[40] at 168), so
+// the host needs no device-mapper or loop device.
+inline std::string luks_uuid(const std::filesystem::path& disk, std::size_t index = 0) {
+  std::ifstream in(disk, std::ios::binary);
+  auto read_at = [&](std::uint64_t offset, std::size_t n) {
+    std::string b(n, '\0');
+    in.seekg(static_cast<std::streamoff>(offset));
+    in.read(b.data(), static_cast<std::streamsize>(n));
+    return in ? b : std::string();
+  };
+  auto le64 = [](const std::string& b, std::size_t at) {
+    std::uint64_t v = 0;
+    for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + static_cast<std::size_t>(i)]);
+    return v;
+  };
+  const auto gpt = read_at(512, 92);
+  if (gpt.size() != 92 || gpt.substr(0, 8) != "EFI PART") return "";
+  const auto entry_size = le64(gpt, 84) & 0xffffffffU;  // u32 at 84, then the array's CRC
+  if (entry_size < 128) return "";
+  const auto entry = read_at(le64(gpt, 72) * 512 + index * entry_size, 128);  // entry array LBA
+  if (entry.size() != 128) return "";
+  const auto first_lba = le64(entry, 32);
+  const auto hdr = read_at(first_lba * 512, 208);
+  if (hdr.size() != 208 || hdr.substr(0, 6) != std::string("LUKS\xba\xbe", 6)) return "";
+  return std::string(hdr.c_str() + 168);
+}
+
+// sha256 of a whole file (the disk image), hex.
+inline std::string file_sha256(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    if (in.gcount() > 0) EVP_DigestUpdate(ctx, buf.data(), static_cast<std::size_t>(in.gcount()));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
+  EVP_MD_CTX_free(ctx);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
 
 // A boot's fw-cfg entries: the machine's `base` ones plus this boot's `more`.
 inline std::vector<FwCfg> with_fw_cfg(std::vector<FwCfg> base, std::initializer_list<FwCfg> more) {

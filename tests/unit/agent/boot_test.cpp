@@ -102,6 +102,57 @@ TEST_CASE("the config file and flags win over the bootstrap values; persist defa
   CHECK(used.persist->source == "default");
 }
 
+TEST_CASE("cairn.pcrs= chooses the PCRs a new /persist key is sealed to; the config file wins; user-data may not") {
+  auto cmd = parse_kernel_cmdline("quiet cairn.persist=disk cairn.pcrs=9+4+8+7");
+  REQUIRE_MESSAGE(cmd.has_value(), cmd.error().message);
+  REQUIRE(cmd->pcrs.has_value());
+  CHECK(cmd->pcrs->source == kCmdlineSource);
+  AgentConfig config;
+  auto used = apply(config, *cmd);
+  CHECK(config.persist.pcrs == std::vector<int>{4, 7, 8, 9});  // sorted
+  CHECK(used.pcrs->value == "9+4+8+7");
+  CHECK(used.pcrs->source == kCmdlineSource);
+
+  // The agent's own config file names its PCRs: they win over the boot artifact's.
+  AgentConfig configured;
+  configured.persist.pcrs = {0, 7};
+  configured.persist.pcrs_configured = true;
+  used = apply(configured, *cmd);
+  CHECK(configured.persist.pcrs == std::vector<int>{0, 7});
+  CHECK(used.pcrs->value == "0+7");
+  CHECK(used.pcrs->source == "config file or flag");
+
+  // Neither: the default, named as such.
+  AgentConfig plain;
+  used = apply(plain, Bootstrap{});
+  CHECK(plain.persist.pcrs == std::vector<int>{7});
+  CHECK(used.pcrs->source == "default");
+
+  auto fw = parse_fw_cfg_config(R"({"pcrs": "7+8"})");
+  REQUIRE(fw.has_value());
+  CHECK(fw->pcrs->value == "7+8");
+
+  for (const char* bad : {"cairn.pcrs=24", "cairn.pcrs=7+", "cairn.pcrs=+7", "cairn.pcrs=seven", "cairn.pcrs=7++8",
+                          "cairn.pcrs=-1"}) {
+    auto r = parse_kernel_cmdline(bad);
+    REQUIRE_FALSE_MESSAGE(r.has_value(), bad);
+    CHECK(r.error().message.find("PCR list") != std::string::npos);
+    CHECK(r.error().hint.find("7+8+9") != std::string::npos);
+  }
+  auto user_data = parse_user_data("#cairn-config\n{\"pcrs\": \"7\"}", "aws");
+  REQUIRE_FALSE(user_data.has_value());
+  CHECK(user_data.error().message.find("pcrs cannot be set from user-data") != std::string::npos);
+}
+
+TEST_CASE("parse_pcr_list takes systemd's 7+8+9 and commas, sorted and without repeats") {
+  CHECK(*parse_pcr_list("7") == std::vector<int>{7});
+  CHECK(*parse_pcr_list("8,7+7") == std::vector<int>{7, 8});
+  CHECK(*parse_pcr_list("0+23") == std::vector<int>{0, 23});
+  CHECK_FALSE(parse_pcr_list("").has_value());
+  CHECK_FALSE(parse_pcr_list("7 8").has_value());
+  CHECK_FALSE(parse_pcr_list("07x").has_value());
+}
+
 TEST_CASE("a temporary failure is retried with growing delays; a configuration error is not") {
   test::ManualClock clock;
   std::vector<std::chrono::milliseconds> waits;
