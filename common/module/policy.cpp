@@ -4,11 +4,11 @@
 #include <fnmatch.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <set>
 
 #include "common/crypto.hpp"
 #include "common/module/manifest.hpp"
+#include "common/time.hpp"
 
 namespace cairn::module {
 namespace {
@@ -21,12 +21,6 @@ std::string signed_message(std::string_view text) { return std::string(kSignedPr
 
 Json signature_json(const Signature& s) {
   return {{"algorithm", s.algorithm}, {"key_id", s.key_id}, {"signature", s.signature_hex}};
-}
-
-int digits_value(std::string_view text, std::size_t pos, std::size_t count) {
-  int v = 0;
-  for (std::size_t i = pos; i < pos + count; ++i) v = v * 10 + (text[i] - '0');
-  return v;
 }
 
 }  // namespace
@@ -46,29 +40,15 @@ Result<std::chrono::sys_seconds> parse_policy_expiry(std::string_view text) {
     if (!ok) return bad("not of the form YYYY-MM-DDTHH:MM:SSZ");
   }
   if (text.substr(kForm.size()) != "Z") return bad("not UTC: end it with Z (no offset, no fraction of a second)");
-  const int y = digits_value(text, 0, 4);
   // The cap keeps every comparison with system_clock (nanoseconds, good until 2262) exact; a
   // policy meant to outlive it should simply carry no expiry.
-  if (y < 1970 || y > 2199) return bad("the year is outside 1970-2199");
-  const year_month_day date{year{y}, month{static_cast<unsigned>(digits_value(text, 5, 2))},
-                            day{static_cast<unsigned>(digits_value(text, 8, 2))}};
-  if (!date.ok()) return bad("no such date");
-  const int h = digits_value(text, 11, 2), m = digits_value(text, 14, 2), s = digits_value(text, 17, 2);
-  if (h > 23 || m > 59 || s > 59) return bad("no such time of day");  // a leap second (:60) too: a second later does
-  return sys_days(date) + hours(h) + minutes(m) + seconds(s);
+  if (text.substr(0, 4) < "1970" || text.substr(0, 4) > "2199") return bad("the year is outside 1970-2199");
+  auto t = parse_rfc3339(text);
+  if (!t) return bad("no such date or time of day");
+  return floor<seconds>(*t);
 }
 
-std::string format_policy_expiry(std::chrono::sys_seconds t) {
-  using namespace std::chrono;
-  const auto day_start = floor<days>(t);
-  const year_month_day date(day_start);
-  const hh_mm_ss time(t - day_start);
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02dZ", static_cast<int>(date.year()), static_cast<unsigned>(date.month()),
-                static_cast<unsigned>(date.day()), static_cast<int>(time.hours().count()), static_cast<int>(time.minutes().count()),
-                static_cast<int>(time.seconds().count()));
-  return buf;
-}
+std::string format_policy_expiry(std::chrono::sys_seconds t) { return format_rfc3339_seconds(t); }
 
 bool policy_expired(const ModulePolicy& policy, std::chrono::system_clock::time_point now) {
   return policy.expires && std::chrono::time_point_cast<std::chrono::system_clock::duration>(*policy.expires) <= now;
