@@ -37,6 +37,12 @@ Status apply_file(const Json& j, const std::filesystem::path& path, AgentConfig&
       cfg.module_upper = m.value("upper", "tmpfs");
       if (auto r = m.find("run_dir"); r != m.end()) cfg.module_run_dir = host_path(*r);
       if (auto k = m.find("policy_keys"); k != m.end()) cfg.module_policy_keys = *k;  // modules (h-modpolicy)
+      if (auto r = m.find("policy_require_expiry"); r != m.end()) {  // modules (h-polexpiry)
+        if (!r->is_boolean()) {
+          return fail(Errc::config, path.string() + ": modules.policy_require_expiry is not true or false", "write true or false");
+        }
+        cfg.module_policy_require_expiry = r->get<bool>();
+      }
       if (auto a = m.find("auto_apply"); a != m.end()) {  // modules (h-apply)
         if (!a->is_boolean()) {
           return fail(Errc::config, path.string() + ": modules.auto_apply is not true or false", "write true or false");

@@ -104,6 +104,11 @@ struct AgentConfig {
   // modules (h-modpolicy): "policy_keys": ["keys/policy.pub", ...], the keys a trust policy
   // distributed by control must be signed with (agent/modules/policy.hpp). None: ignored.
   Json module_policy_keys = nullptr;
+  // modules (h-polexpiry): "policy_require_expiry": true|false (default false). true: a
+  // distributed policy without "expires" is refused, and an accepted one without it no longer
+  // widens trust. For diskless fleets, whose nodes forget the accepted version at every boot:
+  // the expiry is then what keeps an old signed policy from being replayed to them.
+  bool module_policy_require_expiry = false;
   // modules (h-apply): "auto_apply": true|false. true (default): `cairn-agent service` applies
   // each new desired set of a heartbeat reply by itself (agent/runtime/module_reconciler.hpp);
   // false: it only stores the set, applied when an operator runs `cairn-agent update`.

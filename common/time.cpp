@@ -13,6 +13,23 @@ std::chrono::system_clock::time_point from_unix_ms(std::int64_t ms) {
   return std::chrono::system_clock::time_point(std::chrono::milliseconds(ms));
 }
 
+namespace {
+// "2026-11-25T13:00:00" + ".123" when `millis` >= 0 + "Z".
+std::string format_utc(std::time_t secs, int millis) {
+  std::tm tm{};
+  ::gmtime_r(&secs, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec);
+  std::string out = buf;
+  if (millis >= 0) {
+    std::snprintf(buf, sizeof buf, ".%03d", millis);
+    out += buf;
+  }
+  return out + "Z";
+}
+}  // namespace
+
 std::string format_rfc3339(std::chrono::system_clock::time_point t) {
   const auto ms = to_unix_ms(t);
   std::time_t secs = static_cast<std::time_t>(ms / 1000);
@@ -21,12 +38,11 @@ std::string format_rfc3339(std::chrono::system_clock::time_point t) {
     millis += 1000;
     secs -= 1;
   }
-  std::tm tm{};
-  ::gmtime_r(&secs, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
-  return buf;
+  return format_utc(secs, millis);
+}
+
+std::string format_rfc3339_seconds(std::chrono::sys_seconds t) {
+  return format_utc(static_cast<std::time_t>(t.time_since_epoch().count()), -1);
 }
 
 Result<std::chrono::system_clock::time_point> parse_rfc3339(std::string_view text) {
@@ -51,6 +67,11 @@ Result<std::chrono::system_clock::time_point> parse_rfc3339(std::string_view tex
   }
   if (pos + 1 != s.size() || (s[pos] != 'Z' && s[pos] != 'z')) {
     return fail(Errc::data, "not a UTC RFC 3339 time ('" + s + "'); expected a trailing Z");
+  }
+  const std::chrono::year_month_day date{std::chrono::year{year}, std::chrono::month{static_cast<unsigned>(mon)},
+                                        std::chrono::day{static_cast<unsigned>(day)}};
+  if (!date.ok() || hour < 0 || hour > 23 || min < 0 || min > 59 || sec < 0 || sec > 59) {
+    return fail(Errc::data, "not an RFC 3339 time ('" + s + "'): no such date or time of day");
   }
   tm.tm_year = year - 1900;
   tm.tm_mon = mon - 1;

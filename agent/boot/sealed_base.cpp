@@ -136,7 +136,7 @@ Result<StageOutcome> sealed_modules_stage(const AgentConfig& config, const BaseR
   // The heartbeat first: it may bring a newer trust policy, which the environment below reads.
   std::vector<protocol::ModuleRef> desired;
   auto asked = ask_desired_set(config, clock);
-  auto env = modules::modules_env(config);
+  auto env = modules::modules_env(config, format_rfc3339(clock.now()));
   if (!env) return fail(env.error());
   if (!env->registry) {
     return fail(Errc::config, "cairn.base=" + base.str() + " is set but no module registry is configured",

@@ -20,7 +20,8 @@ void add_attach(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       CommandOutcome out{.stage = "config"};
       auto config = load_agent_config(global);
       if (!config) return out.error = config.error(), out;
-      auto env = modules::modules_env(*config);
+      const auto now = format_rfc3339(SystemClock::instance().now());
+      auto env = modules::modules_env(*config, now);
       if (!env) return out.error = env.error(), out;
       const auto at = spec->find('@');
       const std::string name = spec->substr(0, at);
@@ -32,7 +33,7 @@ void add_attach(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       out.stage = "attach.fetch";
       auto http = oci::make_registry_http(env->registry->options);
       oci::Registry registry(*http, env->registry->host, env->registry->options);
-      auto module = modules::fetch_and_verify(*env, registry, name, version, format_rfc3339(SystemClock::instance().now()));
+      auto module = modules::fetch_and_verify(*env, registry, name, version, now);
       if (!module) return out.error = module.error(), out;
       module->required = *required;
       out.stage = "attach.mount";
@@ -53,7 +54,8 @@ void add_update(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       CommandOutcome out{.stage = "config"};
       auto config = load_agent_config(global);
       if (!config) return out.error = config.error(), out;
-      auto env = modules::modules_env(*config);
+      const auto now = format_rfc3339(SystemClock::instance().now());
+      auto env = modules::modules_env(*config, now);
       if (!env) return out.error = env.error(), out;
       if (!env->registry) {
         out.error = Error{Errc::config, "no module registry configured", "set modules.registry in the agent's config"};
@@ -69,7 +71,7 @@ void add_update(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       }
       out.stage = "update";
       // The same construction as the service's reconciler (h-apply): one shared function.
-      auto result = modules::update_from_config(*config, **desired, format_rfc3339(SystemClock::instance().now()));
+      auto result = modules::update_from_config(*config, **desired, now);
       if (!result) return out.error = result.error(), out;
       out.details = change_details(result->change);
       Json failed = Json::array();

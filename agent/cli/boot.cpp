@@ -99,12 +99,12 @@ Result<boot::StageOutcome> escrow_persist_stage(const AgentConfig& config) {
                                          : std::string{})};
 }
 
-Result<boot::StageOutcome> modules_stage(const AgentConfig& config) {
+Result<boot::StageOutcome> modules_stage(const AgentConfig& config, const Clock& clock) {
   if (config.module_registry.empty() && config.module_trust.is_null()) {
     return boot::StageOutcome{.skipped = true,
                               .note = "no module registry or trust policy configured (agent.json \"modules\")"};
   }
-  auto env = modules::modules_env(config);
+  auto env = modules::modules_env(config, format_rfc3339(clock.now()));
   if (!env) return fail(env.error());
   auto attached = env->store.load_attached();
   if (!attached) return fail(attached.error());
@@ -226,7 +226,7 @@ CommandOutcome run_boot(const GlobalOptions& global, const BootOptions& opts) {
        [&] {
          return stage("modules", {.max_attempts = 3, .first_delay = std::chrono::milliseconds(1000),
                                   .max_delay = retry_max},
-                      [&] { return base ? boot::sealed_modules_stage(*config, *base, clock) : modules_stage(*config); });
+                      [&] { return base ? boot::sealed_modules_stage(*config, *base, clock) : modules_stage(*config, clock); });
        }},
   };
   for (const auto& name : boot::stage_order(order)) {

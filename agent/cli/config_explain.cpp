@@ -57,6 +57,8 @@ void add_config(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       add("module_registry",
           {"", config->module_registry.empty() ? "(unset)" : config->module_registry, "config file"});
       add("modules.auto_apply", {"", config->module_auto_apply ? "true" : "false", config->module_auto_apply_source});  // h-apply
+      add("modules.policy_require_expiry",  // h-polexpiry
+          {"", config->module_policy_require_expiry ? "true" : "false", "config file (default false)"});
       Json details = Json::object();
       std::string human;
       for (const auto& r : rows) {

@@ -3,6 +3,8 @@
 #include "agent/cli/commands.hpp"
 #include "agent/cli/modules_report.hpp"
 #include "agent/cli/report.hpp"
+#include "common/clock.hpp"
+#include "common/time.hpp"
 
 namespace cairn::agent::cli {
 
@@ -92,7 +94,7 @@ void add_modules(CLI::App& app, const GlobalOptions& global, int& exit_code) {
       CommandOutcome out{.stage = "config"};
       auto config = load_agent_config(global);
       if (!config) return out.error = config.error(), out;
-      auto env = modules::modules_env(*config);
+      auto env = modules::modules_env(*config, format_rfc3339(SystemClock::instance().now()));
       if (!env) return out.error = env.error(), out;
       out.stage = "detach";
       auto mounter = modules::make_linux_mounter(config->root);

@@ -137,13 +137,13 @@ std::vector<protocol::Event> verity_events(const std::vector<AttachedModule>& be
   return out;
 }
 
-Result<ModulesEnv> modules_env(const AgentConfig& config) {
+Result<ModulesEnv> modules_env(const AgentConfig& config, const std::string& now_rfc3339) {
   auto policy = trust_policy_from_json(config.module_trust, [&](const std::string& value) {
     return config_file_path(config.root, config.module_config_file, value);
   });
   if (!policy) return fail(policy.error());
   // The policy control distributed, as far as a pinned policy key signed it (h-modpolicy).
-  if (auto ok = merge_accepted_policy(config, *policy); !ok) {
+  if (auto ok = merge_accepted_policy(config, *policy, now_rfc3339); !ok) {
     if (ok.error().code == Errc::config) return fail(ok.error());
     log::warn("modules.policy_unusable", {{"error", ok.error().message}});  // the agent's own trust still holds
   }
@@ -457,7 +457,7 @@ Result<UniqueFd> lock_updates(const ModuleStore& store, const UpdateHooks& hooks
 
 Result<UpdateOutcome> update_from_config(const AgentConfig& config, const std::vector<protocol::ModuleRef>& desired,
                                          const std::string& now_rfc3339, const UpdateHooks& hooks) {
-  auto env = modules_env(config);
+  auto env = modules_env(config, now_rfc3339);
   if (!env) return fail(env.error());
   if (!env->registry) {
     return fail(Errc::config, "no module registry configured", "set \"registry\" in the \"modules\" section of the agent's config");

@@ -34,8 +34,9 @@ struct ModulesEnv {
   // look into a mounted layer or the new union are skipped; the re-verification still runs.
   bool inspect_mounts = true;
 };
-// From the agent's configuration: store <persist>/cairn/modules, run dir <root>/run/cairn/modules.
-Result<ModulesEnv> modules_env(const AgentConfig& config);
+// From the agent's configuration: store <persist>/cairn/modules, run dir <root>/run/cairn/modules;
+// the trust policy as it holds at `now_rfc3339` (an accepted distributed policy may have expired).
+Result<ModulesEnv> modules_env(const AgentConfig& config, const std::string& now_rfc3339);
 
 struct ChangeOutcome {
   std::vector<AttachedModule> attached;

@@ -1,7 +1,9 @@
 #include "agent/modules/policy.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
+#include <optional>
 #include <set>
 
 #include "agent/modules/attachments.hpp"
@@ -9,6 +11,7 @@
 #include "common/fs.hpp"
 #include "common/log.hpp"
 #include "common/module/policy.hpp"
+#include "common/time.hpp"
 
 namespace cairn::agent::modules {
 namespace {
@@ -55,6 +58,45 @@ Result<StoredState> load_state(const AgentConfig& config) {
   });
 }
 
+Result<std::chrono::system_clock::time_point> parse_now(const std::string& now) {
+  auto t = parse_rfc3339(now);
+  if (!t) return fail(Errc::internal, "module policy: the current time '" + now + "' is not an RFC 3339 time");
+  return *t;
+}
+
+std::string document_id(const Json& signed_policy) { return sha256_hex(dump_json(signed_policy)).substr(0, 32); }
+
+// h-polexpiry: why a verified policy does not hold at `now`, as the receipt that says so
+// (expired, or refused for want of the expiry the configuration asks for); nullopt: it holds.
+std::optional<PolicyReceipt> not_in_force(const AgentConfig& config, const module::ModulePolicy& p,
+                                          std::chrono::system_clock::time_point now) {
+  const auto version = std::to_string(p.version);
+  if (module::policy_expired(p, now)) {
+    return PolicyReceipt{PolicyReceipt::Kind::expired, p.version,
+                         "module trust policy version " + version + " expired at " + module::format_policy_expiry(*p.expires) +
+                             " (node clock " + format_rfc3339(now) + ")"};
+  }
+  if (config.module_policy_require_expiry && !p.expires) {
+    return PolicyReceipt{PolicyReceipt::Kind::refused, p.version,
+                         "module trust policy version " + version +
+                             " carries no expiry, and modules.policy_require_expiry is set in the agent's configuration"};
+  }
+  return std::nullopt;
+}
+
+// Its event: the same id whether the policy arrived so or became so after it was accepted, so
+// this process reports a document once.
+void report_not_in_force(const AgentConfig& config, const std::string& doc_id, const PolicyReceipt& r,
+                         const std::string& consequence, const std::string& now) {
+  const bool expired = r.kind == PolicyReceipt::Kind::expired;
+  const std::string kind = expired ? "module.policy_expired" : "module.policy_refused";
+  report(config, kind + "." + doc_id, "warning", kind,
+         r.message + ": " + consequence + "; re-sign it with " +
+             (expired ? "a later --expires" : "--expires") +
+             " (cairn-module policy sign --expires 30d, with a higher version) and set it on control",
+         now);
+}
+
 }  // namespace
 
 std::string_view receipt_name(PolicyReceipt::Kind kind) {
@@ -65,6 +107,7 @@ std::string_view receipt_name(PolicyReceipt::Kind kind) {
     case PolicyReceipt::Kind::accepted: return "accepted";
     case PolicyReceipt::Kind::refused: return "refused";
     case PolicyReceipt::Kind::rollback: return "rollback";
+    case PolicyReceipt::Kind::expired: return "expired";
   }
   return "?";
 }
@@ -89,6 +132,8 @@ Result<std::map<std::string, EvpPkey>> pinned_policy_keys(const AgentConfig& con
 Result<PolicyReceipt> receive_policy(const AgentConfig& config, const Json& signed_policy, const std::string& now) {
   PolicyReceipt out;
   if (signed_policy.is_null()) return out;
+  auto now_time = parse_now(now);
+  if (!now_time) return fail(now_time.error());
   auto pinned = pinned_policy_keys(config);
   if (!pinned) return fail(pinned.error());
   if (pinned->empty()) {
@@ -100,7 +145,7 @@ Result<PolicyReceipt> receive_policy(const AgentConfig& config, const Json& sign
     out.message = "no policy key is pinned (modules.policy_keys): the distributed policy is ignored";
     return out;
   }
-  const std::string doc_id = sha256_hex(dump_json(signed_policy)).substr(0, 32);
+  const std::string doc_id = document_id(signed_policy);
   const auto refuse = [&](const Error& e) {
     out.kind = PolicyReceipt::Kind::refused;
     out.message = e.message;
@@ -113,6 +158,13 @@ Result<PolicyReceipt> receive_policy(const AgentConfig& config, const Json& sign
   auto policy = module::verify_signed_policy(*parsed, *pinned);
   if (!policy) return refuse(policy.error());
   out.version = policy->version;
+  // Before the version rule: an expired policy is refused whatever the state says (a diskless
+  // node has none), and refusing it leaves the accepted version as it was.
+  if (auto no = not_in_force(config, *policy, *now_time)) {
+    out = *no;
+    report_not_in_force(config, doc_id, out, "refused, the node keeps the policy it accepted before (if any, and still in force)", now);
+    return out;
+  }
   auto state = load_state(config);
   if (!state && state.error().code == Errc::data) {
     // A damaged state file (a disk error, a hand edit) must not lock the node out of every
@@ -155,7 +207,7 @@ Result<PolicyReceipt> receive_policy(const AgentConfig& config, const Json& sign
   return out;
 }
 
-Result<std::optional<AcceptedPolicy>> load_accepted_policy(const AgentConfig& config) {
+Result<std::optional<AcceptedPolicy>> load_accepted_policy(const AgentConfig& config, const std::string& now) {
   auto state = load_state(config);
   if (!state) return fail(state.error());
   if (state->accepted_version == 0) return std::optional<AcceptedPolicy>{};
@@ -170,11 +222,19 @@ Result<std::optional<AcceptedPolicy>> load_accepted_policy(const AgentConfig& co
     log::warn("modules.policy_not_trusted", {{"path", state_path(config).string()}, {"error", policy.error().message}});
     return std::optional<AcceptedPolicy>{};
   }
+  // Checked again at every use: a policy accepted while in force widens trust only until it
+  // expires (fail closed), and only while the configuration does not ask for an expiry it lacks.
+  auto now_time = parse_now(now);
+  if (!now_time) return fail(now_time.error());
+  if (auto no = not_in_force(config, *policy, *now_time)) {
+    report_not_in_force(config, document_id(state->signed_policy), *no, "the accepted policy no longer widens trust", now);
+    return std::optional<AcceptedPolicy>{};
+  }
   return std::optional<AcceptedPolicy>(AcceptedPolicy{policy->version, std::move(*policy)});
 }
 
-Status merge_accepted_policy(const AgentConfig& config, TrustPolicy& trust) {
-  auto accepted = load_accepted_policy(config);
+Status merge_accepted_policy(const AgentConfig& config, TrustPolicy& trust, const std::string& now) {
+  auto accepted = load_accepted_policy(config, now);
   if (!accepted) return fail(accepted.error());
   if (!*accepted) return {};
   for (const auto& [id, pem] : (*accepted)->policy.key_pems) {

@@ -382,7 +382,7 @@ class Loop {
   std::uint64_t accepted_policy_version(const Result<modules::PolicyReceipt>& receipt) const {
     using Kind = modules::PolicyReceipt::Kind;
     if (receipt && (receipt->kind == Kind::accepted || receipt->kind == Kind::unchanged)) return receipt->version;
-    auto accepted = modules::load_accepted_policy(config_);
+    auto accepted = modules::load_accepted_policy(config_, format_rfc3339(clock_.now()));  // h-polexpiry: 0 once it expired
     return accepted && *accepted ? (*accepted)->version : 0;
   }
 

@@ -8,6 +8,7 @@
 
 #include "common/crypto.hpp"
 #include "common/module/manifest.hpp"
+#include "common/time.hpp"
 
 namespace cairn::module {
 namespace {
@@ -23,6 +24,35 @@ Json signature_json(const Signature& s) {
 }
 
 }  // namespace
+
+Result<std::chrono::sys_seconds> parse_policy_expiry(std::string_view text) {
+  using namespace std::chrono;
+  const std::string shown(text.substr(0, 40));
+  const auto bad = [&](const std::string& why) {
+    return fail(Errc::data, "expiry '" + shown + "': " + why, "write a UTC time as YYYY-MM-DDTHH:MM:SSZ, e.g. 2027-01-31T00:00:00Z");
+  };
+  // One form only, so the signed text says one thing to every reader: no offset but Z (a node
+  // compares it with its UTC clock), no fraction, upper-case T and Z.
+  constexpr std::string_view kForm = "dddd-dd-ddTdd:dd:dd";
+  if (text.size() < kForm.size()) return bad("not of the form YYYY-MM-DDTHH:MM:SSZ");
+  for (std::size_t i = 0; i < kForm.size(); ++i) {
+    const bool ok = kForm[i] == 'd' ? (text[i] >= '0' && text[i] <= '9') : text[i] == kForm[i];
+    if (!ok) return bad("not of the form YYYY-MM-DDTHH:MM:SSZ");
+  }
+  if (text.substr(kForm.size()) != "Z") return bad("not UTC: end it with Z (no offset, no fraction of a second)");
+  // The cap keeps every comparison with system_clock (nanoseconds, good until 2262) exact; a
+  // policy meant to outlive it should simply carry no expiry.
+  if (text.substr(0, 4) < "1970" || text.substr(0, 4) > "2199") return bad("the year is outside 1970-2199");
+  auto t = parse_rfc3339(text);
+  if (!t) return bad("no such date or time of day");
+  return floor<seconds>(*t);
+}
+
+std::string format_policy_expiry(std::chrono::sys_seconds t) { return format_rfc3339_seconds(t); }
+
+bool policy_expired(const ModulePolicy& policy, std::chrono::system_clock::time_point now) {
+  return policy.expires && std::chrono::time_point_cast<std::chrono::system_clock::duration>(*policy.expires) <= now;
+}
 
 Status validate_policy_pattern(std::string_view pattern) {
   if (pattern.empty() || pattern.size() > 64) {
@@ -50,7 +80,9 @@ Result<ModulePolicy> parse_policy(std::string_view text) {
   return decode_json<ModulePolicy>(text, "module policy", [](const Json& j) -> Result<ModulePolicy> {
     if (!j.is_object()) return fail(Errc::data, "module policy: not a JSON object");
     for (const auto& [k, v] : j.items()) {
-      if (k != "format" && k != "version" && k != "keys" && k != "trust") return fail(Errc::data, "module policy: unknown key '" + k + "'");
+      if (k != "format" && k != "version" && k != "keys" && k != "trust" && k != "expires") {
+        return fail(Errc::data, "module policy: unknown key '" + k + "'");
+      }
     }
     if (j.at("format").get<std::string>() != kPolicyFormat) {
       return fail(Errc::data, "module policy: format is not " + std::string(kPolicyFormat));
@@ -90,6 +122,12 @@ Result<ModulePolicy> parse_policy(std::string_view text) {
       }
       p.rules.push_back(std::move(rule));
     }
+    if (auto e = j.find("expires"); e != j.end()) {
+      if (!e->is_string()) return fail(Errc::data, "module policy: \"expires\" is not a string", "e.g. \"2027-01-31T00:00:00Z\"");
+      auto expires = parse_policy_expiry(e->get<std::string>());
+      if (!expires) return fail(expires.error().with_context("module policy"));
+      p.expires = *expires;
+    }
     return p;
   });
 }
@@ -99,7 +137,10 @@ std::string policy_text(const ModulePolicy& p) {
   for (const auto& [id, pem] : p.key_pems) keys[id] = pem;
   Json trust = Json::object();
   for (const auto& r : p.rules) trust[r.pattern] = r.key_ids;
-  return dump_json({{"format", kPolicyFormat}, {"version", p.version}, {"keys", keys}, {"trust", trust}});
+  Json j = {{"format", kPolicyFormat}, {"version", p.version}, {"keys", keys}, {"trust", trust}};
+  // Absent when unset, so a policy without expiry has the text it had before h-polexpiry.
+  if (p.expires) j["expires"] = format_policy_expiry(*p.expires);
+  return dump_json(j);
 }
 
 Result<SignedPolicy> sign_policy(const EVP_PKEY* private_key, std::string text) {

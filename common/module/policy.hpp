@@ -12,12 +12,19 @@
 // "cairn-module-policy-v1\n" + the policy text. The policy text:
 //   {"format": "cairn.module.policy.v1", "version": N,
 //    "keys": {"sha256:<key id>": "<public key PEM>", ...},
-//    "trust": {"NAME or GLOB": ["sha256:<key id>", ...], ...}}
+//    "trust": {"NAME or GLOB": ["sha256:<key id>", ...], ...},
+//    "expires": "2027-01-31T00:00:00Z"}
 // A glob is fnmatch(3) syntax over module names ("web-*", "*", "db-[0-9]").
+// "expires" (h-polexpiry, optional; none: the policy never expires) is inside the signed text,
+// as TUF's metadata expiry is: a node without anti-rollback state (diskless, /persist on
+// tmpfs) would take any old policy a pinned key once signed, so the expiry is what bounds how
+// old a replayed policy can be. It is checked against the node's clock.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -46,6 +53,7 @@ struct ModulePolicy {
   std::uint64_t version = 0;
   std::map<std::string, std::string> key_pems;  // key id -> public key PEM
   std::vector<PolicyRule> rules;
+  std::optional<std::chrono::sys_seconds> expires;  // none: never expires
 };
 
 struct SignedPolicy {
@@ -58,10 +66,18 @@ bool policy_pattern_matches(std::string_view pattern, std::string_view name);
 // A pattern may hold the characters of module names and * ? [ ] ! only.
 Status validate_policy_pattern(std::string_view pattern);
 
+// An expiry as the policy text writes it: exactly "YYYY-MM-DDTHH:MM:SSZ" (RFC 3339, UTC, whole
+// seconds; no offset, no fraction), a real date of the years 1970-2199. Errc::data naming it.
+Result<std::chrono::sys_seconds> parse_policy_expiry(std::string_view text);
+std::string format_policy_expiry(std::chrono::sys_seconds t);
+// Whether the policy has an expiry at or before `now`.
+bool policy_expired(const ModulePolicy& policy, std::chrono::system_clock::time_point now);
+
 // Parses and checks the policy text: format, version >= 1, every key a supported public key
-// whose id is its own, every rule's ids among the keys, the caps above. Errc::data naming the fault.
+// whose id is its own, every rule's ids among the keys, the expiry's form (whether it has
+// passed is the caller's question), the caps above. Errc::data naming the fault.
 Result<ModulePolicy> parse_policy(std::string_view text);
-// The policy text of a policy (canonical JSON, sorted keys, one line).
+// The policy text of a policy (canonical JSON, sorted keys, one line; "expires" only when set).
 std::string policy_text(const ModulePolicy& policy);
 
 // Signs `text` (it must parse) with a policy key.

@@ -9,6 +9,7 @@
 #include <memory>
 #include <sstream>
 
+#include "common/clock.hpp"
 #include "common/fs.hpp"
 #include "common/module/manifest.hpp"
 #include "common/module/policy.hpp"
@@ -308,6 +309,16 @@ void print_policy(const AdminOptions& admin, const Json& answer, std::string_vie
   }
   std::cout << "module trust policy version " << policy->version << " " << verb << ", signed by policy key "
             << signed_policy->signature.key_id << "\n";
+  // h-polexpiry: nodes judge the expiry by their own clocks; this one is only the operator's.
+  if (!policy->expires) {
+    std::cout << "expires: never (a diskless node could be handed this policy again after a newer one; "
+                 "cairn-module policy sign --expires bounds that)\n";
+  } else if (module::policy_expired(*policy, SystemClock::instance().now())) {
+    std::cout << "expires: " << module::format_policy_expiry(*policy->expires)
+              << " (EXPIRED: nodes refuse it and trust only their own configuration's keys; sign a newer one)\n";
+  } else {
+    std::cout << "expires: " << module::format_policy_expiry(*policy->expires) << " (re-sign and set a newer one before then)\n";
+  }
   std::vector<std::vector<std::string>> rows;
   for (const auto& r : policy->rules) {
     std::string keys;

@@ -1,6 +1,8 @@
 #include "control/service/module_policy.hpp"
 
+#include <chrono>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include "common/fs.hpp"
@@ -11,7 +13,19 @@
 namespace cairn::control {
 namespace {
 
-Json show(const Json& policy, std::uint64_t version) { return {{"policy", policy}, {"version", version}}; }
+// "expires" (h-polexpiry) is the signed policy's own, repeated for a reader of the answer.
+Json show(const Json& policy, std::uint64_t version, const std::optional<std::chrono::sys_seconds>& expires) {
+  Json j = {{"policy", policy}, {"version", version}};
+  if (expires) j["expires"] = module::format_policy_expiry(*expires);
+  return j;
+}
+
+std::optional<std::chrono::sys_seconds> expiry_of(const Json& document) {
+  if (document.is_null()) return std::nullopt;
+  auto signed_policy = module::signed_policy_from_json(document);
+  auto policy = signed_policy ? module::parse_policy(signed_policy->policy_text) : Result<module::ModulePolicy>(fail(signed_policy.error()));
+  return policy ? policy->expires : std::nullopt;
+}
 
 }  // namespace
 
@@ -48,6 +62,16 @@ Result<Json> ModulePolicy::set(const Json& signed_json) {
   if (!signed_policy) return fail(signed_policy.error());
   auto policy = module::parse_policy(signed_policy->policy_text);
   if (!policy) return fail(policy.error());
+  // h-polexpiry: nodes refuse it anyway; refusing it here says so to the operator at once,
+  // instead of as a warning from every node.
+  if (module::policy_expired(*policy, clock_.now())) {
+    return fail(Errc::data,
+                "module policy version " + std::to_string(policy->version) + " expired at " +
+                    module::format_policy_expiry(*policy->expires) + " (control's clock: " + format_rfc3339(clock_.now()) +
+                    "); nodes refuse it",
+                "sign it again with a later expiry and a higher version: cairn-module policy sign POLICY.json --key KEY "
+                "--expires 30d --version N");
+  }
   constexpr auto kMaxVersion = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
   if (policy->version > kMaxVersion) {
     return fail(Errc::data,
@@ -74,7 +98,7 @@ Result<Json> ModulePolicy::set(const Json& signed_json) {
     loaded_at_ = clock_.monotonic();
   }
   log::info("modules.policy_set", {{"version", policy->version}, {"signed_by", signed_policy->signature.key_id}});
-  return show(doc, policy->version);
+  return show(doc, policy->version, policy->expires);
 }
 
 Status ModulePolicy::import_file(const std::filesystem::path& file) {
@@ -104,7 +128,7 @@ Status ModulePolicy::import_file(const std::filesystem::path& file) {
 ApiResult<Json> ModulePolicy::admin_show() {
   auto loaded = load();
   if (!loaded) return refuse(500, "store_error", loaded.error().message, loaded.error().hint);
-  return show(loaded->document, loaded->version);
+  return show(loaded->document, loaded->version, expiry_of(loaded->document));
 }
 
 ApiResult<Json> ModulePolicy::admin_set(const Json& body) {

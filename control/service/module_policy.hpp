@@ -4,7 +4,8 @@
 // (h-policystore: one policy for every replica on the database) and serves it as it was
 // signed. Only an agent that pins the policy key trusts what it says, so a compromised control
 // service can withhold or replay a policy but never widen a node's trust.
-//   GET  /v1/admin/modules/policy  -> {"policy": <signed document> | null, "version"}
+// A policy whose signed expiry has passed (h-polexpiry) is refused when set: nodes would refuse it.
+//   GET  /v1/admin/modules/policy  -> {"policy": <signed document> | null, "version", "expires" (when it has one)}
 //   POST /v1/admin/modules/policy  {"policy": <signed document>} -> the same
 #pragma once
 
@@ -37,7 +38,8 @@ class ModulePolicy {
   // (and logs); so does a stored document that does not parse.
   Json current();
 
-  // Validates and stores a signed document. Errc::data: malformed; Errc::refused: its version
+  // Validates and stores a signed document. Errc::data: malformed, or expired at clock.now();
+  // Errc::refused: its version
   // is lower than the stored one's, or equal with other content (decided by the store in one
   // conditional statement: replicas setting at once cannot let a lower version win).
   Result<Json> set(const Json& signed_policy);

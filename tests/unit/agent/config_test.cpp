@@ -139,6 +139,31 @@ TEST_CASE("a broken config file is a config error naming the file") {
   CHECK(refused_with(missing) == Errc::config);
 }
 
+// h-polexpiry
+TEST_CASE("modules.policy_require_expiry is off by default, read as true or false, and nothing else") {
+  test::TempDir dir;
+  const auto path = dir.path() / "agent.json";
+  GlobalOptions o;
+  o.root = dir.path().string();
+  o.config = path.string();
+  std::ofstream(path, std::ios::trunc) << R"({"modules": {"registry": "127.0.0.1:5000/m"}})";
+  auto cfg = load_agent_config(o);
+  REQUIRE_MESSAGE(cfg, (cfg ? "" : cfg.error().message));
+  CHECK_FALSE(cfg->module_policy_require_expiry);
+  std::ofstream(path, std::ios::trunc) << R"({"modules": {"policy_require_expiry": true}})";
+  cfg = load_agent_config(o);
+  REQUIRE_MESSAGE(cfg, (cfg ? "" : cfg.error().message));
+  CHECK(cfg->module_policy_require_expiry);
+  for (const auto* bad : {R"({"modules": {"policy_require_expiry": "yes"}})", R"({"modules": {"policy_require_expiry": 1}})"}) {
+    CAPTURE(bad);
+    std::ofstream(path, std::ios::trunc) << bad;
+    auto r = load_agent_config(o);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::config);
+    CHECK(r.error().message == path.string() + ": modules.policy_require_expiry is not true or false");
+  }
+}
+
 TEST_CASE("--metadata-url must be SOURCE=URL") {
   GlobalOptions o;
   o.root = "/nonexistent-root";

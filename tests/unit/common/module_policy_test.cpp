@@ -3,6 +3,8 @@
 // as fnmatch does, and malformed policies are refused naming the fault.
 #include <doctest/doctest.h>
 
+#include <chrono>
+
 #include "common/crypto.hpp"
 #include "common/module/policy.hpp"
 #include "common/protocol/messages.hpp"
@@ -137,6 +139,101 @@ TEST_CASE("malformed policies are refused, naming the fault") {
   // The signed document's structure.
   CHECK_FALSE(module::parse_signed_policy("{}"));
   CHECK_FALSE(module::parse_signed_policy(R"({"format":"cairn.module.policy.signed.v1","policy":"{}","signature":{"algorithm":"rsa","key_id":"x","signature":"00"}})"));
+}
+
+// h-polexpiry
+TEST_CASE("a policy's expiry is read in one strict UTC form, signed with the policy, and due at its second") {
+  using namespace std::chrono;
+  auto good = module::parse_policy_expiry("2027-01-31T00:00:00Z");
+  REQUIRE_MESSAGE(good, (good ? "" : good.error().message));
+  CHECK(*good == sys_days(2027y / January / 31));
+  CHECK(module::format_policy_expiry(*good) == "2027-01-31T00:00:00Z");
+  for (const auto* text : {"2028-02-29T23:59:59Z", "1970-01-01T00:00:00Z", "2199-12-31T23:59:59Z"}) {
+    CAPTURE(text);
+    auto t = module::parse_policy_expiry(text);
+    REQUIRE_MESSAGE(t, (t ? "" : t.error().message));
+    CHECK(module::format_policy_expiry(*t) == text);
+  }
+
+  struct Case {
+    const char* text;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"2027-01-31T00:00:00+02:00", "not UTC"},
+      {"2027-01-31T00:00:00-00:00", "not UTC"},
+      {"2027-01-31T00:00:00.5Z", "not UTC"},
+      {"2027-01-31T00:00:00", "not UTC"},
+      {"2027-01-31T00:00:00z", "not UTC"},
+      {"2027-01-31t00:00:00Z", "not of the form"},
+      {"2027-01-31 00:00:00Z", "not of the form"},
+      {"2027-1-31T00:00:00Z", "not of the form"},
+      {"2027-01-31", "not of the form"},
+      {"+027-01-31T00:00:00Z", "not of the form"},
+      {"", "not of the form"},
+      {"2027-02-29T00:00:00Z", "no such date"},
+      {"2027-13-01T00:00:00Z", "no such date"},
+      {"2027-00-10T00:00:00Z", "no such date"},
+      {"2027-04-31T00:00:00Z", "no such date"},
+      {"2027-01-31T24:00:00Z", "or time of day"},
+      {"2027-01-31T23:60:00Z", "or time of day"},
+      {"2027-12-31T23:59:60Z", "or time of day"},
+      {"2300-01-01T00:00:00Z", "outside 1970-2199"},
+      {"1969-12-31T23:59:59Z", "outside 1970-2199"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.text);
+    auto r = module::parse_policy_expiry(c.text);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::data);
+    CHECK(r.error().message.find(c.message) != std::string::npos);
+    CHECK(r.error().hint.find("YYYY-MM-DDTHH:MM:SSZ") != std::string::npos);
+  }
+  // A long value is named, but not echoed whole.
+  auto long_value = module::parse_policy_expiry(std::string(10000, '9'));
+  REQUIRE_FALSE(long_value);
+  CHECK(long_value.error().message.size() < 200);
+
+  // In the policy: inside the signed text, so altering it breaks the signature.
+  auto policy_key = generate_key(KeyType::ed25519).value();
+  auto module_key = generate_key(KeyType::ed25519).value();
+  auto p = policy_with(4, module_key.get());
+  p.expires = *good;
+  const auto text = module::policy_text(p);
+  CHECK(text.find(R"("expires":"2027-01-31T00:00:00Z")") != std::string::npos);
+  CHECK(module::policy_text(policy_with(4, module_key.get())).find("expires") == std::string::npos);  // unset: as before
+  auto signed_policy = module::sign_policy(policy_key.get(), text).value();
+  auto back = module::verify_signed_policy(signed_policy, pinned(policy_key.get()));
+  REQUIRE_MESSAGE(back, (back ? "" : back.error().message));
+  REQUIRE(back->expires);
+  CHECK(*back->expires == *good);
+  auto later = signed_policy;
+  later.policy_text.replace(later.policy_text.find("2027-01-31"), 10, "2099-01-31");
+  CHECK(module::verify_signed_policy(later, pinned(policy_key.get())).error().code == Errc::refused);
+
+  // Due at its second: valid until just before, expired at it and after; never without one.
+  const system_clock::time_point at(*good);
+  CHECK_FALSE(module::policy_expired(*back, at - milliseconds(1)));
+  CHECK(module::policy_expired(*back, at));
+  CHECK(module::policy_expired(*back, at + hours(1)));
+  CHECK_FALSE(module::policy_expired(policy_with(4, module_key.get()), at + hours(24 * 365 * 100)));
+
+  // A malformed expiry in the policy text is refused by parse_policy and by sign_policy.
+  const std::string id = id_of(module_key.get());
+  const Json base = {{"format", "cairn.module.policy.v1"}, {"version", 2}, {"keys", {{id, pem_of(module_key.get())}}}, {"trust", {{"web", {id}}}}};
+  for (const auto& [value, message] : std::vector<std::pair<Json, std::string>>{
+           {Json(20270131), "\"expires\" is not a string"},
+           {Json("2027-01-31T00:00:00+01:00"), "module policy: expiry '2027-01-31T00:00:00+01:00': not UTC"},
+           {Json("2027-02-30T00:00:00Z"), "no such date"}}) {
+    CAPTURE(message);
+    Json j = base;
+    j["expires"] = value;
+    auto r = module::parse_policy(dump_json(j));
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::data);
+    CHECK(r.error().message.find(message) != std::string::npos);
+    CHECK_FALSE(module::sign_policy(policy_key.get(), dump_json(j)));
+  }
 }
 
 TEST_CASE("the heartbeat reply carries the required flag and the signed policy, both optional on the wire") {

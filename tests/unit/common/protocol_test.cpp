@@ -44,4 +44,9 @@ TEST_CASE("RFC 3339 times round-trip at millisecond precision") {
   CHECK(*parse_rfc3339(s) == t);
   CHECK_FALSE(parse_rfc3339("yesterday"));
   CHECK_FALSE(parse_rfc3339("2026-11-18T08:26:40+02:00"));
+  // A date or time that does not exist is refused, not rolled over by timegm.
+  CHECK_FALSE(parse_rfc3339("2026-02-30T00:00:00Z"));
+  CHECK_FALSE(parse_rfc3339("2026-11-18T24:00:00Z"));
+  CHECK_FALSE(parse_rfc3339("2026-11-18T08:26:60Z"));
+  CHECK(format_rfc3339_seconds(std::chrono::sys_seconds{std::chrono::seconds{1763454400}}) == "2025-11-18T08:26:40Z");
 }

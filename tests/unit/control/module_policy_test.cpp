@@ -34,16 +34,19 @@ struct PolicySigner {
   EvpPkey policy_key = generate_key(KeyType::ed25519).value();
   EvpPkey module_key = generate_key(KeyType::ed25519).value();
 
-  [[nodiscard]] module::SignedPolicy sign(std::uint64_t version, const std::string& pattern = "web-*") const {
+  // `expires`: the signed expiry (h-polexpiry), none when empty.
+  [[nodiscard]] module::SignedPolicy sign(std::uint64_t version, const std::string& pattern = "web-*",
+                                          const std::string& expires = "") const {
     module::ModulePolicy p;
     p.version = version;
+    if (!expires.empty()) p.expires = module::parse_policy_expiry(expires).value();
     const auto id = module::key_id(module_key.get()).value();
     p.key_pems[id] = public_key_pem(module_key.get()).value();
     p.rules.push_back({pattern, {id}});
     return module::sign_policy(policy_key.get(), module::policy_text(p)).value();
   }
-  [[nodiscard]] Json document(std::uint64_t version, const std::string& pattern = "web-*") const {
-    return module::signed_policy_json(sign(version, pattern));
+  [[nodiscard]] Json document(std::uint64_t version, const std::string& pattern = "web-*", const std::string& expires = "") const {
+    return module::signed_policy_json(sign(version, pattern, expires));
   }
 };
 
@@ -186,6 +189,37 @@ TEST_CASE_TEMPLATE("the service refuses a policy that goes back with the message
   shown = policy.admin_show();
   REQUIRE(shown);
   CHECK((*shown)["version"] == 3);
+}
+
+// h-polexpiry
+TEST_CASE_TEMPLATE("the service refuses a policy that has already expired, naming its expiry; show gives the expiry", B,
+                   CAIRN_STORE_BACKENDS) {
+  CAIRN_OPEN_STORE(B);
+  test::ManualClock clock;  // 2030-01-01T00:00:00Z
+  ModulePolicy policy(store, clock);
+  const PolicySigner signer;
+  auto due = policy.set(signer.document(2, "web-*", "2030-01-01T00:00:00Z"));
+  REQUIRE_FALSE(due);
+  CHECK(due.error().code == Errc::data);
+  CHECK(due.error().message ==
+        "module policy version 2 expired at 2030-01-01T00:00:00Z (control's clock: 2030-01-01T00:00:00.000Z); nodes refuse it");
+  CHECK(due.error().hint.find("--expires 30d") != std::string::npos);
+  auto api = policy.admin_set({{"policy", signer.document(2, "web-*", "2029-06-30T00:00:00Z")}});
+  REQUIRE_FALSE(api);
+  CHECK(api.error().http_status == 400);
+  CHECK(api.error().body.message.find("expired at 2029-06-30T00:00:00Z") != std::string::npos);
+  CHECK(policy.admin_show().value()["version"] == 0);  // nothing stored
+  CHECK(policy.current().is_null());
+
+  auto fresh = policy.set(signer.document(2, "web-*", "2030-01-01T00:00:01Z"));
+  REQUIRE_MESSAGE(fresh, (fresh ? "" : fresh.error().message));
+  CHECK((*fresh)["expires"] == "2030-01-01T00:00:01Z");
+  CHECK(policy.admin_show().value()["expires"] == "2030-01-01T00:00:01Z");
+  // Without an expiry: accepted as before, and the answer has no "expires".
+  auto forever = policy.set(signer.document(3));
+  REQUIRE(forever);
+  CHECK_FALSE(forever->contains("expires"));
+  CHECK_FALSE(policy.admin_show().value().contains("expires"));
 }
 
 TEST_CASE_TEMPLATE("a replica serves a policy set through another from its cache, read again once a second", B,
