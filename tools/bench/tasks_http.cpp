@@ -17,7 +17,6 @@
 //   tasks_http --server URL [--server URL] --ca FILE --token TOKEN --admin-cert FILE --admin-key FILE
 //              --work DIR [--server-pid PID]... [--pg-postmaster PID] [--database URL|PATH] [--nodes 1000] [--tasks 20000]
 //              [--workers 16] [--submitters 8] [--batch 10] [--submit-batch 100] [--complete-batch 10]
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,8 +40,7 @@
 #include "common/protocol/messages.hpp"
 #include "common/protocol/tasks.hpp"
 #include "common/uuid.hpp"
-#include "control/store/open_store.hpp"
-#include "control/store/postgres.hpp"
+#include "tools/bench/tasks_tally.hpp"
 
 using namespace cairn;
 using Steady = std::chrono::steady_clock;
@@ -50,39 +48,20 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Options {
+struct Options : bench::LoadOptions {
   std::vector<std::string> servers;
   std::vector<int> server_pids;
   int pg_postmaster = 0;
   std::string ca, token, admin_cert, admin_key, work, database;
-  int nodes = 1000;
-  int tasks = 20000;
-  int workers = 16;
-  int submitters = 8;
-  int batch = 10;
-  int submit_batch = 100;
-  int complete_batch = 10;
   int enroll_concurrency = 16;
 };
-
-std::int64_t steady_us() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(Steady::now().time_since_epoch()).count();
-}
 
 int usage(const std::string& why) {
   std::cerr << "tasks_http: " << why << "\n"
             << "usage: tasks_http --server URL [--server URL] --ca FILE --token TOKEN --admin-cert FILE "
-               "--admin-key FILE --work DIR [--server-pid PID]... [--pg-postmaster PID] [--database URL|PATH] [--nodes N] [--tasks N] "
-               "[--workers N] [--submitters N] [--batch N] [--submit-batch N] [--complete-batch N] "
-               "[--enroll-concurrency N]\n";
+               "--admin-key FILE --work DIR [--server-pid PID]... [--pg-postmaster PID] [--database URL|PATH] "
+            << bench::kLoadUsage << " [--enroll-concurrency N]\n";
   return 64;
-}
-
-double percentile(std::vector<std::int64_t>& v, double p) {
-  if (v.empty()) return 0;
-  const auto k = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return static_cast<double>(v[k]) / 1000.0;
 }
 
 // CPU seconds (user + system, all threads) of a process so far; 0 when it is gone.
@@ -125,13 +104,6 @@ double postgres_cpu_s(int postmaster) {
     if (c.size() >= 13) ticks += c[11] + c[12];
   }
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-double self_cpu_s() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
-         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
 }
 
 struct Node {
@@ -204,10 +176,7 @@ Status parallel(int count, int threads, Fn&& fn) {
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (i + 1 >= argc) return usage("'" + a + "' needs a value");
-    const std::string v = argv[++i];
+  const std::string wrong = bench::parse_options(argc, argv, o, [&](const std::string& a, const std::string& v) {
     if (a == "--server") o.servers.push_back(v);
     else if (a == "--server-pid") o.server_pids.push_back(std::atoi(v.c_str()));
     else if (a == "--pg-postmaster") o.pg_postmaster = std::atoi(v.c_str());
@@ -217,24 +186,16 @@ int main(int argc, char** argv) {
     else if (a == "--admin-key") o.admin_key = v;
     else if (a == "--work") o.work = v;
     else if (a == "--database") o.database = v;
-    else if (a == "--nodes") o.nodes = std::atoi(v.c_str());
-    else if (a == "--tasks") o.tasks = std::atoi(v.c_str());
-    else if (a == "--workers") o.workers = std::atoi(v.c_str());
-    else if (a == "--submitters") o.submitters = std::atoi(v.c_str());
-    else if (a == "--batch") o.batch = std::atoi(v.c_str());
-    else if (a == "--submit-batch") o.submit_batch = std::atoi(v.c_str());
-    else if (a == "--complete-batch") o.complete_batch = std::atoi(v.c_str());
     else if (a == "--enroll-concurrency") o.enroll_concurrency = std::atoi(v.c_str());
-    else return usage("unknown argument '" + a + "'");
-  }
+    else return false;
+    return true;
+  });
+  if (!wrong.empty()) return usage(wrong);
   if (o.servers.empty()) return usage("give --server once per replica");
   if (o.ca.empty() || o.token.empty() || o.admin_cert.empty() || o.admin_key.empty() || o.work.empty()) {
     return usage("--ca, --token, --admin-cert, --admin-key and --work are required");
   }
-  if (o.nodes < 1 || o.tasks < 1 || o.workers < 1 || o.submitters < 1 || o.batch < 1 || o.submit_batch < 1 ||
-      o.complete_batch < 1 || o.enroll_concurrency < 1) {
-    return usage("counts must be positive");
-  }
+  if (!bench::counts_positive(o) || o.enroll_concurrency < 1) return usage("counts must be positive");
   if (o.batch > static_cast<int>(protocol::kMaxLeaseBatch) || o.complete_batch > static_cast<int>(protocol::kMaxCompleteBatch)) {
     return usage("--batch and --complete-batch are at most 64 (the protocol's caps)");
   }
@@ -294,24 +255,21 @@ int main(int argc, char** argv) {
 
   // ---- the timed phase ----
   const auto n = static_cast<std::size_t>(o.tasks);
-  std::vector<std::atomic<std::int64_t>> submitted_us(n);
-  std::vector<std::atomic<int>> completions(n);
-  std::vector<std::vector<std::int64_t>> latencies(static_cast<std::size_t>(o.workers));
+  bench::Tally tally(o);
   std::atomic<int> next{0};
-  std::atomic<std::int64_t> done{0}, errors{0}, leases{0}, empty_leases{0}, requests{0};
+  std::atomic<std::int64_t> requests{0};
   std::mutex err_mutex;
   std::string first_error;
   auto error = [&](const std::string& what, std::int64_t count) {
-    errors += count;
+    tally.errors += count;
     std::lock_guard lock(err_mutex);
     if (first_error.empty()) first_error = what;
   };
-  const auto deadline = Steady::now() + std::chrono::minutes(5);
   std::vector<double> server_cpu0;
   for (int pid : o.server_pids) server_cpu0.push_back(process_cpu_s(pid));
-  const double self_cpu0 = self_cpu_s();
+  const double self_cpu0 = bench::self_cpu_s();
   const double pg_cpu0 = o.pg_postmaster != 0 ? postgres_cpu_s(o.pg_postmaster) : 0;
-  const std::int64_t start_us = steady_us();
+  tally.start();
 
   std::vector<std::thread> threads;
   for (int s = 0; s < o.submitters; ++s) {
@@ -324,7 +282,7 @@ int main(int argc, char** argv) {
         for (int i = first; i < last; ++i) {
           // The index rides in argv, so a worker finds it in what it leased.
           items.push_back({{"kind", "exec"}, {"args", {{"argv", {"true", std::to_string(i)}}}}});
-          submitted_us[static_cast<std::size_t>(i)] = steady_us();
+          tally.submitted(static_cast<std::size_t>(i));
         }
         ++requests;
         auto answer = call(*client, "POST", url, dump_json(Json{{"tasks", std::move(items)}}));
@@ -334,7 +292,6 @@ int main(int argc, char** argv) {
   }
   for (int w = 0; w < o.workers; ++w) {
     threads.emplace_back([&, w] {
-      auto& lat = latencies[static_cast<std::size_t>(w)];
       std::vector<Node*> mine;
       for (int k = w; k < o.nodes; k += o.workers) mine.push_back(&nodes[static_cast<std::size_t>(k)]);
       if (mine.empty()) return;
@@ -343,11 +300,11 @@ int main(int argc, char** argv) {
       lease_request.lease_s = 300;
       const std::string lease_body = dump_json(protocol::to_json(lease_request));
       std::size_t turn = 0;
-      while (done.load() + errors.load() < o.tasks && Steady::now() < deadline) {
+      while (tally.running()) {
         Node& node = *mine[turn++ % mine.size()];
         ++requests;
         auto body = call(*node.client, "POST", node.server + "/v1/tasks/lease", lease_body);
-        ++leases;
+        ++tally.leases;
         if (!body) {
           error("lease: " + body.error().message, 1);
           continue;
@@ -359,7 +316,7 @@ int main(int argc, char** argv) {
         }
         if (leased->tasks.empty()) {
           // As tasks_load: a real node waits for its next heartbeat's hint.
-          ++empty_leases;
+          ++tally.empty_leases;
           std::this_thread::sleep_for(std::chrono::milliseconds(2));
           continue;
         }
@@ -416,76 +373,36 @@ int main(int argc, char** argv) {
               error("a leased task without the bench's index in argv", 1);
               continue;
             }
-            ++completions[idx];
-            lat.push_back(steady_us() - submitted_us[idx].load());
-            ++done;
+            tally.completed(w, idx);
           }
         }
       }
     });
   }
   for (auto& t : threads) t.join();
-  const double seconds = static_cast<double>(steady_us() - start_us) / 1e6;
-  const double driver_cpu = self_cpu_s() - self_cpu0;
+  const double seconds = tally.elapsed_s();
+  const double driver_cpu = bench::self_cpu_s() - self_cpu0;
   const double pg_cpu = o.pg_postmaster != 0 ? postgres_cpu_s(o.pg_postmaster) - pg_cpu0 : 0;
   double server_cpu = 0;
   for (std::size_t k = 0; k < o.server_pids.size(); ++k) server_cpu += process_cpu_s(o.server_pids[k]) - server_cpu0[k];
   if (!first_error.empty()) std::cerr << "tasks_http: first error: " << first_error << "\n";
 
-  // exactly once, from the clients...
-  std::int64_t duplicates = 0, lost = 0;
-  for (auto& c : completions) {
-    if (c.load() == 0) ++lost;
-    if (c.load() > 1) duplicates += c.load() - 1;
-  }
-  // ...and from the store the servers share: every task succeeded after exactly one lease
-  std::int64_t stored_ok = -1, stored_multi = -1;
+  // The store the servers share, checked after the run when named.
+  bench::StoreCheck store;
   if (!o.database.empty()) {
-    auto store = control::is_postgres_url(o.database)
-                     ? control::open_postgres_store(o.database, {2})
-                     : control::open_store({fs::path(o.database).parent_path()}, o.database);
-    auto listed = store ? (*store)->list_tasks({protocol::TaskState::succeeded, std::nullopt, o.tasks + 1})
-                        : Result<std::vector<control::TaskRecord>>(fail(store.error()));
-    if (!listed) {
-      std::cerr << "tasks_http: store check: " << listed.error().message << "\n";
-    } else {
-      stored_ok = stored_multi = 0;
-      for (const auto& t : *listed) {
-        ++stored_ok;
-        if (t.attempts != 1) ++stored_multi;
-      }
-    }
+    auto opened = bench::open_bench_store(o.database, 2);
+    auto check = opened ? bench::check_store(**opened, o.tasks) : Result<bench::StoreCheck>(fail(opened.error()));
+    if (check) store = *check;
+    else std::cerr << "tasks_http: store check: " << check.error().message << "\n";
   }
-  std::vector<std::int64_t> all;
-  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  Json out = {{"transport", "https"},
-              {"replicas", static_cast<std::int64_t>(o.servers.size())},
-              {"nodes", o.nodes},
-              {"tasks", o.tasks},
-              {"workers", o.workers},
-              {"submitters", o.submitters},
-              {"batch", o.batch},
-              {"submit_batch", o.submit_batch},
-              {"complete_batch", o.complete_batch},
-              {"enroll_s", enroll_s},
-              {"setup_s", setup_s},
-              {"seconds", seconds},
-              {"driver_cpu_s", driver_cpu},
-              {"server_cpu_s", server_cpu},
-              {"requests", requests.load()},
-              {"completed", done.load()},
-              {"completed_per_s", static_cast<double>(done.load()) / seconds},
-              {"latency_p50_ms", percentile(all, 0.50)},
-              {"latency_p99_ms", percentile(all, 0.99)},
-              {"leases", leases.load()},
-              {"empty_leases", empty_leases.load()},
-              {"errors", errors.load()},
-              {"duplicates", duplicates},
-              {"lost", lost},
-              {"store_succeeded", stored_ok},
-              {"store_leased_more_than_once", stored_multi}};
+  Json out = tally.report(seconds, driver_cpu, store);
+  out["transport"] = "https";
+  out["replicas"] = static_cast<std::int64_t>(o.servers.size());
+  out["enroll_s"] = enroll_s;
+  out["setup_s"] = setup_s;
+  out["server_cpu_s"] = server_cpu;
+  out["requests"] = requests.load();
   if (o.pg_postmaster != 0) out["pg_cpu_s"] = pg_cpu;
   std::cout << dump_json(out) << "\n";
-  const bool store_ok = o.database.empty() || (stored_multi == 0 && stored_ok == o.tasks);
-  return duplicates == 0 && lost == 0 && store_ok ? 0 : 2;
+  return tally.exactly_once() && (o.database.empty() || store.exactly_once(o.tasks)) ? 0 : 2;
 }

@@ -24,6 +24,7 @@
 #include "common/time.hpp"
 #include "tests/support/manual_clock.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/unit/agent/service_harness.hpp"
 
 using namespace cairn;
 using namespace cairn::agent;
@@ -76,38 +77,30 @@ class FakeControl {
     std::lock_guard l(m_);
     if (req.url.ends_with("/v1/heartbeat")) {
       auto hb = protocol::decode_heartbeat_request(req.body);
-      if (!hb) return error(400, "bad_request", hb.error().message);
+      if (!hb) return test::error_answer(400, "bad_request", hb.error().message);
       heartbeats_.push_back({clock_.now(), *hb});
       if (!up_) return fail(Errc::unavailable, "connect to " + req.url + ": Connection refused");
       ++acked_;
-      return ok(protocol::HeartbeatResponse{{}, format_rfc3339(clock_.now()), interval_.count(), false, {}});
+      return test::json_answer(protocol::HeartbeatResponse{{}, format_rfc3339(clock_.now()), interval_.count(), false, {}});
     }
     if (req.url.ends_with("/v1/certificates/rotate")) {
       rotations_.push_back(clock_.now());
-      if (!rotation_works_) return error(503, "store_unavailable", "the certificate store is unavailable");
+      if (!rotation_works_) return test::error_answer(503, "store_unavailable", "the certificate store is unavailable");
       auto rotate = protocol::decode_rotate_request(req.body);
-      if (!rotate) return error(400, "bad_request", rotate.error().message);
+      if (!rotate) return test::error_answer(400, "bad_request", rotate.error().message);
       auto csr = parse_csr_pem(rotate->csr_pem);
-      if (!csr) return error(400, "bad_csr", csr.error().message);
+      if (!csr) return test::error_answer(400, "bad_csr", csr.error().message);
       const auto now = clock_.now();
       protocol::CertificateResponse out;
       out.node_id = kNode;
       out.certificate_pem = pki_.issue(X509_REQ_get0_pubkey(csr->get()), now, now + hours(100));
       out.ca_chain_pem = pki_.ca_pem;
-      return ok(out);
+      return test::json_answer(out);
     }
-    return error(404, "not_found", req.url);
+    return test::error_answer(404, "not_found", req.url);
   }
 
  private:
-  template <class T>
-  static Result<HttpResponse> ok(const T& body) {
-    return HttpResponse{200, {}, dump_json(protocol::to_json(body))};
-  }
-  static Result<HttpResponse> error(long status, const std::string& code, const std::string& message) {
-    return HttpResponse{status, {}, dump_json(protocol::to_json(protocol::ErrorBody{code, message, ""}))};
-  }
-
   const test::ManualClock& clock_;
   const Pki& pki_;
   mutable std::mutex m_;
@@ -117,15 +110,6 @@ class FakeControl {
   std::vector<Heartbeat> heartbeats_;
   std::vector<Clock::WallTime> rotations_;
   std::size_t acked_ = 0;
-};
-
-class FakeHttp final : public HttpClient {
- public:
-  explicit FakeHttp(FakeControl& control) : control_(control) {}
-  Result<HttpResponse> send(const HttpRequest& request) override { return control_.answer(request); }
-
- private:
-  FakeControl& control_;
 };
 
 // An enrolled node (a 100 h certificate from now) and its service loop on its own thread.
@@ -162,7 +146,7 @@ class Node {
       StopSignal stop;
       ready.set_value(&stop);
       const std::function<double()> random01 = [this] { return draw(); };
-      const HttpClientFactory http = [this](const TlsOptions&) { return std::make_unique<FakeHttp>(control_); };
+      const HttpClientFactory http = [this](const TlsOptions&) { return std::make_unique<test::FakeHttp<FakeControl>>(control_); };
       result_ = run_service(config_, options_, clock_, random01, stop, http);
     });
     stop_ = stop_ready.get();

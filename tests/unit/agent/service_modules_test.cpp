@@ -9,21 +9,16 @@
 
 #include <atomic>
 #include <chrono>
-#include <future>
 #include <memory>
 #include <mutex>
 #include <thread>
 
-#include "agent/enroll/credentials.hpp"
-#include "agent/runtime/service.hpp"
-#include "common/crypto.hpp"
 #include "common/fs.hpp"
-#include "common/log.hpp"
 #include "common/protocol/messages.hpp"
 #include "common/protocol/tasks.hpp"
 #include "common/time.hpp"
 #include "tests/support/process.hpp"
-#include "tests/support/temp_dir.hpp"
+#include "tests/unit/agent/service_harness.hpp"
 
 using namespace cairn;
 using namespace cairn::agent;
@@ -41,28 +36,17 @@ class FakeControl {
   std::vector<protocol::Event> events;
   std::vector<protocol::ModuleRef> desired{{"web", kDigest, false, false}};
 
-  template <class T>
-  static HttpResponse ok(const T& body) { return HttpResponse{200, {}, dump_json(protocol::to_json(body))}; }
-  static HttpResponse bad(const std::string& why) {
-    return HttpResponse{400, {}, dump_json(protocol::to_json(protocol::ErrorBody{"bad_request", why, ""}))};
-  }
-
   Result<HttpResponse> answer(const HttpRequest& req) {
     std::lock_guard l(m);
     if (req.url.ends_with("/v1/heartbeat")) {
       auto hb = protocol::decode_heartbeat_request(req.body);
-      if (!hb) return bad(hb.error().message);
+      if (!hb) return test::error_answer(400, "bad_request", hb.error().message);
       ++heartbeats;
-      return ok(protocol::HeartbeatResponse{desired, format_rfc3339(system_clock::now()), 1, false, {}});
+      return test::json_answer(protocol::HeartbeatResponse{desired, format_rfc3339(system_clock::now()), 1, false, {}});
     }
-    if (req.url.ends_with("/v1/tasks/lease")) return ok(protocol::LeaseResponse{});
-    if (req.url.ends_with("/v1/events")) {
-      auto batch = protocol::decode_event_batch(req.body);
-      if (!batch) return bad(batch.error().message);
-      events.insert(events.end(), batch->events.begin(), batch->events.end());
-      return ok(protocol::EventBatchResponse{static_cast<std::int64_t>(batch->events.size()), 0});
-    }
-    return HttpResponse{404, {}, dump_json(protocol::to_json(protocol::ErrorBody{"not_found", req.url, ""}))};
+    if (req.url.ends_with("/v1/tasks/lease")) return test::json_answer(protocol::LeaseResponse{});
+    if (req.url.ends_with("/v1/events")) return test::record_events(req, events);
+    return test::error_answer(404, "not_found", req.url);
   }
   std::size_t heartbeat_count() { std::lock_guard l(m); return heartbeats; }
   std::vector<protocol::Event> events_of(const std::string& kind) {
@@ -73,15 +57,6 @@ class FakeControl {
     }
     return out;
   }
-};
-
-class FakeHttp final : public HttpClient {
- public:
-  explicit FakeHttp(FakeControl& c) : c_(c) {}
-  Result<HttpResponse> send(const HttpRequest& request) override { return c_.answer(request); }
-
- private:
-  FakeControl& c_;
 };
 
 // What the fake update sees and is told; shared with the reconciler's worker thread.
@@ -120,63 +95,16 @@ ModuleApplyFn blocking_update(std::shared_ptr<Updates> u) {
   };
 }
 
-class Node {
- public:
-  explicit Node(std::shared_ptr<Updates> updates) {
-    log::set_min_level(log::Level::critical);
-    config_.root = Root(dir_.path());
-    config_.persist_dir = dir_.path() / "persist";
-    config_.control_url = "https://control.test:8443";
-    config_.module_registry = "127.0.0.1:5000/cairn";
-    config_.task_stop_timeout = seconds(2);
-    options_.module_apply = blocking_update(std::move(updates));
-    const auto now = system_clock::now();
-    auto ca_key = *generate_key(KeyType::p256);
-    auto ca = *issue_certificate({.common_name = "test CA", .not_before = now - hours(1), .not_after = now + hours(48),
-                                  .is_ca = true},
-                                 ca_key.get(), nullptr, ca_key.get());
-    auto key = *generate_key(KeyType::ed25519);
-    auto cert = *issue_certificate({.common_name = kNode, .not_before = now - hours(1), .not_after = now + hours(24),
-                                    .client_auth = true},
-                                   key.get(), ca.get(), ca_key.get());
-    REQUIRE(CredentialStore(config_.state_dir()).install({*private_key_pem(key.get()), *cert_pem(cert.get()), *cert_pem(ca.get())}));
-  }
-  ~Node() { (void)stop(); }
-  Node(const Node&) = delete;
-  Node& operator=(const Node&) = delete;
-
-  void start() {
-    std::promise<StopSignal*> ready;
-    auto f = ready.get_future();
-    thread_ = std::thread([this, ready = std::move(ready)]() mutable {
-      StopSignal stop;
-      ready.set_value(&stop);
-      const std::function<double()> random01 = [] { return 0.5; };
-      const HttpClientFactory http = [this](const TlsOptions&) { return std::make_unique<FakeHttp>(control); };
-      result_ = run_service(config_, options_, SystemClock::instance(), random01, stop, http);
-    });
-    stop_ = f.get();
-  }
-  Status stop() {
-    if (thread_.joinable()) {
-      stop_->request();
-      thread_.join();
-    }
-    return result_;
+// An enrolled node whose module updates go to the fake update, with a 2 s stop timeout.
+struct Node : test::ServiceNode<FakeControl> {
+  explicit Node(std::shared_ptr<Updates> updates) : ServiceNode(kNode) {
+    config.module_registry = "127.0.0.1:5000/cairn";
+    config.task_stop_timeout = seconds(2);
+    options.module_apply = blocking_update(std::move(updates));
   }
   [[nodiscard]] std::string file(const std::filesystem::path& rel) const {
-    return read_file_if_exists(config_.state_dir() / rel, 1 << 20).value().value_or("");
+    return read_file_if_exists(config.state_dir() / rel, 1 << 20).value().value_or("");
   }
-
-  FakeControl control;
-  AgentConfig config_;
-
- private:
-  test::TempDir dir_;
-  ServiceOptions options_;
-  std::thread thread_;
-  StopSignal* stop_ = nullptr;
-  Status result_;
 };
 
 }  // namespace
@@ -221,7 +149,7 @@ TEST_CASE("SIGTERM during an update tells it to stop; the service exits within i
 TEST_CASE("with modules.auto_apply false the service stores the desired set and applies nothing") {
   auto updates = std::make_shared<Updates>();
   Node node(updates);
-  node.config_.module_auto_apply = false;
+  node.config.module_auto_apply = false;
   node.start();
   REQUIRE(test::wait_for([&] { return node.control.heartbeat_count() >= 3; }, seconds(20)));
   CHECK(node.file("modules/desired.json").find(kDigest) != std::string::npos);

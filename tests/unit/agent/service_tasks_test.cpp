@@ -3,21 +3,16 @@
 // records extends, completions and event batches.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
-#include <future>
 #include <mutex>
 #include <set>
-#include <thread>
 
-#include "agent/enroll/credentials.hpp"
-#include "agent/runtime/service.hpp"
-#include "common/crypto.hpp"
-#include "common/log.hpp"
 #include "common/protocol/messages.hpp"
 #include "common/protocol/tasks.hpp"
 #include "common/time.hpp"
 #include "tests/support/process.hpp"
-#include "tests/support/temp_dir.hpp"
+#include "tests/unit/agent/service_harness.hpp"
 
 using namespace cairn;
 using namespace cairn::agent;
@@ -39,14 +34,9 @@ class FakeControl {
   std::vector<protocol::LeasedTask> to_lease;  // handed out by the next lease
   bool cancel_in_heartbeat = false;
 
-  template <class T>
-  static HttpResponse ok(const T& body) { return HttpResponse{200, {}, dump_json(protocol::to_json(body))}; }
-
   // Runs on the loop's threads: an unreadable request is answered 400 (the test then fails
   // on what it waits for), never REQUIREd there.
-  static HttpResponse bad(const std::string& why) {
-    return HttpResponse{400, {}, dump_json(protocol::to_json(protocol::ErrorBody{"bad_request", why, ""}))};
-  }
+  static HttpResponse bad(const std::string& why) { return test::error_answer(400, "bad_request", why); }
 
   Result<HttpResponse> answer(const HttpRequest& req) {
     std::lock_guard l(m);
@@ -57,7 +47,7 @@ class FakeControl {
       protocol::HeartbeatResponse r{{}, format_rfc3339(system_clock::now()), 1, false, {}};
       r.work_waiting = !to_lease.empty();
       if (cancel_in_heartbeat) r.cancel_tasks = hb->running_tasks;
-      return ok(r);
+      return test::json_answer(r);
     }
     if (req.url.ends_with("/v1/tasks/lease")) {
       auto lr = protocol::decode_lease_request(req.body);
@@ -66,27 +56,22 @@ class FakeControl {
       protocol::LeaseResponse r;
       r.tasks = std::move(to_lease);
       to_lease.clear();
-      return ok(r);
+      return test::json_answer(r);
     }
     if (req.url.ends_with("/extend")) {
       auto er = protocol::decode_extend_request(req.body);
       if (!er) return bad(er.error().message);
       extends.push_back(*er);
-      return ok(protocol::ExtendResponse{60, false});
+      return test::json_answer(protocol::ExtendResponse{60, false});
     }
     if (req.url.ends_with("/complete")) {
       auto cr = protocol::decode_complete_request(req.body);
       if (!cr) return bad(cr.error().message);
       completes.push_back(*cr);
-      return ok(protocol::CompleteResponse{cr->outcome});
+      return test::json_answer(protocol::CompleteResponse{cr->outcome});
     }
-    if (req.url.ends_with("/v1/events")) {
-      auto batch = protocol::decode_event_batch(req.body);
-      if (!batch) return bad(batch.error().message);
-      events.insert(events.end(), batch->events.begin(), batch->events.end());
-      return ok(protocol::EventBatchResponse{static_cast<std::int64_t>(batch->events.size()), 0});
-    }
-    return HttpResponse{404, {}, dump_json(protocol::to_json(protocol::ErrorBody{"not_found", req.url, ""}))};
+    if (req.url.ends_with("/v1/events")) return test::record_events(req, events);
+    return test::error_answer(404, "not_found", req.url);
   }
   bool has_event(const std::string& kind) {
     std::lock_guard l(m);
@@ -96,65 +81,9 @@ class FakeControl {
   std::size_t extend_count() { std::lock_guard l(m); return extends.size(); }
 };
 
-class FakeHttp final : public HttpClient {
- public:
-  explicit FakeHttp(FakeControl& c) : c_(c) {}
-  Result<HttpResponse> send(const HttpRequest& request) override { return c_.answer(request); }
-
- private:
-  FakeControl& c_;
-};
-
-// An enrolled node whose service runs on its own thread until stop().
-class Node {
- public:
-  Node() {
-    log::set_min_level(log::Level::critical);
-    config_.root = Root(dir_.path());
-    config_.persist_dir = dir_.path() / "persist";
-    config_.control_url = "https://control.test:8443";
-    config_.task_stop_timeout = seconds(1);
-    const auto now = system_clock::now();
-    auto ca_key = *generate_key(KeyType::p256);
-    auto ca = *issue_certificate({.common_name = "test CA", .not_before = now - hours(1), .not_after = now + hours(48),
-                                  .is_ca = true},
-                                 ca_key.get(), nullptr, ca_key.get());
-    auto key = *generate_key(KeyType::ed25519);
-    auto cert = *issue_certificate({.common_name = kNode, .not_before = now - hours(1), .not_after = now + hours(24),
-                                    .client_auth = true},
-                                   key.get(), ca.get(), ca_key.get());
-    REQUIRE(CredentialStore(config_.state_dir()).install({*private_key_pem(key.get()), *cert_pem(cert.get()), *cert_pem(ca.get())}));
-  }
-  ~Node() { stop(); }
-  void start() {
-    std::promise<StopSignal*> ready;
-    auto f = ready.get_future();
-    thread_ = std::thread([this, ready = std::move(ready)]() mutable {
-      StopSignal stop;
-      ready.set_value(&stop);
-      const std::function<double()> random01 = [] { return 0.5; };
-      const HttpClientFactory http = [this](const TlsOptions&) { return std::make_unique<FakeHttp>(control); };
-      result_ = run_service(config_, options_, SystemClock::instance(), random01, stop, http);
-    });
-    stop_ = f.get();
-  }
-  Status stop() {
-    if (thread_.joinable()) {
-      stop_->request();
-      thread_.join();
-    }
-    return result_;
-  }
-
-  FakeControl control;
-  AgentConfig config_;
-
- private:
-  test::TempDir dir_;
-  ServiceOptions options_;
-  std::thread thread_;
-  StopSignal* stop_ = nullptr;
-  Status result_;
+// An enrolled node running two tasks at once (the default), with a 1 s stop timeout for them.
+struct Node : test::ServiceNode<FakeControl> {
+  Node() : ServiceNode(kNode) { config.task_stop_timeout = seconds(1); }
 };
 
 protocol::LeasedTask task(std::vector<std::string> argv) {
