@@ -205,11 +205,11 @@ TEST_CASE("a sealed base: switch_root into the verified union, systemd runs the 
                                {"memory_max", "64M"}, {"cpu_quota", "20%"}};
     run({"--kind", "service.install", "--args-json", dump_json(install_args, -1)});
     // The service's first line reaches the journal a moment after systemd says it started.
-    const Json shown = exec("systemctl is-active cairn-hello.service; systemctl show -p DynamicUser,MemoryMax "
+    const Json status = exec("systemctl is-active cairn-hello.service; systemctl show -p DynamicUser,MemoryMax "
                             "cairn-hello.service; for i in 1 2 3 4 5 6 7 8 9 10; do "
                             "journalctl -b -u cairn-hello.service -o cat --no-pager | grep -q 'service up' && break; "
                             "sleep 1; done; journalctl -b -u cairn-hello.service -o cat --no-pager | tail -n 3");
-    const std::string out = shown.value("output", "");
+    const std::string out = status.value("output", "");
     CHECK_MESSAGE(out.starts_with("active\n"), out);
     CHECK_MESSAGE(has(out, "DynamicUser=yes"), out);
     CHECK_MESSAGE(has(out, "MemoryMax=67108864"), out);
