@@ -131,6 +131,7 @@ Result<UniqueFd> open_parent(int root_fd, const std::vector<std::string>& parts,
     }
     UniqueFd next(::openat(dir.get(), parts[i].c_str(), O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_RDONLY));
     if (!next) return fail(bad(entry, "its parent " + join(parts, i + 1) + " is not a directory (a symlink?)"));
+    ::fchmod(next.get(), 0755);  // the umask does not decide the service's modes (the agent's is 0077)
     dir = std::move(next);
   }
   return dir;
@@ -157,6 +158,8 @@ Result<ExtractStats> extract_archive(const std::filesystem::path& archive_path, 
   }
   UniqueFd root(::open(dest.c_str(), O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_RDONLY));
   if (!root) return fail(Errc::io, "open " + dest.string() + ": " + std::strerror(errno));
+  // 0755 whatever the umask: the service runs as another (dynamic) user, who must reach its files.
+  ::fchmod(root.get(), 0755);
 
   auto loaded = libarchive();
   if (!loaded) return fail(loaded.error());
@@ -229,6 +232,7 @@ Result<ExtractStats> extract_archive(const std::filesystem::path& archive_path, 
       }
       UniqueFd d(::openat(parent->get(), leaf.c_str(), O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_RDONLY));
       if (!d) return fail(bad(name, "exists and is not a directory"));
+      ::fchmod(d.get(), 0755);
       continue;
     }
     if (type == AE_IFLNK) {

@@ -1,4 +1,5 @@
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -185,6 +186,11 @@ TaskResult ServiceInstallKind::run(const Json& args, const TaskContext& ctx) {
   const auto unit = unit_name(spec->name);
   const std::string host_dir = settings_.services_dir + "/" + spec->name;
   if (auto ok = make_dirs(dir, 0755); !ok) return failed(FailureReason::internal, ok.error().message);
+  // Exactly 0755, not cut by the agent's UMask=0077: the services run as dynamic users, who must
+  // pass through it to their own tree.
+  if (::chmod(dir.c_str(), 0755) != 0) {
+    return failed(FailureReason::internal, "chmod 0755 " + dir.string() + ": " + std::strerror(errno));
+  }
   const std::string tag = random_hex(6);
   const auto staging = dir / ("." + spec->name + ".new-" + tag);
   const auto incoming = dir / ("." + spec->name + ".archive-" + tag);

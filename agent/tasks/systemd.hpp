@@ -22,7 +22,8 @@ class Systemd {
   virtual Status reboot() = 0;                                   // Manager.Reboot (a clean one)
 };
 
-// The system bus (Errc::unavailable when there is none: not a systemd host).
+// systemd's private socket (root) or the system bus; Errc::unavailable when neither answers
+// (not a systemd host).
 Result<std::unique_ptr<Systemd>> connect_systemd();
 
 }  // namespace cairn::agent::tasks

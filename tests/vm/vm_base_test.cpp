@@ -4,7 +4,8 @@
 // digest>. The initramfs' agent enrolls, fetches and verifies exactly that base, mounts the
 // union at /sysroot, /init switch_roots into it, systemd starts cairn-agent.service and that
 // agent (same credentials, no second enrollment) runs an exec task that shows PID 1 is
-// systemd and the task runs in the agent's unit. A second VM pinned to another digest is
+// systemd and the task runs in the agent's unit, then installs a service through that
+// systemd (service.install over sd-bus) and removes it. A second VM pinned to another digest is
 // refused: no switch_root, the reason on the console.
 // The test registry is reached by the guest only through a guestfwd; a pre-boot hook
 // (cairn.debug=prehook) relays it onto the guest's loopback, where the agent speaks plain http.
@@ -157,27 +158,65 @@ TEST_CASE("a sealed base: switch_root into the verified union, systemd runs the 
     REQUIRE(started);
     CHECK(node_state(control, uuid) == "Ready");
 
-    const auto submit = control.cli({"task", "submit", "--kind", "exec", "--node", uuid, "--json"},
-                                    {"/bin/sh", "-c", "echo pid1=$(cat /proc/1/comm) cgroup=$(cat /proc/self/cgroup)"});
-    REQUIRE_MESSAGE(submit.exit_code == 0, std::string(submit.out + submit.err));
-    const auto task_id = parse_json(submit.out, "task submit").value_or(Json(nullptr)).value("id", "");
-    REQUIRE(!task_id.empty());
-    Json task;
-    const bool done = wait_for(
-        [&] {
-          const auto r = control.cli({"task", "show", task_id, "--json"});
-          task = parse_json(r.out, "task show").value_or(Json(nullptr));
-          const auto st = task.is_object() ? task.value("state", "") : "";
-          return st == "succeeded" || st == "failed" || st == "dead" || !vm.running();
-        },
-        180s, 500ms);
+    // run(submit arguments[, argv]): a task on this node, run to its end; the task as shown.
+    const auto run = [&](std::vector<std::string> args, const std::vector<std::string>& argv = {}) {
+      args.insert(args.begin(), {"task", "submit"});
+      args.insert(args.end(), {"--node", uuid, "--json"});
+      const auto submit = argv.empty() ? control.cli(args) : control.cli(args, argv);
+      REQUIRE_MESSAGE(submit.exit_code == 0, std::string(submit.out + submit.err));
+      const auto task_id = parse_json(submit.out, "task submit").value_or(Json(nullptr)).value("id", "");
+      REQUIRE(!task_id.empty());
+      Json task;
+      const bool done = wait_for(
+          [&] {
+            const auto r = control.cli({"task", "show", task_id, "--json"});
+            task = parse_json(r.out, "task show").value_or(Json(nullptr));
+            const auto st = task.is_object() ? task.value("state", "") : "";
+            return st == "succeeded" || st == "failed" || st == "dead" || !vm.running();
+          },
+          180s, 500ms);
+      INFO("task: " << dump_json(task, 2) << "\nserial console:\n" << vm.serial());
+      REQUIRE(done);
+      CHECK(task.value("state", "") == "succeeded");
+      return task;
+    };
+    const auto exec = [&](const std::string& script) { return run({"--kind", "exec"}, {"/bin/sh", "-c", script}); };
+    const Json task = exec("echo pid1=$(cat /proc/1/comm) cgroup=$(cat /proc/self/cgroup)");
     const std::string log = vm.serial();
-    INFO("task: " << dump_json(task, 2));
-    REQUIRE(done);
-    CHECK(task.value("state", "") == "succeeded");
     // PID 1 is systemd, and the task ran inside the agent's unit: the agent under systemd.
     CHECK(has(task.value("output", ""), "pid1=systemd"));
     CHECK(has(task.value("output", ""), "cairn-agent.service"));
+
+    // service.install and service.remove through the real systemd (PID 1 of the base) over
+    // sd-bus, from inside the agent's sandboxed unit: the path the unit tests can only run
+    // against a fake (tests/unit/agent/service_kinds_test.cpp skips it where PID 1 is not systemd).
+    const fs::path svc = dir.path() / "svc";
+    write_text(svc / "bin/run", "#!/bin/sh\necho cairn-hello-service up as $(id -un)\nexec sleep 3600\n");
+    fs::permissions(svc / "bin/run", fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                         fs::perms::others_read | fs::perms::others_exec);
+    const fs::path tarball = dir.path() / "svc.tar";
+    const auto tarred = run_capture({vm::program_path("tar"), "-C", svc.string(), "--owner=0", "--group=0", "--format=ustar",
+                                     "-cf", tarball.string(), "bin"},
+                                    dir.path(), 60s);
+    REQUIRE_MESSAGE(tarred.exit_code == 0, tarred.err);
+    const auto encoded = run_capture({vm::program_path("base64"), "-w0", tarball.string()}, dir.path(), 60s);
+    REQUIRE_MESSAGE(encoded.exit_code == 0, encoded.err);
+    const Json install_args = {{"name", "hello"}, {"archive_base64", trimmed(encoded.out)}, {"exec", {"bin/run"}},
+                               {"memory_max", "64M"}, {"cpu_quota", "20%"}};
+    run({"--kind", "service.install", "--args-json", dump_json(install_args, -1)});
+    // The service's first line reaches the journal a moment after systemd says it started.
+    const Json status = exec("systemctl is-active cairn-hello.service; systemctl show -p DynamicUser,MemoryMax "
+                            "cairn-hello.service; for i in 1 2 3 4 5 6 7 8 9 10; do "
+                            "journalctl -b -u cairn-hello.service -o cat --no-pager | grep -q 'service up' && break; "
+                            "sleep 1; done; journalctl -b -u cairn-hello.service -o cat --no-pager | tail -n 3");
+    const std::string out = status.value("output", "");
+    CHECK_MESSAGE(out.starts_with("active\n"), out);
+    CHECK_MESSAGE(has(out, "DynamicUser=yes"), out);
+    CHECK_MESSAGE(has(out, "MemoryMax=67108864"), out);
+    CHECK_MESSAGE(has(out, "cairn-hello-service up as "), out);
+    run({"--kind", "service.remove", "--args-json", R"({"name": "hello"})"});
+    const Json after = exec("systemctl is-active cairn-hello.service; true");
+    CHECK_MESSAGE(!after.value("output", "").starts_with("active\n"), after.value("output", ""));
 
     // The initramfs' stages, the base fetched and verified, the switch, and one enrollment.
     for (const char* stage : {"identity", "persist", "enroll", "modules"}) {

@@ -46,7 +46,7 @@ class FakeSystemd final : public agent::tasks::Systemd {
   // The factory KindSettings::systemd takes.
   static auto factory(std::shared_ptr<FakeSystemdState> s) {
     return [s]() -> Result<std::unique_ptr<agent::tasks::Systemd>> {
-      if (!s->reachable) return fail(Errc::unavailable, "connect to the system bus: No such file or directory");
+      if (!s->reachable) return fail(Errc::unavailable, "connect to systemd: /run/systemd/private: No such file or directory; the system bus: No such file or directory");
       return std::unique_ptr<agent::tasks::Systemd>(std::make_unique<FakeSystemd>(s));
     };
   }

@@ -139,6 +139,27 @@ TEST_CASE("service.install unpacks the archive, writes a sandboxed unit and star
   CHECK(node.leftovers().empty());
 }
 
+TEST_CASE("under the agent unit's UMask=0077 the service's tree is still 0755: its dynamic user must reach it") {
+  Node node;
+  const mode_t before = ::umask(077);
+  auto r = node.install(good_tar());
+  ::umask(before);
+  CAPTURE(r.error);
+  REQUIRE(r.outcome == "succeeded");
+  const auto mode = [](const std::filesystem::path& p) {
+    struct stat st {};
+    REQUIRE(::lstat(p.c_str(), &st) == 0);
+    return st.st_mode & 07777;
+  };
+  const auto tree = node.services() / "web";
+  CHECK(mode(node.services()) == 0755);
+  CHECK(mode(tree) == 0755);
+  CHECK(mode(tree / "bin") == 0755);
+  CHECK(mode(tree / "conf") == 0755);
+  CHECK(mode(tree / "bin/web") == 0755);
+  CHECK(mode(tree / "conf/app.conf") == 0644);
+}
+
 TEST_CASE("replacing an installed service stops the old one first and swaps the whole tree") {
   Node node;
   REQUIRE(node.install(good_tar("v1")).ok());
