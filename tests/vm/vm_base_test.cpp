@@ -159,24 +159,10 @@ TEST_CASE("a sealed base: switch_root into the verified union, systemd runs the 
     CHECK(node_state(control, uuid) == "Ready");
 
     // run(submit arguments[, argv]): a task on this node, run to its end; the task as shown.
-    const auto run = [&](std::vector<std::string> args, const std::vector<std::string>& argv = {}) {
-      args.insert(args.begin(), {"task", "submit"});
-      args.insert(args.end(), {"--node", uuid, "--json"});
-      const auto submit = argv.empty() ? control.cli(args) : control.cli(args, argv);
-      REQUIRE_MESSAGE(submit.exit_code == 0, std::string(submit.out + submit.err));
-      const auto task_id = parse_json(submit.out, "task submit").value_or(Json(nullptr)).value("id", "");
-      REQUIRE(!task_id.empty());
-      Json task;
-      const bool done = wait_for(
-          [&] {
-            const auto r = control.cli({"task", "show", task_id, "--json"});
-            task = parse_json(r.out, "task show").value_or(Json(nullptr));
-            const auto st = task.is_object() ? task.value("state", "") : "";
-            return st == "succeeded" || st == "failed" || st == "dead" || !vm.running();
-          },
-          180s, 500ms);
-      INFO("task: " << dump_json(task, 2) << "\nserial console:\n" << vm.serial());
-      REQUIRE(done);
+    const auto run = [&](const std::vector<std::string>& args, const std::vector<std::string>& argv = {}) {
+      INFO("serial console:\n" << vm.serial());
+      const Json task = vm::run_task(control, uuid, args, argv, 180s, [&] { return !vm.running(); });
+      INFO("task: " << dump_json(task, 2));
       CHECK(task.value("state", "") == "succeeded");
       return task;
     };

@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cstdlib>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -90,6 +91,32 @@ class VmControl {
   std::optional<Process> process_;
   int port_ = 0;
 };
+
+// Submits a task to `node` (`task submit ARGS --node NODE [-- ARGV]`) and waits until it is
+// final (succeeded, failed, dead), or `ended()` says the VM is gone; the task as `task show
+// --json` gives it.
+inline Json run_task(const VmControl& control, const std::string& node, std::vector<std::string> args,
+                     const std::vector<std::string>& argv = {}, std::chrono::milliseconds timeout = 180s,
+                     const std::function<bool()>& ended = [] { return false; }) {
+  args.insert(args.begin(), {"task", "submit"});
+  args.insert(args.end(), {"--node", node, "--json"});
+  const auto submit = argv.empty() ? control.cli(args) : control.cli(args, argv);
+  REQUIRE_MESSAGE(submit.exit_code == 0, std::string(submit.out + submit.err));
+  const auto id = parse_json(submit.out, "task submit").value_or(Json(nullptr)).value("id", "");
+  REQUIRE(!id.empty());
+  Json task;
+  const bool done = wait_for(
+      [&] {
+        const auto r = control.cli({"task", "show", id, "--json"});
+        task = parse_json(r.out, "task show").value_or(Json(nullptr));
+        const auto st = task.is_object() ? task.value("state", "") : "";
+        return st == "succeeded" || st == "failed" || st == "dead" || ended();
+      },
+      timeout, 500ms);
+  INFO("task: " << dump_json(task, 2));
+  REQUIRE(done);
+  return task;
+}
 
 inline std::string node_state(const VmControl& control, const std::string& id) {
   const auto r = control.cli({"node", "show", id, "--json"});

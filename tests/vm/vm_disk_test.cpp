@@ -251,22 +251,9 @@ TEST_CASE("disk mode in a VM: LUKS2 sealed by the TPM, fs-verity on /persist, re
     CHECK(!recovery_key.empty());
 
     // An exec task runs in the VM; it also flushes the disk before this boot ends.
-    const auto submit = control.cli({"task", "submit", "--kind", "exec", "--node", m.uuid, "--json"},
-                                    {"/bin/sh", "-c", "echo exec-in-vm $(cat /proc/sys/kernel/osrelease); sync"});
-    REQUIRE_MESSAGE(submit.exit_code == 0, std::string(submit.out + submit.err));
-    const auto task_id = parse_json(submit.out, "task submit").value_or(Json(nullptr)).value("id", "");
-    REQUIRE(!task_id.empty());
-    Json task;
-    const bool done = wait_for(
-        [&] {
-          const auto r = control.cli({"task", "show", task_id, "--json"});
-          task = parse_json(r.out, "task show").value_or(Json(nullptr));
-          const auto st = task.is_object() ? task.value("state", "") : "";
-          return st == "succeeded" || st == "failed" || st == "dead";
-        },
-        120s, 500ms);
+    const Json task = vm::run_task(control, m.uuid, {"--kind", "exec"},
+                                   {"/bin/sh", "-c", "echo exec-in-vm $(cat /proc/sys/kernel/osrelease); sync"}, 120s);
     INFO("task: " << dump_json(task, 2));
-    REQUIRE(done);
     CHECK(task.value("state", "") == "succeeded");
     CHECK(task.value("output", "").find("exec-in-vm 6.1.") != std::string::npos);
     std::cout << "vm-disk figures: boot=first accel=" << m.accel << " " << vm::boot_figures(log) << "\n";

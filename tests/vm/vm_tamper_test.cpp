@@ -44,24 +44,9 @@ namespace fs = std::filesystem;
 
 constexpr const char* kGreeting = "/run/cairn/union/usr/share/hello/greeting";
 
-// Submits an exec task (`/bin/sh -c SCRIPT`) to the node and waits until it is final.
+// Runs an exec task (`/bin/sh -c SCRIPT`) on the node to its end.
 Json run_exec(const VmControl& control, const std::string& node, const std::string& script) {
-  const auto submit = control.cli({"task", "submit", "--kind", "exec", "--node", node, "--json"}, {"/bin/sh", "-c", script});
-  REQUIRE_MESSAGE(submit.exit_code == 0, std::string(submit.out + submit.err));
-  const auto id = parse_json(submit.out, "task submit").value_or(Json(nullptr)).value("id", "");
-  REQUIRE(!id.empty());
-  Json task;
-  const bool done = wait_for(
-      [&] {
-        const auto r = control.cli({"task", "show", id, "--json"});
-        task = parse_json(r.out, "task show").value_or(Json(nullptr));
-        const auto st = task.is_object() ? task.value("state", "") : "";
-        return st == "succeeded" || st == "failed" || st == "dead";
-      },
-      180s, 500ms);
-  INFO("task: " << dump_json(task, 2));
-  REQUIRE(done);
-  return task;
+  return vm::run_task(control, node, {"--kind", "exec"}, {"/bin/sh", "-c", script});
 }
 
 // The image digests the node's last heartbeat reported as running (`node show --json`).
